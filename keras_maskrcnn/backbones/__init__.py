@@ -1,0 +1,12 @@
+"""Backbones (ResNet / ResNeXt) and the feature pyramid."""
+
+from keras_maskrcnn.backbones.fpn import build_fpn
+from keras_maskrcnn.backbones.resnet import (
+    RESNET_SPECS,
+    ResNetSpec,
+    build_resnet,
+    resnet_from_config,
+    tiny_spec,
+)
+
+__all__ = ["RESNET_SPECS", "ResNetSpec", "build_fpn", "build_resnet", "resnet_from_config", "tiny_spec"]

@@ -1,0 +1,267 @@
+"""The model configuration: one frozen dataclass, named presets, JSON round trip.
+
+Every number the model, the input pipeline and the trainer use lives here, so that a model directory
+(config JSON + weights) rebuilds exactly the model that was trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+CONFIG_VERSION = 1
+BACKBONES = ("resnet50", "resnet101", "resnext101_32x8d", "resnet_tiny")
+NORMS = ("frozen_bn", "bn", "gn")
+POOLERS = ("align", "pool")
+OPTIMIZERS = ("sgd", "adamw")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskRCNNConfig:
+    """All hyper-parameters of a Mask R-CNN model, its input pipeline and its solver.
+
+    Pixel sizes are in input pixels (the resized image on the model canvas). Defaults are
+    Detectron2's R50-FPN defaults (see `../shared/REFERENCE.md`) unless a preset overrides them.
+    """
+
+    version: int = CONFIG_VERSION
+    name: str = "custom"
+    num_classes: int = 80
+    class_names: tuple[str, ...] = ()
+
+    # Input: the image is resized so its short side is `min_size` (long side <= `max_size`) and
+    # placed top-left on a zero canvas of `image_size` (height, width).
+    image_size: tuple[int, int] = (1344, 1344)
+    min_size: int = 800
+    max_size: int = 1333
+    train_min_sizes: tuple[int, ...] = (640, 672, 704, 736, 768, 800)
+    horizontal_flip: bool = True
+    pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
+    pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
+    bgr_input: bool = False
+    max_instances: int = 100
+    gt_mask_size: int = 56
+
+    # Backbone and FPN.
+    backbone: str = "resnet50"
+    backbone_norm: str = "frozen_bn"
+    stride_in_1x1: bool = False
+    freeze_at: int = 2
+    backbone_weights: str | None = None
+    tiny_widths: tuple[int, int, int, int] = (16, 32, 64, 128)
+    fpn_channels: int = 256
+
+    # Anchors, one size per level P2..P6.
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    anchor_offset: float = 0.0
+    round_anchors: bool = False
+
+    # RPN.
+    rpn_positive_iou: float = 0.7
+    rpn_negative_iou: float = 0.3
+    rpn_batch_per_image: int = 256
+    rpn_positive_fraction: float = 0.5
+    rpn_pre_nms_topk_train: int = 2000
+    rpn_pre_nms_topk_test: int = 1000
+    rpn_post_nms_topk_train: int = 1000
+    rpn_post_nms_topk_test: int = 1000
+    rpn_nms_threshold: float = 0.7
+    rpn_min_box_size: float = 0.0
+    rpn_box_loss_beta: float = 0.0
+
+    # RoI sampling and heads.
+    roi_batch_per_image: int = 512
+    roi_positive_fraction: float = 0.25
+    roi_foreground_iou: float = 0.5
+    box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    pooler: str = "align"
+    pooler_sampling_ratio: int = 0
+    pooler_aligned: bool = True
+    box_pool_size: int = 7
+    mask_pool_size: int = 14
+    canonical_box_size: float = 224.0
+    canonical_level: int = 4
+    box_head_dim: int = 1024
+    mask_head_dim: int = 256
+    mask_head_convs: int = 4
+    box_loss_beta: float = 0.0
+
+    # Inference.
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    min_detection_size: float = 0.0
+    mask_threshold: float = 0.5
+
+    # Solver (learning rate for `batch_size` images per step).
+    optimizer: str = "sgd"
+    learning_rate: float = 0.02
+    batch_size: int = 16
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_steps: int = 1000
+    lr_decay_steps: tuple[int, ...] = (60000, 80000)
+    total_steps: int = 90000
+    clipnorm: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_choice("backbone", self.backbone, BACKBONES)
+        _check_choice("backbone_norm", self.backbone_norm, NORMS)
+        _check_choice("pooler", self.pooler, POOLERS)
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        h, w = self.image_size
+        if h % 32 or w % 32 or h <= 0 or w <= 0:
+            raise ValueError(f"image_size must be positive multiples of 32, got {self.image_size}")
+        if self.max_size > max(h, w) or self.min_size > min(h, w):
+            raise ValueError(
+                f"min_size={self.min_size}/max_size={self.max_size} do not fit the canvas "
+                f"image_size={self.image_size}: enlarge image_size or lower the sizes"
+            )
+        if len(self.anchor_sizes) != 5:
+            raise ValueError(f"anchor_sizes needs one size per level P2..P6, got {self.anchor_sizes}")
+        if self.num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.class_names and len(self.class_names) != self.num_classes + 1:
+            raise ValueError(
+                f"class_names must have num_classes + 1 = {self.num_classes + 1} entries "
+                f"(index 0 = background), got {len(self.class_names)}"
+            )
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Strides of the FPN levels P2..P6 in input pixels."""
+        return (4, 8, 16, 32, 64)
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        return len(self.aspect_ratios)
+
+    def replace(self, **changes: Any) -> MaskRCNNConfig:
+        """A copy with `changes` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        text = json.dumps(self.to_dict(), indent=2)
+        if path is not None:
+            Path(path).write_text(text + "\n")
+        return text
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> MaskRCNNConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"unknown config field(s) {unknown}; known fields: {sorted(known)}")
+        version = values.get("version", CONFIG_VERSION)
+        if version > CONFIG_VERSION:
+            raise ValueError(
+                f"config version {version} is newer than this package supports ({CONFIG_VERSION})"
+            )
+        kwargs = {}
+        for key, value in values.items():
+            default = known[key].default
+            if isinstance(value, list) or isinstance(default, tuple):
+                value = tuple(value) if value is not None else None
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> MaskRCNNConfig:
+        path = Path(path)
+        try:
+            values = json.loads(path.read_text())
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"config file not found: {path}") from err
+        except json.JSONDecodeError as err:
+            raise ValueError(f"config file {path} is not valid JSON: {err}") from err
+        return cls.from_dict(values)
+
+
+def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"config field {field}={value!r} is not one of {choices}")
+
+
+def _coco_r50_fpn() -> MaskRCNNConfig:
+    return MaskRCNNConfig(name="coco_r50_fpn")
+
+
+def _coco_r101_fpn() -> MaskRCNNConfig:
+    return MaskRCNNConfig(name="coco_r101_fpn", backbone="resnet101")
+
+
+def _coco_x101_fpn() -> MaskRCNNConfig:
+    return MaskRCNNConfig(name="coco_x101_32x8d_fpn", backbone="resnext101_32x8d")
+
+
+def _shapes() -> MaskRCNNConfig:
+    """A small, fast configuration for the synthetic shapes set (128x128, trained from scratch)."""
+    return MaskRCNNConfig(
+        name="shapes",
+        num_classes=3,
+        class_names=("background", "square", "circle", "triangle"),
+        image_size=(128, 128),
+        min_size=128,
+        max_size=128,
+        train_min_sizes=(),
+        horizontal_flip=True,
+        max_instances=8,
+        gt_mask_size=28,
+        backbone="resnet_tiny",
+        backbone_norm="bn",
+        freeze_at=0,
+        tiny_widths=(16, 32, 64, 128),
+        fpn_channels=64,
+        anchor_sizes=(16, 32, 64, 128, 256),
+        rpn_pre_nms_topk_train=1000,
+        rpn_pre_nms_topk_test=500,
+        rpn_post_nms_topk_train=256,
+        rpn_post_nms_topk_test=100,
+        rpn_batch_per_image=128,
+        roi_batch_per_image=64,
+        roi_positive_fraction=0.5,
+        box_head_dim=256,
+        mask_head_dim=64,
+        mask_head_convs=2,
+        box_loss_beta=0.0,
+        detections_per_image=20,
+        pooler_sampling_ratio=2,
+        optimizer="adamw",
+        learning_rate=2e-3,
+        batch_size=8,
+        weight_decay=1e-4,
+        warmup_steps=50,
+        lr_decay_steps=(),
+        total_steps=1000,
+        clipnorm=10.0,
+    )
+
+
+PRESETS = {
+    "coco_r50_fpn": _coco_r50_fpn,
+    "coco_r101_fpn": _coco_r101_fpn,
+    "coco_x101_32x8d_fpn": _coco_x101_fpn,
+    "shapes": _shapes,
+}
+
+
+def get_config(name_or_path: str | Path | MaskRCNNConfig, **overrides: Any) -> MaskRCNNConfig:
+    """A preset by name, or a config JSON file by path, with `overrides` applied."""
+    if isinstance(name_or_path, MaskRCNNConfig):
+        config = name_or_path
+    elif str(name_or_path) in PRESETS:
+        config = PRESETS[str(name_or_path)]()
+    elif Path(name_or_path).suffix == ".json" or Path(name_or_path).exists():
+        config = MaskRCNNConfig.from_json(name_or_path)
+    else:
+        raise ValueError(
+            f"unknown config {name_or_path!r}: use a preset ({', '.join(PRESETS)}) "
+            "or the path of a config JSON file"
+        )
+    return config.replace(**overrides) if overrides else config

@@ -1,0 +1,250 @@
+"""COCO-format instance segmentation dataset (read with pycocotools).
+
+`CocoDataset` implements the dataset-source protocol of docs/CONVENTIONS.md: contiguous labels
+`1..K` (categories sorted by id), `load_image` -> uint8 RGB `[h, w, 3]`, `load_annotations` ->
+boxes `[G, 4]` float32 (y1, x1, y2, x2) in original pixels, labels `[G]` int32, masks
+`[G, h, w]` uint8, is_crowd `[G]` bool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools.coco import COCO
+
+logger = logging.getLogger("keras_maskrcnn")
+
+_REQUIRED_FIELDS = ("images", "annotations", "categories")
+_MAX_IDS_IN_MESSAGE = 5
+
+
+def load_rgb_image(path: Path) -> np.ndarray:
+    """Reads an image file as uint8 RGB `[h, w, 3]` (grayscale, palette, RGBA, CMYK converted)."""
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB"), dtype=np.uint8)
+
+
+def coco_bbox_to_yxyx(bbox: Any) -> np.ndarray:
+    """COCO `[x, y, w, h]` -> `[4]` float32 `(y1, x1, y2, x2)` in the same pixels."""
+    x, y, w, h = (float(v) for v in bbox)
+    return np.array([y, x, y + h, x + w], dtype=np.float32)
+
+
+def empty_annotations(height: int, width: int) -> dict[str, np.ndarray]:
+    """The annotation dict of an image without instances (G = 0)."""
+    return {
+        "boxes": np.zeros((0, 4), np.float32),
+        "labels": np.zeros((0,), np.int32),
+        "masks": np.zeros((0, height, width), np.uint8),
+        "is_crowd": np.zeros((0,), bool),
+    }
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(f"COCO annotation file not found: {path}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"COCO annotation file {path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"COCO annotation file {path} must hold a JSON object, got "
+                         f"{type(data).__name__}")
+    for field in _REQUIRED_FIELDS:
+        if field not in data:
+            raise ValueError(f"COCO annotation file {path} is missing the {field!r} field "
+                             f"(expected fields: {', '.join(_REQUIRED_FIELDS)})")
+        if not isinstance(data[field], list):
+            raise ValueError(f"COCO annotation file {path}: field {field!r} must be a list")
+    return data
+
+
+def _build_coco(data: dict) -> COCO:
+    """A pycocotools COCO from an in-memory dict, without its progress prints."""
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _is_degenerate(ann: dict) -> bool:
+    bbox = ann.get("bbox")
+    if bbox is None or len(bbox) != 4:
+        raise ValueError(f"annotation id {ann.get('id')}: 'bbox' must be [x, y, w, h], "
+                         f"got {bbox!r}")
+    return float(bbox[2]) <= 0 or float(bbox[3]) <= 0
+
+
+class CocoDataset:
+    """A COCO instance-segmentation annotation file and its image folder.
+
+    Args:
+        annotations: path of the COCO instances JSON (needs "images", "annotations",
+            "categories").
+        images_dir: folder holding the images named by each image's "file_name".
+        class_names: optional category names fixing the label order (label i = i-th name; a
+            leading "background" is allowed), e.g. to reuse a training label map. Every name must
+            be a category of the file; annotations of the file's other categories are skipped
+            (one warning). Default: all categories sorted by id.
+
+    Attributes:
+        class_names: `["background", name_1, ..., name_K]`.
+        num_classes: K.
+        label_to_category_id / category_id_to_label: contiguous label <-> COCO category id.
+        image_ids: sorted list of int (images without annotations included).
+        coco: the pycocotools `COCO` of the whole file (untouched ground truth for evaluation).
+        skipped_annotations: number of annotations skipped for a box with width or height <= 0.
+        skipped_category_annotations: number skipped because their category is not in
+            `class_names` (0 unless `class_names` is given).
+    """
+
+    def __init__(
+        self,
+        annotations: str | Path,
+        images_dir: str | Path,
+        class_names: list | None = None,
+    ) -> None:
+        self.annotations_path = Path(annotations)
+        self.images_dir = Path(images_dir)
+        data = _read_json(self.annotations_path)
+        if not self.images_dir.is_dir():
+            raise FileNotFoundError(f"images folder not found: {self.images_dir}; check --images")
+        self.coco = _build_coco(data)
+        self._init_labels(data["categories"], class_names)
+        self._images = {int(img["id"]): img for img in data["images"]}
+        self.image_ids = sorted(self._images)
+        self._anns_by_image = self._index_annotations(data["annotations"])
+        if self.image_ids:
+            self.image_path(self.image_ids[0])  # fail fast on a wrong images folder
+
+    # ----------------------------------------------------------------------------- set-up
+    def _init_labels(self, categories: list, class_names: list | None) -> None:
+        cats = sorted(categories, key=lambda c: int(c["id"]))
+        if class_names is None:
+            chosen = cats
+        else:
+            chosen = self._categories_by_name(cats, class_names)
+        self.label_to_category_id = {i + 1: int(c["id"]) for i, c in enumerate(chosen)}
+        self.category_id_to_label = {v: k for k, v in self.label_to_category_id.items()}
+        self.class_names = ["background"] + [str(c["name"]) for c in chosen]
+        self.num_classes = len(chosen)
+        self._known_category_ids = {int(c["id"]) for c in cats}
+
+    def _categories_by_name(self, cats: list, class_names: list) -> list:
+        names = [str(n) for n in class_names]
+        if names and names[0] == "background":
+            names = names[1:]
+        if len(set(names)) != len(names):
+            raise ValueError(f"class_names has duplicates: {class_names}")
+        by_name = {str(c["name"]): c for c in cats}
+        missing = [n for n in names if n not in by_name]
+        if missing:
+            raise ValueError(f"class_names {missing} are not categories of "
+                             f"{self.annotations_path} (categories: {sorted(by_name)})")
+        return [by_name[n] for n in names]
+
+    def _index_annotations(self, anns: list) -> dict[int, list[dict]]:
+        by_image: dict[int, list[dict]] = {i: [] for i in self.image_ids}
+        degenerate, other_category = [], 0
+        for ann in anns:
+            self._check_annotation(ann)
+            if _is_degenerate(ann):
+                degenerate.append(ann.get("id"))
+                continue
+            if int(ann["category_id"]) not in self.category_id_to_label:
+                other_category += 1
+                continue
+            by_image[int(ann["image_id"])].append(ann)
+        self.skipped_annotations = len(degenerate)
+        self.skipped_category_annotations = other_category
+        if degenerate:
+            logger.warning(
+                "%s: skipped %d annotation(s) whose box has zero or negative width/height "
+                "(first ids: %s)", self.annotations_path, len(degenerate),
+                degenerate[:_MAX_IDS_IN_MESSAGE])
+        if other_category:
+            logger.warning("%s: skipped %d annotation(s) of categories not in class_names",
+                           self.annotations_path, other_category)
+        return by_image
+
+    def _check_annotation(self, ann: dict) -> None:
+        ann_id = ann.get("id")
+        for key in ("image_id", "category_id", "segmentation"):
+            if key not in ann:
+                raise ValueError(f"{self.annotations_path}: annotation id {ann_id} has no "
+                                 f"{key!r}")
+        if int(ann["category_id"]) not in self._known_category_ids:
+            raise ValueError(f"{self.annotations_path}: annotation id {ann_id} refers to unknown "
+                             f"category id {ann['category_id']}")
+        if int(ann["image_id"]) not in self._images:
+            raise ValueError(f"{self.annotations_path}: annotation id {ann_id} refers to unknown "
+                             f"image id {ann['image_id']}")
+
+    # ----------------------------------------------------------------------------- access
+    def image_info(self, image_id: int) -> dict:
+        """The JSON image record (has "height", "width", "file_name", "id")."""
+        try:
+            return self._images[int(image_id)]
+        except KeyError:
+            raise ValueError(f"unknown image id {image_id} in {self.annotations_path}") from None
+
+    def file_name(self, image_id: int) -> str:
+        """The image's "file_name", relative to `images_dir`."""
+        return str(self.image_info(image_id)["file_name"])
+
+    def image_path(self, image_id: int) -> Path:
+        """Full path of the image file; FileNotFoundError if it is not on disk."""
+        path = self.images_dir / self.file_name(image_id)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path} (image id {image_id}); check "
+                                    f"--images (the folder holding the images of "
+                                    f"{self.annotations_path.name})")
+        return path
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        """The image as uint8 RGB `[h, w, 3]`; ValueError if its size differs from the JSON."""
+        path = self.image_path(image_id)
+        image = load_rgb_image(path)
+        info = self.image_info(image_id)
+        expected = (int(info["height"]), int(info["width"]))
+        if image.shape[:2] != expected:
+            raise ValueError(f"image {path} is {image.shape[0]}x{image.shape[1]} (h x w) on disk "
+                             f"but {expected[0]}x{expected[1]} in {self.annotations_path}")
+        return image
+
+    def load_annotations(self, image_id: int) -> dict[str, np.ndarray]:
+        """Instances of one image (crowd included, degenerate boxes skipped).
+
+        Returns:
+            dict with boxes `[G, 4]` float32 (y1, x1, y2, x2) in original pixels (from the COCO
+            bbox), labels `[G]` int32 in 1..K, masks `[G, h, w]` uint8 {0, 1} (polygons, also
+            multi-part, and RLE decoded by pycocotools), is_crowd `[G]` bool.
+        """
+        info = self.image_info(image_id)
+        height, width = int(info["height"]), int(info["width"])
+        anns = self._anns_by_image[int(image_id)]
+        if not anns:
+            return empty_annotations(height, width)
+        return {
+            "boxes": np.stack([coco_bbox_to_yxyx(a["bbox"]) for a in anns]),
+            "labels": np.array([self.category_id_to_label[int(a["category_id"])] for a in anns],
+                               np.int32),
+            "masks": np.stack([self.coco.annToMask(a).astype(np.uint8) for a in anns]),
+            "is_crowd": np.array([bool(a.get("iscrowd", 0)) for a in anns], bool),
+        }
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def __repr__(self) -> str:
+        return (f"CocoDataset({str(self.annotations_path)!r}, images={len(self.image_ids)}, "
+                f"num_classes={self.num_classes})")

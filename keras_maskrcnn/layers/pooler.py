@@ -1,0 +1,51 @@
+"""Multi-level RoI pooling over the FPN (RoIAlign, or RoIPool for the paper's ablation)."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from keras_maskrcnn.ops.roi_align import multilevel_roi_align
+
+
+@keras.saving.register_keras_serializable(package="keras_maskrcnn")
+class MultiLevelRoIAlign(layers.Layer):
+    """Call: `features` list `[B, H_l, W_l, C]` for levels `min_level`.., `boxes [B, R, 4]` input
+    pixels -> `[B, R, P, P, C]`.
+
+    Each box is pooled from level floor(canonical_level + log2(sqrt(area) / canonical_size)),
+    clamped to the available levels. `method` is "align" (RoIAlign) or "pool" (quantized RoIPool).
+    `implementation` picks the RoIAlign kernel ("auto", "gather", "custom_op", ...); exported
+    models use "gather".
+    """
+
+    def __init__(self, output_size: int = 7, sampling_ratio: int = 0, aligned: bool = True,
+                 method: str = "align", min_level: int = 2, canonical_size: float = 224.0,
+                 canonical_level: int = 4, implementation: str = "auto", **kwargs):
+        super().__init__(**kwargs)
+        if method not in ("align", "pool"):
+            raise ValueError(f"method must be 'align' or 'pool', got {method!r}")
+        self.output_size = int(output_size)
+        self.sampling_ratio = int(sampling_ratio)
+        self.aligned = bool(aligned)
+        self.method = method
+        self.min_level = int(min_level)
+        self.canonical_size = float(canonical_size)
+        self.canonical_level = int(canonical_level)
+        self.implementation = implementation
+
+    def call(self, features, boxes):
+        boxes = tf.stop_gradient(tf.cast(boxes, tf.float32))
+        return multilevel_roi_align(
+            list(features), boxes, self.output_size, min_level=self.min_level,
+            canonical_size=self.canonical_size, canonical_level=self.canonical_level,
+            sampling_ratio=self.sampling_ratio, aligned=self.aligned, method=self.method,
+            implementation=self.implementation)
+
+    def get_config(self):
+        return {**super().get_config(), "output_size": self.output_size,
+                "sampling_ratio": self.sampling_ratio, "aligned": self.aligned,
+                "method": self.method, "min_level": self.min_level,
+                "canonical_size": self.canonical_size, "canonical_level": self.canonical_level,
+                "implementation": self.implementation}

@@ -1,0 +1,73 @@
+"""ProposalLayer: RPN outputs -> a fixed number of proposals per image."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from keras_maskrcnn.ops import boxes as box_ops
+from keras_maskrcnn.ops import nms as nms_ops
+
+
+@keras.saving.register_keras_serializable(package="keras_maskrcnn")
+class ProposalLayer(layers.Layer):
+    """Per-level top-k, decode, clip, drop tiny boxes, per-level NMS, keep the best overall.
+
+    Call: `logits [B, N]`, `deltas [B, N, 4]` (weights 1, 1, 1, 1), `anchors [N, 4]`,
+    `image_shape [B, 2]` -> `(proposals [B, R, 4] input pixels, scores [B, R] objectness
+    probabilities, num_valid [B] int32)` with `R = post_nms_topk`; rows past `num_valid` are zeros.
+    `level_sizes` are the anchor counts of each level (`AnchorGenerator.level_sizes`).
+    Proposals carry no gradient (as in Detectron2 and torchvision).
+    """
+
+    def __init__(self, level_sizes, pre_nms_topk: int = 1000, post_nms_topk: int = 1000,
+                 nms_threshold: float = 0.7, min_box_size: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.level_sizes = tuple(int(n) for n in level_sizes)
+        self.pre_nms_topk = int(pre_nms_topk)
+        self.post_nms_topk = int(post_nms_topk)
+        self.nms_threshold = float(nms_threshold)
+        self.min_box_size = float(min_box_size)
+
+    def call(self, logits, deltas, anchors, image_shape):
+        logits = tf.stop_gradient(tf.cast(logits, tf.float32))
+        deltas = tf.stop_gradient(tf.cast(deltas, tf.float32))
+        all_boxes, all_scores, all_levels = [], [], []
+        start = 0
+        for level, size in enumerate(self.level_sizes):
+            k = min(self.pre_nms_topk, size)
+            level_logits = logits[:, start:start + size]
+            top_logits, top_idx = tf.math.top_k(level_logits, k=k, sorted=True)
+            level_deltas = tf.gather(deltas[:, start:start + size], top_idx, batch_dims=1)
+            level_anchors = tf.gather(anchors[start:start + size], top_idx)
+            boxes = box_ops.decode_boxes(level_deltas, level_anchors, weights=(1.0, 1.0, 1.0, 1.0),
+                                         scale_clamp=math.log(1000.0 / 16))
+            boxes = box_ops.clip_boxes(boxes, image_shape)
+            heights = boxes[..., 2] - boxes[..., 0]
+            widths = boxes[..., 3] - boxes[..., 1]
+            keep = ((heights >= self.min_box_size) & (widths >= self.min_box_size)
+                    & (heights > 0) & (widths > 0))
+            # Probabilities are >= 0, so -1 marks a removed box below the NMS score threshold.
+            scores = tf.where(keep, tf.sigmoid(top_logits), -1.0)
+            all_boxes.append(boxes)
+            all_scores.append(scores)
+            all_levels.append(tf.fill(tf.shape(top_idx), level))
+            start += size
+        boxes = tf.concat(all_boxes, axis=1)
+        scores = tf.concat(all_scores, axis=1)
+        levels = tf.concat(all_levels, axis=1)
+        indices, num_valid = nms_ops.grouped_nms_padded(
+            boxes, scores, levels, max_output_size=self.post_nms_topk,
+            iou_threshold=self.nms_threshold, score_threshold=-0.5)
+        valid = tf.range(self.post_nms_topk)[None, :] < num_valid[:, None]
+        proposals = tf.gather(boxes, indices, batch_dims=1) * tf.cast(valid, tf.float32)[..., None]
+        proposal_scores = tf.where(valid, tf.gather(scores, indices, batch_dims=1), 0.0)
+        return proposals, proposal_scores, num_valid
+
+    def get_config(self):
+        return {**super().get_config(), "level_sizes": self.level_sizes,
+                "pre_nms_topk": self.pre_nms_topk, "post_nms_topk": self.post_nms_topk,
+                "nms_threshold": self.nms_threshold, "min_box_size": self.min_box_size}

@@ -1,0 +1,152 @@
+"""Training targets computed in the graph: RPN anchor targets and sampled RoI targets.
+
+Shapes: B images, N anchors, G padded ground-truth boxes, R proposals, S sampled RoIs, F sampled
+RoIs that can be foreground (the first F of the S), P mask size.
+Ground-truth classes: 1..K objects, 0 padding, -1 crowd (never positive, never negative where a
+candidate lies mostly inside a crowd region).
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+from keras import layers
+
+from keras_maskrcnn.ops import boxes as box_ops
+from keras_maskrcnn.ops import masks as mask_ops
+from keras_maskrcnn.ops import sampling
+
+CROWD_IOA = 0.5
+
+
+def match_boxes(candidates: tf.Tensor, gt_boxes: tf.Tensor, gt_classes: tf.Tensor):
+    """Matches each candidate box to its best-overlapping object ground truth.
+
+    Args:
+      candidates: `[B, N, 4]` or `[N, 4]` (shared by the batch) input pixels.
+      gt_boxes: `[B, G, 4]`; gt_classes: `[B, G]` int32.
+    Returns:
+      `iou [B, N, G]` (-1 on padding and crowd columns), `max_iou [B, N]`, `matched [B, N]` int32,
+      `in_crowd [B, N]` bool (intersection over the candidate's area with a crowd box > 0.5).
+    """
+    if candidates.shape.rank == 2:
+        candidates = tf.broadcast_to(candidates[None], [tf.shape(gt_boxes)[0], *candidates.shape])
+    is_object = (gt_classes > 0)[:, None, :]
+    iou = tf.where(is_object, box_ops.pairwise_iou(candidates, gt_boxes), -1.0)
+    ioa = box_ops.pairwise_ioa(candidates, gt_boxes)
+    in_crowd = tf.reduce_any((gt_classes < 0)[:, None, :] & (ioa > CROWD_IOA), axis=2)
+    return iou, tf.reduce_max(iou, axis=2), tf.argmax(iou, axis=2, output_type=tf.int32), in_crowd
+
+
+@keras.saving.register_keras_serializable(package="keras_maskrcnn")
+class AnchorTargetLayer(layers.Layer):
+    """RPN targets: match anchors to ground truth and sample a balanced anchor set.
+
+    Call: `anchors [N, 4]`, `gt_boxes [B, G, 4]`, `gt_classes [B, G]` -> `(labels [B, N] int32:
+    1 sampled positive, 0 sampled negative, -1 ignored; box_targets [B, N, 4] deltas with weights
+    (1, 1, 1, 1))`. IoU >= `positive_iou` is positive, < `negative_iou` negative, and each ground
+    truth's best anchors (ties included) are positive too (Detectron2's low-quality matches).
+    """
+
+    def __init__(self, positive_iou: float = 0.7, negative_iou: float = 0.3,
+                 batch_per_image: int = 256, positive_fraction: float = 0.5, **kwargs):
+        super().__init__(**kwargs)
+        self.positive_iou = float(positive_iou)
+        self.negative_iou = float(negative_iou)
+        self.batch_per_image = int(batch_per_image)
+        self.positive_fraction = float(positive_fraction)
+
+    def call(self, anchors, gt_boxes, gt_classes):
+        iou, max_iou, matched, in_crowd = match_boxes(anchors, gt_boxes, gt_classes)
+        best_per_gt = tf.reduce_max(iou, axis=1, keepdims=True)  # [B, 1, G]
+        is_best = tf.reduce_any((iou == best_per_gt) & (best_per_gt > 0.0), axis=2)
+        positive = (max_iou >= self.positive_iou) | is_best
+        negative = (max_iou < self.negative_iou) & ~positive & ~in_crowd
+        pos, neg = sampling.subsample_labels(positive, negative, self.batch_per_image,
+                                             self.positive_fraction)
+        labels = tf.where(pos, 1, tf.where(neg, 0, -1))
+        matched_boxes = tf.gather(gt_boxes, matched, batch_dims=1)
+        box_targets = box_ops.encode_boxes(matched_boxes, anchors[None], weights=(1.0, 1.0, 1.0, 1.0))
+        box_targets = tf.where(pos[..., None], box_targets, 0.0)
+        return tf.stop_gradient(labels), tf.stop_gradient(box_targets)
+
+    def get_config(self):
+        return {**super().get_config(), "positive_iou": self.positive_iou,
+                "negative_iou": self.negative_iou, "batch_per_image": self.batch_per_image,
+                "positive_fraction": self.positive_fraction}
+
+
+@keras.saving.register_keras_serializable(package="keras_maskrcnn")
+class DetectionTargetLayer(layers.Layer):
+    """Samples RoIs from proposals + ground truth and builds their class, box and mask targets.
+
+    Call: `proposals [B, R, 4]`, `num_proposals [B]`, `gt_boxes [B, G, 4]`, `gt_classes [B, G]`,
+    `gt_masks [B, G, M, M]` -> dict:
+      `rois [B, S, 4]`, `class_targets [B, S]` int32 (0 background), `box_targets [B, S, 4]`
+      (weights `box_coder_weights`), `weights [B, S]` float32 (1 for sampled slots),
+      `mask_rois [B, F, 4]`, `mask_classes [B, F]` int32, `mask_targets [B, F, P, P]` in {0, 1},
+      `mask_weights [B, F]` (1 for foreground RoIs).
+    Positives are placed first, so the F = round(S * positive_fraction) first slots hold them all.
+    """
+
+    def __init__(self, batch_per_image: int = 512, positive_fraction: float = 0.25,
+                 foreground_iou: float = 0.5, box_coder_weights=(10.0, 10.0, 5.0, 5.0),
+                 mask_size: int = 28, **kwargs):
+        super().__init__(**kwargs)
+        self.batch_per_image = int(batch_per_image)
+        self.positive_fraction = float(positive_fraction)
+        self.foreground_iou = float(foreground_iou)
+        self.box_coder_weights = tuple(float(w) for w in box_coder_weights)
+        self.mask_size = int(mask_size)
+
+    @property
+    def num_foreground(self) -> int:
+        return int(round(self.batch_per_image * self.positive_fraction))
+
+    def call(self, proposals, num_proposals, gt_boxes, gt_classes, gt_masks):
+        proposals = tf.stop_gradient(proposals)
+        num_rois = proposals.shape[1]
+        candidates = tf.concat([proposals, gt_boxes], axis=1)
+        proposal_valid = tf.range(num_rois)[None, :] < num_proposals[:, None]
+        valid = tf.concat([proposal_valid, gt_classes > 0], axis=1)
+        _, max_iou, matched, in_crowd = match_boxes(candidates, gt_boxes, gt_classes)
+        positive = valid & (max_iou >= self.foreground_iou)
+        negative = valid & (max_iou < self.foreground_iou) & ~in_crowd
+        total = candidates.shape[1]
+        num_samples = min(self.batch_per_image, total)
+        pos, neg = sampling.subsample_labels(positive, negative, num_samples,
+                                             self.positive_fraction)
+        indices, slot_valid, slot_positive = sampling.sampled_indices(pos, neg, num_samples)
+
+        rois = tf.gather(candidates, indices, batch_dims=1)
+        slot_matched = tf.gather(matched, indices, batch_dims=1)
+        matched_boxes = tf.gather(gt_boxes, slot_matched, batch_dims=1)
+        matched_classes = tf.gather(gt_classes, slot_matched, batch_dims=1)
+        class_targets = tf.where(slot_positive, matched_classes, 0)
+        box_targets = box_ops.encode_boxes(matched_boxes, rois, weights=self.box_coder_weights)
+        box_targets = tf.where(slot_positive[..., None], box_targets, 0.0)
+        rois = rois * tf.cast(slot_valid, tf.float32)[..., None]
+
+        fg = min(self.num_foreground, num_samples)
+        mask_rois = rois[:, :fg]
+        mask_weights = tf.cast(slot_positive[:, :fg], tf.float32)
+        mask_targets = mask_ops.crop_mask_targets(
+            gt_masks, gt_boxes, mask_rois, slot_matched[:, :fg], output_size=self.mask_size)
+        mask_targets = mask_targets * mask_weights[..., None, None]
+        outputs = {
+            "rois": rois,
+            "class_targets": class_targets,
+            "box_targets": box_targets,
+            "weights": tf.cast(slot_valid, tf.float32),
+            "mask_rois": mask_rois,
+            "mask_classes": class_targets[:, :fg],
+            "mask_targets": mask_targets,
+            "mask_weights": mask_weights,
+        }
+        return {k: tf.stop_gradient(v) for k, v in outputs.items()}
+
+    def get_config(self):
+        return {**super().get_config(), "batch_per_image": self.batch_per_image,
+                "positive_fraction": self.positive_fraction,
+                "foreground_iou": self.foreground_iou,
+                "box_coder_weights": self.box_coder_weights, "mask_size": self.mask_size}

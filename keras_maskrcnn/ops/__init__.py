@@ -1,0 +1,44 @@
+"""Pure tensor functions: boxes, anchors, NMS, RoIAlign / RoIPool, masks, sampling.
+
+`keras_maskrcnn.ops.roi_align` is the RoIAlign function (the module of the same name is
+`keras_maskrcnn.ops.roi_align` in `sys.modules`; import its other names with
+`from keras_maskrcnn.ops.roi_align import ...`).
+"""
+
+from keras_maskrcnn.ops.anchors import anchors_per_level, generate_anchors
+from keras_maskrcnn.ops.boxes import (
+    box_area,
+    clip_boxes,
+    decode_boxes,
+    encode_boxes,
+    pairwise_ioa,
+    pairwise_iou,
+)
+from keras_maskrcnn.ops.masks import crop_mask_targets, paste_masks
+from keras_maskrcnn.ops.nms import batched_nms_padded, grouped_nms_padded, nms_padded
+from keras_maskrcnn.ops.roi_align import (
+    assign_fpn_levels,
+    multilevel_roi_align,
+    roi_align,
+    roi_pool,
+)
+
+__all__ = [
+    "anchors_per_level",
+    "assign_fpn_levels",
+    "batched_nms_padded",
+    "box_area",
+    "clip_boxes",
+    "crop_mask_targets",
+    "decode_boxes",
+    "encode_boxes",
+    "generate_anchors",
+    "grouped_nms_padded",
+    "multilevel_roi_align",
+    "nms_padded",
+    "pairwise_ioa",
+    "pairwise_iou",
+    "paste_masks",
+    "roi_align",
+    "roi_pool",
+]

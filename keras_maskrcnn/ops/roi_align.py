@@ -1,0 +1,664 @@
+"""RoIAlign, RoIPool, FPN level assignment and multi-level RoI pooling in TensorFlow.
+
+Feature maps are NHWC. Boxes are ``(y1, x1, y2, x2)`` float32 in input pixels; a feature map of
+stride ``s`` is read with ``spatial_scale = 1 / s``.
+
+RoIAlign follows ``torchvision.ops.roi_align`` / Detectron2 ``ROIAlign`` exactly (their CPU
+kernel, ``roi_align_kernel.cpp`` + ``roi_align_common.h``):
+
+- the RoI is scaled by ``spatial_scale`` and, with ``aligned=True``, shifted by -0.5 (pixel
+  centres); with ``aligned=False`` (legacy) its height and width are clamped to at least 1;
+- each of the ``ph x pw`` bins is sampled on an ``S_y x S_x`` grid at sub-cell centres, with
+  ``S = sampling_ratio`` or, when it is 0, ``ceil(roi_extent / pooled)`` per box and per axis;
+- a sample with ``y < -1``, ``y > H``, ``x < -1`` or ``x > W`` reads 0; otherwise ``y <= 0``
+  becomes 0, and when ``floor(y) >= H - 1`` the point snaps to row ``H - 1`` (likewise x);
+- the bin value is the sum of its bilinear samples divided by ``max(S_y * S_x, 1)``.
+
+Bilinear sampling with these border rules is separable, so every axis is reduced to (row index,
+weight) pairs and the features are read with one ``tf.gather`` on the flattened maps. This keeps
+the op exportable (gather / multiply / reduce only; TFLite builtins), differentiable with respect
+to the features, and static-shaped when ``sampling_ratio > 0``. As in torchvision, there is no
+gradient with respect to the boxes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Sequence
+
+import tensorflow as tf
+
+_IMPLEMENTATIONS = ("auto", "gather", "crop_and_resize", "custom_op")
+_CUSTOM_MODULE = "keras_maskrcnn.ops.custom_roi_align"
+_BUILD_HINT = "python -m keras_maskrcnn.ops.custom_roi_align --build"
+
+# No data-dependent Python control flow here: skipping AutoGraph's source conversion saves
+# seconds of tracing per tf.function.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
+    """Normalizes `output_size` (int or (ph, pw)) to a pair of positive ints."""
+    if isinstance(output_size, int) and not isinstance(output_size, bool):
+        output_size = (output_size, output_size)
+    try:
+        ph, pw = (int(v) for v in output_size)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"`output_size` must be an int or a pair (ph, pw), got {output_size!r}"
+        ) from err
+    if ph <= 0 or pw <= 0 or (ph, pw) != tuple(output_size):
+        raise ValueError(f"`output_size` must hold positive integers, got {output_size!r}")
+    return ph, pw
+
+
+def _check_sampling_ratio(sampling_ratio: int) -> int:
+    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
+        raise TypeError(f"`sampling_ratio` must be an int >= 0, got {sampling_ratio!r}")
+    if sampling_ratio < 0:
+        raise ValueError(f"`sampling_ratio` must be >= 0 (0 = adaptive), got {sampling_ratio}")
+    return sampling_ratio
+
+
+def _check_features(features: tf.Tensor, name: str = "features") -> tf.Tensor:
+    features = tf.convert_to_tensor(features)
+    if not features.dtype.is_floating:
+        raise TypeError(f"`{name}` must be a floating-point tensor, got {features.dtype.name}")
+    if features.shape.rank is not None and features.shape.rank != 4:
+        raise ValueError(f"`{name}` must have shape [B, H, W, C] (NHWC), got {features.shape}")
+    return features
+
+
+def _check_boxes(boxes: tf.Tensor, rank: int, name: str = "boxes") -> tf.Tensor:
+    boxes = tf.convert_to_tensor(boxes)
+    if not (boxes.dtype.is_floating or boxes.dtype.is_integer):
+        raise TypeError(f"`{name}` must be a real-valued tensor, got dtype {boxes.dtype.name}")
+    if boxes.shape.rank is not None and (
+        boxes.shape.rank != rank or boxes.shape[-1] not in (None, 4)
+    ):
+        shape = "[N, 4]" if rank == 2 else "[B, R, 4]"
+        raise ValueError(f"`{name}` must have shape {shape} (y1, x1, y2, x2), got {boxes.shape}")
+    return tf.stop_gradient(tf.cast(boxes, tf.float32))
+
+
+def _check_box_indices(box_indices: tf.Tensor) -> tf.Tensor:
+    box_indices = tf.convert_to_tensor(box_indices)
+    if not box_indices.dtype.is_integer:
+        raise TypeError(f"`box_indices` must be an integer tensor, got {box_indices.dtype.name}")
+    if box_indices.shape.rank is not None and box_indices.shape.rank != 1:
+        raise ValueError(f"`box_indices` must have shape [N], got {box_indices.shape}")
+    return tf.cast(box_indices, tf.int32)
+
+
+def _check_scale(spatial_scale: float) -> float:
+    scale = float(spatial_scale)
+    if not scale > 0 or not math.isfinite(scale):
+        raise ValueError(f"`spatial_scale` must be a positive finite number, got {spatial_scale!r}")
+    return scale
+
+
+def _check_implementation(implementation: str) -> str:
+    if implementation not in _IMPLEMENTATIONS:
+        raise ValueError(
+            f"`implementation` must be one of {_IMPLEMENTATIONS}, got {implementation!r}"
+        )
+    return implementation
+
+
+# --------------------------------------------------------------------------- per-box geometry
+
+
+def _flat_geometry(features: tf.Tensor, box_indices: tf.Tensor):
+    """Flattens `features` [B, H, W, C] to [B*H*W, C], with per-box base / H / W [N] int32."""
+    shape = tf.shape(features, out_type=tf.int32)
+    height, width = shape[1], shape[2]
+    channels = features.shape[3] if features.shape[3] is not None else shape[3]
+    flat = tf.reshape(features, [-1, channels])
+    ones = tf.ones_like(box_indices)
+    return flat, box_indices * height * width, height * ones, width * ones
+
+
+def _roi_extents(boxes: tf.Tensor, scale: tf.Tensor, aligned: bool):
+    """RoI start and extent per axis in feature-map pixels, each [N] float32 (torchvision rules)."""
+    offset = 0.5 if aligned else 0.0
+    y1, x1, y2, x2 = tf.unstack(boxes, num=4, axis=-1)
+    start_y = y1 * scale - offset
+    start_x = x1 * scale - offset
+    extent_y = (y2 * scale - offset) - start_y
+    extent_x = (x2 * scale - offset) - start_x
+    if not aligned:  # legacy: malformed RoIs are forced to be at least 1x1
+        extent_y = tf.maximum(extent_y, 1.0)
+        extent_x = tf.maximum(extent_x, 1.0)
+    return start_y, extent_y, start_x, extent_x
+
+
+def _sample_counts(extent: tf.Tensor, pooled: int, sampling_ratio: int):
+    """Samples per bin along one axis: ([N] int32 per-box count, grid size: int or scalar)."""
+    if sampling_ratio > 0:
+        return tf.fill(tf.shape(extent), sampling_ratio), sampling_ratio
+    count = tf.math.ceil(extent / float(pooled))
+    # NaN / non-positive extents sample nothing (the kernel's loops run zero times).
+    count = tf.where(count > 0.0, count, 0.0)
+    count = tf.cast(count, tf.int32)
+    grid = tf.maximum(tf.reduce_max(count), 1)  # reduce_max of no boxes is INT_MIN
+    return count, grid
+
+
+def _axis_points(start, extent, pooled: int, count, grid):
+    """Sample coordinates [N, pooled, grid] float32 and a mask of the points each box uses."""
+    bin_size = (extent / float(pooled))[:, None, None]
+    divisor = tf.cast(tf.maximum(count, 1), tf.float32)[:, None, None]
+    bins = tf.range(pooled, dtype=tf.float32)[None, :, None]
+    steps = tf.range(grid, dtype=tf.int32)
+    offsets = (tf.cast(steps, tf.float32) + 0.5)[None, None, :]
+    # Same operation order as the reference kernel: start + p * bin + (i + .5) * bin / count.
+    points = start[:, None, None] + bins * bin_size + offsets * bin_size / divisor
+    used = steps[None, None, :] < count[:, None, None]
+    used = tf.broadcast_to(used, tf.shape(points))
+    return points, used, divisor
+
+
+def _axis_bilinear(points, used, size):
+    """RoIAlign border rules on one axis: (low, high) int32 and their weights, all [N, P, S]."""
+    size = size[:, None, None]
+    size_f = tf.cast(size, tf.float32)
+    inside = used & (points >= -1.0) & (points <= size_f)
+    coord = tf.maximum(tf.where(inside, points, 0.0), 0.0)
+    low = tf.cast(tf.math.floor(coord), tf.int32)
+    last = size - 1
+    at_end = low >= last
+    low = tf.where(at_end, last, low)
+    high = tf.where(at_end, last, low + 1)
+    frac = tf.where(at_end, 0.0, coord - tf.cast(low, tf.float32))
+    w_high = tf.where(inside, frac, 0.0)
+    w_low = tf.where(inside, 1.0 - frac, 0.0)
+    return low, high, w_low, w_high
+
+
+def _compact_axis(index, weight):
+    """Merges (index, weight) pairs [N, P, E] into a window of consecutive rows per bin.
+
+    Returns (rows [N, P, K] int32, weights [N, P, K]) where K is the widest window over all
+    bins; used for the adaptive sampling ratio, where it reads about (S + 1) rows per bin
+    instead of 2 S.
+    """
+    big = tf.int32.max
+    active = tf.not_equal(weight, 0.0)
+    start = tf.reduce_min(tf.where(active, index, big), axis=-1, keepdims=True)
+    start = tf.where(start == big, 0, start)
+    slot = index - start
+    width = tf.maximum(tf.reduce_max(tf.where(active, slot, 0)), 0) + 1  # no boxes: INT_MIN
+    merged = tf.reduce_sum(tf.one_hot(slot, width, dtype=weight.dtype) * weight[..., None], -2)
+    rows = start + tf.range(width, dtype=tf.int32)
+    return rows, merged
+
+
+def _axis_table(start, extent, pooled: int, sampling_ratio: int, size):
+    """Per-box rows (or columns) and weights for one axis, each [N, pooled, K]."""
+    count, grid = _sample_counts(extent, pooled, sampling_ratio)
+    points, used, divisor = _axis_points(start, extent, pooled, count, grid)
+    low, high, w_low, w_high = _axis_bilinear(points, used, size)
+    index = tf.concat([low, high], axis=-1)
+    weight = tf.concat([w_low, w_high], axis=-1) / divisor
+    if sampling_ratio == 0:
+        index, weight = _compact_axis(index, weight)
+    return tf.minimum(index, size[:, None, None] - 1), weight
+
+
+def _gather_separable(flat, base, width, rows, row_w, cols, col_w):
+    """out[n, p, q] = sum_{k, l} row_w[n, p, k] col_w[n, q, l] flat[base + rows * width + cols].
+
+    flat [T, C]; base, width [N] int32; rows/row_w [N, ph, Ky]; cols/col_w [N, pw, Kx].
+    Returns [N, ph, pw, C] in flat's dtype.
+    """
+    index = (
+        base[:, None, None, None, None]
+        + (rows * width[:, None, None])[:, :, :, None, None]
+        + cols[:, None, None, :, :]
+    )
+    values = tf.gather(flat, index)  # [N, ph, Ky, pw, Kx, C]
+    row_w = tf.cast(row_w, flat.dtype)[:, :, :, None, None, None]
+    col_w = tf.cast(col_w, flat.dtype)[:, None, :, :, None]
+    values = tf.reduce_sum(values * row_w, axis=2)  # [N, ph, pw, Kx, C]
+    return tf.reduce_sum(values * col_w, axis=3)
+
+
+def _roi_align_flat(flat, base, height, width, boxes, scale, output_size, sampling_ratio, aligned):
+    """RoIAlign of every box on its own map inside `flat` [T, C] -> [N, ph, pw, C].
+
+    base / height / width [N] int32 locate each box's map (row-major [H, W] block of `flat`);
+    scale is a scalar or [N] float32 spatial scale.
+    """
+    ph, pw = output_size
+    start_y, extent_y, start_x, extent_x = _roi_extents(boxes, scale, aligned)
+    rows, row_w = _axis_table(start_y, extent_y, ph, sampling_ratio, height)
+    cols, col_w = _axis_table(start_x, extent_x, pw, sampling_ratio, width)
+    return _gather_separable(flat, base, width, rows, row_w, cols, col_w)
+
+
+# --------------------------------------------------------------------------- RoIAlign variants
+
+
+def _roi_align_crop_and_resize(features, boxes, box_indices, output_size, scale, sampling_ratio,
+                               aligned):
+    """RoIAlign through `tf.image.crop_and_resize` (fixed sampling ratio only).
+
+    crop_and_resize reads 0 outside [0, H - 1] while RoIAlign clamps points in [-1, 0) and
+    (H - 1, H] to the border row: padding the map with one replicated row / column on each side
+    makes the two rules coincide, then the P * S uniform sample grid is averaged by S x S.
+    """
+    if sampling_ratio <= 0:
+        raise ValueError(
+            "implementation='crop_and_resize' needs a fixed `sampling_ratio` > 0: the adaptive "
+            "ratio (0) uses a different number of samples per box; use implementation='gather'"
+        )
+    ph, pw = output_size
+    s = sampling_ratio
+    dtype = features.dtype
+    padded = tf.pad(tf.cast(features, tf.float32), [[0, 0], [1, 1], [1, 1], [0, 0]], "SYMMETRIC")
+    shape = tf.shape(padded)
+    last_y = tf.cast(shape[1] - 1, tf.float32)
+    last_x = tf.cast(shape[2] - 1, tf.float32)
+    start_y, extent_y, start_x, extent_x = _roi_extents(boxes, scale, aligned)
+    ny, nx = float(ph * s), float(pw * s)
+    # first / last sample of the uniform grid, +1 for the padding, normalized to [0, 1] corners.
+    y_a = (start_y + 0.5 * extent_y / ny + 1.0) / last_y
+    y_b = (start_y + (ny - 0.5) * extent_y / ny + 1.0) / last_y
+    x_a = (start_x + 0.5 * extent_x / nx + 1.0) / last_x
+    x_b = (start_x + (nx - 0.5) * extent_x / nx + 1.0) / last_x
+    crops = tf.image.crop_and_resize(
+        padded, tf.stack([y_a, x_a, y_b, x_b], axis=-1), box_indices, [ph * s, pw * s],
+        method="bilinear", extrapolation_value=0.0,
+    )
+    channels = features.shape[3] if features.shape[3] is not None else tf.shape(features)[3]
+    crops = tf.reshape(crops, [-1, ph, s, pw, s, channels])
+    return tf.cast(tf.reduce_mean(crops, axis=[2, 4]), dtype)
+
+
+def _custom_module(required: bool):
+    """Returns the custom-op module if it imports and is built, else None (or raises)."""
+    try:
+        module = importlib.import_module(_CUSTOM_MODULE)
+    except ImportError as err:
+        if required:
+            raise RuntimeError(
+                f"implementation='custom_op' needs {_CUSTOM_MODULE}, which could not be "
+                f"imported ({err}); build the op with `{_BUILD_HINT}`"
+            ) from err
+        return None
+    if not module.is_available():
+        if required:
+            raise RuntimeError(
+                f"the RoIAlign custom op is not built or cannot be loaded; build it with "
+                f"`{_BUILD_HINT}`"
+            )
+        return None
+    return module
+
+
+def _resolve_implementation(implementation: str) -> str:
+    if implementation == "auto":
+        return "custom_op" if _custom_module(required=False) is not None else "gather"
+    return implementation
+
+
+@_no_autograph
+def roi_align(
+    features: tf.Tensor,
+    boxes: tf.Tensor,
+    box_indices: tf.Tensor,
+    output_size: int | Sequence[int],
+    spatial_scale: float = 1.0,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    implementation: str = "auto",
+) -> tf.Tensor:
+    """RoIAlign with torchvision / Detectron2 semantics (see the module docstring).
+
+    Args:
+        features: [B, H, W, C] float feature maps (NHWC); float32, bfloat16 or float16.
+        boxes: [N, 4] float32 (y1, x1, y2, x2) in input pixels.
+        box_indices: [N] int32, the image in `features` each box reads (crop_and_resize order).
+        output_size: int or (ph, pw), the pooled size.
+        spatial_scale: feature pixels per input pixel (1 / stride).
+        sampling_ratio: samples per bin and axis; 0 = adaptive, ceil(roi_extent / pooled) per
+            box. With sampling_ratio > 0 every shape is static (XLA-compilable). The adaptive
+            mode samples on the largest count over the boxes (dynamic shape), masking the
+            unused points; its memory grows with that count.
+        aligned: True (Detectron2 ROIAlignV2) shifts by -0.5 pixel; False is torchvision's
+            legacy mode (no shift, RoI extent clamped to >= 1).
+        implementation: "gather" (gather + bilinear weights; the portable main path),
+            "crop_and_resize" (tf.image.crop_and_resize on an edge-padded map, sampling_ratio
+            > 0 only; same values up to float rounding, except that a sample falling exactly
+            on the -1 / H limit may land on the other side of it), "custom_op" (the compiled
+            kernel in keras_maskrcnn.ops.custom_roi_align) or "auto" (custom op when built,
+            else "gather").
+
+    Returns:
+        [N, ph, pw, C] pooled features in the dtype of `features`.
+    """
+    features = _check_features(features)
+    boxes = _check_boxes(boxes, rank=2)
+    box_indices = _check_box_indices(box_indices)
+    output_size = _pair(output_size)
+    sampling_ratio = _check_sampling_ratio(sampling_ratio)
+    scale = _check_scale(spatial_scale)
+    aligned = bool(aligned)
+    implementation = _resolve_implementation(_check_implementation(implementation))
+
+    if implementation == "custom_op":
+        module = _custom_module(required=True)
+        return module.roi_align_custom(
+            features, boxes, box_indices, output_size=output_size, spatial_scale=scale,
+            sampling_ratio=sampling_ratio, aligned=aligned,
+        )
+    if implementation == "crop_and_resize":
+        return _roi_align_crop_and_resize(
+            features, boxes, box_indices, output_size, scale, sampling_ratio, aligned
+        )
+    flat, base, height, width = _flat_geometry(features, box_indices)
+    return _roi_align_flat(
+        flat, base, height, width, boxes, tf.constant(scale, tf.float32), output_size,
+        sampling_ratio, aligned,
+    )
+
+
+# --------------------------------------------------------------------------- RoIPool
+
+
+def _round_half_away(values: tf.Tensor) -> tf.Tensor:
+    """C++ std::round (halves away from zero) as int32; tf.round rounds halves to even."""
+    trunc = tf.where(values >= 0.0, tf.math.floor(values), tf.math.ceil(values))
+    frac = values - trunc  # exact in float32
+    step = tf.where(tf.abs(frac) >= 0.5, tf.sign(values), 0.0)
+    return tf.cast(trunc + step, tf.int32)
+
+
+def _pool_axis(start, end, pooled: int, size, max_bin_size: int | None):
+    """Quantized RoIPool bins on one axis: rows [N, P, K] int32 (clipped) and their mask."""
+    extent = tf.maximum(end - start + 1, 1)
+    bin_size = tf.cast(extent, tf.float32)[:, None] / float(pooled)
+    bins = tf.range(pooled, dtype=tf.float32)[None, :]
+    lo = tf.cast(tf.math.floor(bins * bin_size), tf.int32) + start[:, None]
+    hi = tf.cast(tf.math.ceil((bins + 1.0) * bin_size), tf.int32) + start[:, None]
+    size = size[:, None]
+    lo = tf.clip_by_value(lo, 0, size)
+    hi = tf.clip_by_value(hi, 0, size)
+    span = hi - lo  # <= 0: empty bin
+    if max_bin_size is None:
+        window = tf.maximum(tf.reduce_max(span), 1)
+    else:
+        window = max_bin_size
+    steps = tf.range(window, dtype=tf.int32)
+    rows = lo[..., None] + steps
+    valid = steps < span[..., None]
+    return tf.minimum(rows, size[..., None] - 1), valid, span > 0
+
+
+def _roi_pool_flat(flat, base, height, width, boxes, scale, output_size, max_bin_size):
+    """RoIPool of every box on its own map inside `flat` [T, C] -> [N, ph, pw, C]."""
+    ph, pw = output_size
+    y1, x1, y2, x2 = tf.unstack(_round_half_away(boxes * scale[..., None]), num=4, axis=-1)
+    rows, row_ok, row_full = _pool_axis(y1, y2, ph, height, max_bin_size)
+    cols, col_ok, col_full = _pool_axis(x1, x2, pw, width, max_bin_size)
+    index = (
+        base[:, None, None, None, None]
+        + (rows * width[:, None, None])[:, :, :, None, None]
+        + cols[:, None, None, :, :]
+    )
+    values = tf.gather(flat, index)  # [N, ph, Ky, pw, Kx, C]
+    ok = row_ok[:, :, :, None, None] & col_ok[:, None, None, :, :]
+    values = tf.where(ok[..., None], values, tf.constant(flat.dtype.min, flat.dtype))
+    pooled = tf.reduce_max(values, axis=[2, 4])
+    full = row_full[:, :, None] & col_full[:, None, :]
+    return tf.where(full[..., None], pooled, tf.zeros([], flat.dtype))
+
+
+def _check_max_bin_size(max_bin_size: int | None) -> int | None:
+    if max_bin_size is None:
+        return None
+    if isinstance(max_bin_size, bool) or not isinstance(max_bin_size, int) or max_bin_size < 1:
+        raise ValueError(f"`max_bin_size` must be None or a positive int, got {max_bin_size!r}")
+    return max_bin_size
+
+
+@_no_autograph
+def roi_pool(
+    features: tf.Tensor,
+    boxes: tf.Tensor,
+    box_indices: tf.Tensor,
+    output_size: int | Sequence[int],
+    spatial_scale: float = 1.0,
+    max_bin_size: int | None = None,
+) -> tf.Tensor:
+    """RoIPool with torchvision.ops.roi_pool semantics (max over quantized bins).
+
+    The scaled RoI corners are rounded half away from zero (C++ ``round``), the RoI spans
+    ``max(end - start + 1, 1)`` pixels, bin ``p`` covers rows ``floor(p * bin)`` to
+    ``ceil((p + 1) * bin)`` (exclusive) past the RoI start, clipped to the map; the output is
+    the max over the bin, 0 for an empty bin. Gradients flow to the maxima (split evenly
+    between ties, where torchvision picks the first).
+
+    Args:
+        features: [B, H, W, C] float feature maps (NHWC).
+        boxes: [N, 4] float32 (y1, x1, y2, x2) in input pixels.
+        box_indices: [N] int32 image index of each box.
+        output_size: int or (ph, pw).
+        spatial_scale: 1 / stride.
+        max_bin_size: None reads a window as large as the largest bin over the boxes (exact,
+            dynamic shape); an int fixes the window to that many pixels per axis (static
+            shapes, XLA-compilable), ignoring any pixel of a larger bin past the window.
+
+    Returns:
+        [N, ph, pw, C] in the dtype of `features`.
+    """
+    features = _check_features(features)
+    boxes = _check_boxes(boxes, rank=2)
+    box_indices = _check_box_indices(box_indices)
+    output_size = _pair(output_size)
+    scale = _check_scale(spatial_scale)
+    max_bin_size = _check_max_bin_size(max_bin_size)
+    flat, base, height, width = _flat_geometry(features, box_indices)
+    return _roi_pool_flat(
+        flat, base, height, width, boxes, tf.constant(scale, tf.float32), output_size,
+        max_bin_size,
+    )
+
+
+# --------------------------------------------------------------------------- FPN levels
+
+
+@_no_autograph
+def assign_fpn_levels(
+    boxes: tf.Tensor,
+    min_level: int = 2,
+    max_level: int = 5,
+    canonical_size: float = 224.0,
+    canonical_level: int = 4,
+    eps: float = 1e-6,
+) -> tf.Tensor:
+    """FPN level of each box (FPN paper eq. 1), as torchvision's ``LevelMapper``.
+
+    ``k = floor(canonical_level + log2(sqrt(area) / canonical_size) + eps)`` clamped to
+    ``[min_level, max_level]``. As in torchvision, eps is added to the level, outside the log
+    (Detectron2's ``assign_boxes_to_levels`` adds 1e-8 inside: ``log2(size / canonical +
+    1e-8)``, which in float32 is a no-op near the level boundaries). A box with zero, negative
+    or NaN area gets `min_level`.
+
+    Args:
+        boxes: [..., 4] (y1, x1, y2, x2) in input pixels.
+
+    Returns:
+        [...] int32 levels in [min_level, max_level].
+    """
+    boxes = tf.convert_to_tensor(boxes)
+    if boxes.shape.rank is not None and (boxes.shape.rank < 1 or boxes.shape[-1] not in (None, 4)):
+        raise ValueError(f"`boxes` must have shape [..., 4], got {boxes.shape}")
+    if min_level > max_level:
+        raise ValueError(f"`min_level` ({min_level}) must be <= `max_level` ({max_level})")
+    if not canonical_size > 0:
+        raise ValueError(f"`canonical_size` must be positive, got {canonical_size!r}")
+    boxes = tf.cast(boxes, tf.float32)
+    y1, x1, y2, x2 = tf.unstack(boxes, num=4, axis=-1)
+    area = (y2 - y1) * (x2 - x1)
+    area = tf.where(area > 0.0, area, 0.0)  # also maps NaN to 0
+    log2 = tf.math.log(tf.sqrt(area) / float(canonical_size)) / math.log(2.0)
+    level = tf.math.floor(float(canonical_level) + log2 + float(eps))
+    level = tf.clip_by_value(level, float(min_level), float(max_level))
+    return tf.cast(level, tf.int32)
+
+
+# --------------------------------------------------------------------------- multi-level
+
+
+def _check_levels(features: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+    if isinstance(features, tf.Tensor) or not isinstance(features, Sequence) or not features:
+        raise TypeError("`features` must be a non-empty list of [B, H_l, W_l, C] tensors")
+    levels = [_check_features(f, name=f"features[{i}]") for i, f in enumerate(features)]
+    dtypes = {f.dtype for f in levels}
+    channels = {f.shape[3] for f in levels if f.shape[3] is not None}
+    if len(dtypes) > 1 or len(channels) > 1:
+        raise ValueError("all `features` levels must share one dtype and one channel count")
+    return levels
+
+
+def _check_method(method: str) -> str:
+    if method not in ("align", "pool"):
+        raise ValueError(f"`method` must be 'align' or 'pool', got {method!r}")
+    return method
+
+
+def _flatten_rois(boxes: tf.Tensor):
+    """[B, R, 4] -> ([B*R, 4] boxes, [B*R] int32 image index, B, R)."""
+    shape = tf.shape(boxes, out_type=tf.int32)
+    batch = boxes.shape[0] if boxes.shape[0] is not None else shape[0]
+    num = boxes.shape[1] if boxes.shape[1] is not None else shape[1]
+    image = tf.repeat(tf.range(batch, dtype=tf.int32), num)
+    return tf.reshape(boxes, [-1, 4]), image, batch, num
+
+
+def _multilevel_flat(levels: list[tf.Tensor], level_index: tf.Tensor, image: tf.Tensor):
+    """Concatenates all levels into one [T, C] table; per-box base / H / W [N] int32."""
+    sizes = [tf.shape(f, out_type=tf.int32) for f in levels]
+    heights = tf.stack([s[1] for s in sizes])
+    widths = tf.stack([s[2] for s in sizes])
+    counts = tf.stack([s[0] * s[1] * s[2] for s in sizes])
+    offsets = tf.cumsum(counts, exclusive=True)
+    height = tf.gather(heights, level_index)
+    width = tf.gather(widths, level_index)
+    base = tf.gather(offsets, level_index) + image * height * width
+    channels = levels[0].shape[3] if levels[0].shape[3] is not None else tf.shape(levels[0])[3]
+    flat = tf.concat([tf.reshape(f, [-1, channels]) for f in levels], axis=0)
+    return flat, base, height, width, channels
+
+
+@_no_autograph
+def multilevel_roi_align(
+    features: Sequence[tf.Tensor],
+    boxes: tf.Tensor,
+    output_size: int | Sequence[int],
+    min_level: int = 2,
+    canonical_size: float = 224.0,
+    canonical_level: int = 4,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    method: str = "align",
+    implementation: str = "auto",
+    max_bin_size: int | None = None,
+) -> tf.Tensor:
+    """Pools every box from its FPN level (torchvision ``MultiScaleRoIAlign``).
+
+    Each box gets level ``assign_fpn_levels(box, min_level, min_level + L - 1, ...)`` and is
+    pooled from that level with ``spatial_scale = 2 ** -level``. The "gather" path flattens and
+    concatenates all levels and reads every box with one gather (per-box base offset and map
+    bounds): no per-level loop, static shapes for a fixed R when sampling_ratio > 0; B may be
+    dynamic. "custom_op" / "crop_and_resize" run per level (`multilevel_roi_align_per_level`).
+
+    Args:
+        features: list of L maps [B, H_l, W_l, C] for levels min_level .. min_level + L - 1.
+        boxes: [B, R, 4] float32 (y1, x1, y2, x2) in input pixels.
+        output_size: int or (ph, pw).
+        sampling_ratio, aligned, implementation: as in `roi_align`.
+        method: "align" (RoIAlign) or "pool" (RoIPool semantics, `roi_pool`; gather only).
+        max_bin_size: only for method="pool", see `roi_pool`.
+
+    Returns:
+        [B, R, ph, pw, C] in the dtype of the features.
+    """
+    levels = _check_levels(features)
+    boxes = _check_boxes(boxes, rank=3)
+    output_size = _pair(output_size)
+    sampling_ratio = _check_sampling_ratio(sampling_ratio)
+    method = _check_method(method)
+    max_bin_size = _check_max_bin_size(max_bin_size)
+    implementation = _resolve_implementation(_check_implementation(implementation))
+    if method == "align" and implementation != "gather":
+        return multilevel_roi_align_per_level(
+            levels, boxes, output_size, min_level, canonical_size, canonical_level,
+            sampling_ratio, aligned, method, implementation,
+        )
+    flat_boxes, image, batch, num = _flatten_rois(boxes)
+    max_level = min_level + len(levels) - 1
+    level = assign_fpn_levels(flat_boxes, min_level, max_level, canonical_size, canonical_level)
+    flat, base, height, width, channels = _multilevel_flat(levels, level - min_level, image)
+    scale = tf.pow(2.0, -tf.cast(level, tf.float32))  # exact powers of two
+    if method == "pool":
+        pooled = _roi_pool_flat(
+            flat, base, height, width, flat_boxes, scale, output_size, max_bin_size
+        )
+    else:
+        pooled = _roi_align_flat(
+            flat, base, height, width, flat_boxes, scale, output_size, sampling_ratio,
+            bool(aligned),
+        )
+    return tf.reshape(pooled, [batch, num, output_size[0], output_size[1], channels])
+
+
+@_no_autograph
+def multilevel_roi_align_per_level(
+    features: Sequence[tf.Tensor],
+    boxes: tf.Tensor,
+    output_size: int | Sequence[int],
+    min_level: int = 2,
+    canonical_size: float = 224.0,
+    canonical_level: int = 4,
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+    method: str = "align",
+    implementation: str = "gather",
+    max_bin_size: int | None = None,
+) -> tf.Tensor:
+    """Same result as `multilevel_roi_align`, computed by one `roi_align` / `roi_pool` call per
+    level on the boxes of that level, then stitched back in order (dynamic shapes).
+
+    Args and returns as in `multilevel_roi_align`: [B, R, ph, pw, C].
+    """
+    levels = _check_levels(features)
+    boxes = _check_boxes(boxes, rank=3)
+    output_size = _pair(output_size)
+    method = _check_method(method)
+    flat_boxes, image, batch, num = _flatten_rois(boxes)
+    max_level = min_level + len(levels) - 1
+    level = assign_fpn_levels(flat_boxes, min_level, max_level, canonical_size, canonical_level)
+    positions, pooled = [], []
+    for offset, feature in enumerate(levels):
+        k = min_level + offset
+        where = tf.cast(tf.where(tf.equal(level, k))[:, 0], tf.int32)
+        level_boxes = tf.gather(flat_boxes, where)
+        level_image = tf.gather(image, where)
+        if method == "pool":
+            out = roi_pool(feature, level_boxes, level_image, output_size, 2.0**-k, max_bin_size)
+        else:
+            out = roi_align(
+                feature, level_boxes, level_image, output_size, 2.0**-k, sampling_ratio,
+                aligned, implementation,
+            )
+        positions.append(where)
+        pooled.append(out)
+    stitched = tf.dynamic_stitch(positions, pooled)
+    channels = levels[0].shape[3] if levels[0].shape[3] is not None else tf.shape(levels[0])[3]
+    return tf.reshape(stitched, [batch, num, output_size[0], output_size[1], channels])

@@ -1,0 +1,66 @@
+"""Backbone and FPN: shapes, strides, parameter counts, keras.applications weight copy."""
+
+import keras
+import numpy as np
+import pytest
+
+from keras_maskrcnn.backbones import RESNET_SPECS, build_fpn, build_resnet, tiny_spec
+from keras_maskrcnn.backbones.pretrained import copy_keras_applications_resnet
+
+
+def _randomize_batchnorm(model, seed=0):
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            shapes = [w.shape for w in layer.get_weights()]
+            layer.set_weights([
+                rng.uniform(0.5, 1.5, shapes[0]).astype("float32"),
+                rng.normal(0, 0.1, shapes[1]).astype("float32"),
+                rng.normal(0, 0.1, shapes[2]).astype("float32"),
+                rng.uniform(0.5, 2.0, shapes[3]).astype("float32"),
+            ])
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "bn", "gn"])
+def test_tiny_resnet_fpn_shapes(norm):
+    backbone = build_resnet(tiny_spec((16, 32, 64, 128)), norm=norm)
+    fpn = build_fpn(backbone, channels=32)
+    outputs = fpn(np.zeros((2, 96, 64, 3), "float32"))
+    assert [tuple(o.shape) for o in outputs] == [
+        (2, 24, 16, 32), (2, 12, 8, 32), (2, 6, 4, 32), (2, 3, 2, 32), (2, 2, 1, 32)]
+
+
+def test_resnet50_conv_parameter_count_matches_torchvision():
+    backbone = build_resnet(RESNET_SPECS["resnet50"])
+    # torchvision resnet50 without the fc layer: 25,557,032 - 2,049,000 parameters; our count
+    # adds the BN moving statistics (2 x 26,560), which torchvision keeps as buffers.
+    bn_stats = sum(int(np.prod(w.shape)) for w in backbone.weights if "moving" in w.path)
+    assert backbone.count_params() - bn_stats == 25_557_032 - 2_049_000
+
+
+def test_freeze_at_freezes_stem_and_res2():
+    backbone = build_resnet(tiny_spec((16, 32, 64, 128)), norm="bn", freeze_at=2)
+    assert not backbone.get_layer("stem_conv1").trainable
+    assert not backbone.get_layer("res2_0_conv1").trainable
+    assert backbone.get_layer("res3_0_conv1").trainable
+
+
+def test_stride_in_1x1_moves_the_stride():
+    backbone = build_resnet(RESNET_SPECS["resnet50"], stride_in_1x1=True)
+    assert backbone.get_layer("res3_0_conv1").strides == (2, 2)
+    assert backbone.get_layer("res3_0_conv2").strides == (1, 1)
+    v15 = build_resnet(RESNET_SPECS["resnet50"], stride_in_1x1=False)
+    assert v15.get_layer("res3_0_conv2").strides == (2, 2)
+
+
+def test_keras_applications_weights_copy_reproduces_its_features():
+    """Random-initialized keras.applications ResNet50 (no download) -> same C5 after the copy."""
+    app = keras.applications.ResNet50(include_top=False, weights=None, input_shape=(64, 64, 3))
+    _randomize_batchnorm(app)
+    ours = build_resnet(RESNET_SPECS["resnet50"], norm="frozen_bn", stride_in_1x1=True)
+    copied = copy_keras_applications_resnet(app, ours, RESNET_SPECS["resnet50"].blocks)
+    assert copied == 1 + 16 * 3 + 4
+    x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
+    expected = app(x, training=False).numpy()
+    got = ours(x, training=False)[-1].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())

@@ -1,0 +1,272 @@
+"""Tests for the compiled RoIAlign op (keras_maskrcnn.ops.custom_roi_align)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_maskrcnn.ops import custom_roi_align as cra
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def op_built():
+    """Compile the op once per session (a no-op when an up-to-date library exists)."""
+    if shutil.which(os.environ.get("CXX", "g++")) is None:
+        msg = "g++ not found: the RoIAlign custom op cannot be built"
+        if IN_CI:
+            pytest.fail(msg + " (a compiler is required in CI)")
+        pytest.skip(msg)
+    path = cra.build(verbose=False)
+    cra._reset_cache()
+    assert cra.is_available(), cra.unavailable_reason()
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# NumPy RoIAlign written from the definition (torchvision semantics, NHWC, yxyx boxes).
+
+
+def _sample(img: np.ndarray, y: np.float32, x: np.float32) -> np.ndarray:
+    """Bilinear read of img [H, W, C] at (y, x); zero more than one pixel outside."""
+    h, w = img.shape[:2]
+    if y < -1.0 or y > h or x < -1.0 or x > w:
+        return np.zeros(img.shape[2])
+    y, x = max(y, np.float32(0)), max(x, np.float32(0))
+    y0, x0 = int(y), int(x)
+    if y0 >= h - 1:
+        y0 = y1 = h - 1
+        y = np.float32(y0)
+    else:
+        y1 = y0 + 1
+    if x0 >= w - 1:
+        x0 = x1 = w - 1
+        x = np.float32(x0)
+    else:
+        x1 = x0 + 1
+    ly, lx = float(y) - y0, float(x) - x0
+    hy, hx = 1.0 - ly, 1.0 - lx
+    return hy * hx * img[y0, x0] + hy * lx * img[y0, x1] + ly * hx * img[y1, x0] + ly * lx * img[
+        y1, x1
+    ]
+
+
+def roi_align_np(features, boxes, box_indices, size, scale, sampling_ratio, aligned):
+    """features [B, H, W, C]; boxes [N, 4] (y1, x1, y2, x2) input pixels -> [N, PH, PW, C]."""
+    ph_n, pw_n = size
+    f32 = np.float32
+    out = np.zeros((len(boxes), ph_n, pw_n, features.shape[3]))
+    for n, box in enumerate(np.asarray(boxes, np.float32)):
+        img = features[box_indices[n]].astype(np.float64)
+        off = f32(0.5) if aligned else f32(0.0)
+        y1, x1, y2, x2 = (box * f32(scale) - off).astype(np.float32)
+        rh, rw = f32(y2 - y1), f32(x2 - x1)
+        if not aligned:
+            rh, rw = max(rh, f32(1)), max(rw, f32(1))
+        bh, bw = f32(rh / ph_n), f32(rw / pw_n)
+        gh = sampling_ratio if sampling_ratio > 0 else math.ceil(rh / ph_n)
+        gw = sampling_ratio if sampling_ratio > 0 else math.ceil(rw / pw_n)
+        for i in range(ph_n):
+            for j in range(pw_n):
+                acc = np.zeros(features.shape[3])
+                for iy in range(gh):
+                    y = f32(y1 + f32(i * bh) + f32(f32(iy + 0.5) * bh / f32(gh)))
+                    for ix in range(gw):
+                        x = f32(x1 + f32(j * bw) + f32(f32(ix + 0.5) * bw / f32(gw)))
+                        acc += _sample(img, y, x)
+                out[n, i, j] = acc / max(gh * gw, 1)
+    return out
+
+
+def _inputs(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    features = rng.normal(size=(2, 11, 13, 5)).astype(np.float32)
+    boxes = np.array(
+        [
+            [3.1, 2.7, 15.3, 20.9],  # inside (input pixels, stride 2)
+            [-6.3, -4.2, 9.7, 7.9],  # past the top-left border
+            [12.4, 17.1, 30.2, 33.6],  # past the bottom-right border
+            [5.2, 6.3, 5.9, 6.8],  # tiny box
+            [-30.0, -30.0, -10.5, -12.5],  # fully outside
+            [1.3, 0.4, 21.7, 25.6],  # almost the whole map
+        ],
+        np.float32,
+    )
+    box_indices = np.array([0, 1, 1, 0, 1, 0], np.int32)
+    return features, boxes, box_indices
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 1, 2])
+def test_forward_matches_numpy(op_built, aligned, sampling_ratio):
+    features, boxes, idx = _inputs()
+    got = cra.roi_align_custom(
+        features, boxes, idx, (3, 4), spatial_scale=0.5, sampling_ratio=sampling_ratio,
+        aligned=aligned,
+    )
+    want = roi_align_np(features, boxes, idx, (3, 4), 0.5, sampling_ratio, aligned)
+    assert got.shape == (6, 3, 4, 5) and got.dtype == tf.float32
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_matches_gather_path(op_built, aligned, sampling_ratio):
+    gather = pytest.importorskip("keras_maskrcnn.ops.roi_align")
+    features, boxes, idx = _inputs(1)
+    features = tf.constant(features)
+    kwargs = dict(spatial_scale=0.5, sampling_ratio=sampling_ratio, aligned=aligned)
+    upstream = tf.random.stateless_normal((6, 3, 4, 5), seed=(1, 2))
+    results = []
+    for fn in (
+        lambda f: cra.roi_align_custom(f, boxes, idx, (3, 4), **kwargs),
+        lambda f: gather.roi_align(f, boxes, idx, (3, 4), implementation="gather", **kwargs),
+    ):
+        with tf.GradientTape() as tape:
+            tape.watch(features)
+            out = fn(features)
+            loss = tf.reduce_sum(out * upstream)
+        results.append((out.numpy(), tape.gradient(loss, features).numpy()))
+    np.testing.assert_allclose(results[0][0], results[1][0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], atol=3e-5, rtol=1e-5)
+
+
+def test_gradient_is_adjoint_and_matches_numerics(op_built):
+    features, boxes, idx = _inputs(2)
+    kwargs = dict(output_size=(3, 2), spatial_scale=0.5, sampling_ratio=0, aligned=True)
+    f = tf.constant(features)
+    g = tf.random.stateless_normal((6, 3, 2, 5), seed=(3, 4))
+    with tf.GradientTape() as tape:
+        tape.watch(f)
+        out = cra.roi_align_custom(f, boxes, idx, **kwargs)
+        loss = tf.reduce_sum(out * g)
+    d_f = tape.gradient(loss, f)
+    # The op is linear in the features: <d_f, f> == <g, op(f)>.
+    np.testing.assert_allclose(tf.reduce_sum(d_f * f), loss, rtol=1e-5)
+
+    small_f = tf.constant(features[:, :6, :7, :2])
+    small_boxes = tf.constant([[1.5, -1.2, 9.3, 8.8], [-2.0, 3.3, 14.1, 12.6]], tf.float32)
+    small_idx = tf.constant([1, 0])
+    theoretical, numerical = tf.test.compute_gradient(
+        lambda x: cra.roi_align_custom(x, small_boxes, small_idx, **kwargs), [small_f], delta=1e-2
+    )
+    np.testing.assert_allclose(theoretical[0], numerical[0], atol=2e-3)
+
+
+def test_second_order_gradient_is_forward(op_built):
+    features, boxes, idx = _inputs(3)
+    f = tf.constant(features)
+    g = tf.random.stateless_normal((6, 2, 2, 5), seed=(5, 6))
+    h = tf.random.stateless_normal(f.shape, seed=(7, 8))
+    with tf.GradientTape() as outer:
+        outer.watch(g)
+        with tf.GradientTape() as inner:
+            inner.watch(f)
+            loss = tf.reduce_sum(cra.roi_align_custom(f, boxes, idx, 2, 0.5, 2) * g)
+        d_f = inner.gradient(loss, f)
+        second = tf.reduce_sum(d_f * h)
+    d_g = outer.gradient(second, g)
+    np.testing.assert_allclose(d_g, cra.roi_align_custom(h, boxes, idx, 2, 0.5, 2), atol=1e-5)
+
+
+def test_gradient_is_deterministic_with_many_boxes(op_built):
+    rng = np.random.default_rng(4)
+    f = tf.constant(rng.normal(size=(2, 16, 16, 40)).astype(np.float32))
+    yx = rng.uniform(-8, 60, size=(300, 2)).astype(np.float32)
+    boxes = np.concatenate([yx, yx + rng.uniform(1, 40, size=(300, 2))], 1).astype(np.float32)
+    idx = rng.integers(0, 2, size=300).astype(np.int32)
+    g = tf.constant(rng.normal(size=(300, 7, 7, 40)).astype(np.float32))
+
+    def grad():
+        with tf.GradientTape() as tape:
+            tape.watch(f)
+            loss = tf.reduce_sum(cra.roi_align_custom(f, boxes, idx, 7, 0.25, 2) * g)
+        return tape.gradient(loss, f).numpy(), loss
+
+    first, loss = grad()
+    second, _ = grad()
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(np.sum(first * f.numpy()), loss, rtol=1e-4)
+
+
+def test_empty_boxes(op_built):
+    f = tf.random.stateless_normal((2, 5, 6, 3), seed=(1, 1))
+    with tf.GradientTape() as tape:
+        tape.watch(f)
+        out = cra.roi_align_custom(f, tf.zeros((0, 4)), tf.zeros((0,), tf.int32), (7, 5))
+        loss = tf.reduce_sum(out)
+    assert out.shape == (0, 7, 5, 3)
+    np.testing.assert_array_equal(tape.gradient(loss, f), np.zeros((2, 5, 6, 3)))
+
+
+def test_low_precision_close_to_float32(op_built):
+    features, boxes, idx = _inputs(5)
+    ref = cra.roi_align_custom(features, boxes, idx, 3, 0.5, 2)
+    for dtype in (tf.bfloat16, tf.float16):
+        f = tf.cast(features, dtype)
+        with tf.GradientTape() as tape:
+            tape.watch(f)
+            out = cra.roi_align_custom(f, boxes, idx, 3, 0.5, 2)
+            loss = tf.reduce_sum(tf.cast(out, tf.float32))
+        assert out.dtype == dtype
+        assert tape.gradient(loss, f).dtype == dtype
+        np.testing.assert_allclose(tf.cast(out, tf.float32), ref, atol=3e-2, rtol=3e-2)
+
+
+def test_static_shape_in_graph(op_built):
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec((2, 8, 8, 16), tf.float32),
+            tf.TensorSpec((None, 4), tf.float32),
+            tf.TensorSpec((None,), tf.int32),
+        ]
+    )
+    def fn(f, b, i):
+        out = cra.roi_align_custom(f, b, i, (7, 3))
+        assert out.shape.as_list() == [None, 7, 3, 16]
+        grad = tf.gradients(tf.reduce_sum(out), f)[0]
+        assert grad.shape.as_list() == [2, 8, 8, 16]
+        return out
+
+    fn.get_concrete_function()
+
+
+def test_bad_input(op_built):
+    features, boxes, idx = _inputs()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="box_indices"):
+        cra.roi_align_custom(features, boxes, np.full(6, 2, np.int32), 2)
+    with pytest.raises(ValueError, match="output_size"):
+        cra.roi_align_custom(features, boxes, idx, (0, 2))
+    with pytest.raises(ValueError, match="sampling_ratio"):
+        cra.roi_align_custom(features, boxes, idx, 2, sampling_ratio=-1)
+    with pytest.raises(ValueError, match="spatial_scale"):
+        cra.roi_align_custom(features, boxes, idx, 2, spatial_scale=0.0)
+    with pytest.raises(TypeError, match="features"):
+        cra.roi_align_custom(features.astype(np.float64), boxes, idx, 2)
+
+
+def test_disable_env_and_stale_stamp(op_built, monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_MASKRCNN_DISABLE_CUSTOM_OP", "1")
+    assert not cra.is_available()
+    assert cra.implementation_in_use() == "gather"
+    monkeypatch.delenv("KERAS_MASKRCNN_DISABLE_CUSTOM_OP")
+    assert cra.implementation_in_use() == "custom_op"
+
+    shutil.copy(op_built, tmp_path / op_built.name)
+    stamp = json.loads((op_built.parent / "_kmr_roi_align.stamp.json").read_text())
+    (tmp_path / "_kmr_roi_align.stamp.json").write_text(json.dumps(stamp))
+    monkeypatch.setenv("KERAS_MASKRCNN_CUSTOM_OP_DIR", str(tmp_path))
+    assert cra.library_path() == tmp_path / op_built.name
+    stamp["tensorflow"] = "0.0.0"
+    (tmp_path / "_kmr_roi_align.stamp.json").write_text(json.dumps(stamp))
+    assert cra.library_path() is None
