@@ -93,10 +93,12 @@ def tf_pool_fn(implementation: str, size: int):
 
 
 def time_tf(pool, features, levels, upstream, repeats: int) -> tuple[float, float]:
+    # Levels without boxes are skipped: a statically empty Mul crashes Grappler's arithmetic
+    # optimizer (ReplaceMulWithBroadcastByTile, SIGFPE) in TF 2.21.
+    used = [k for k, (b, _) in enumerate(levels) if b.shape[0] > 0]
+
     def forward_all():
-        return [
-            pool(f, b, i, s) for f, (b, i), s in zip(features, levels, STRIDES, strict=True)
-        ]
+        return [pool(features[k], *levels[k], STRIDES[k]) for k in used]
 
     forward = tf.function(forward_all)
 
@@ -105,7 +107,8 @@ def time_tf(pool, features, levels, upstream, repeats: int) -> tuple[float, floa
         with tf.GradientTape() as tape:
             tape.watch(features)
             outs = forward_all()
-            loss = tf.add_n([tf.reduce_sum(o * u) for o, u in zip(outs, upstream, strict=True)])
+            terms = [tf.reduce_sum(o * upstream[k]) for o, k in zip(outs, used, strict=True)]
+            loss = tf.add_n(terms)
         return tape.gradient(loss, features)
 
     return median_ms(forward, repeats), median_ms(forward_backward, repeats)

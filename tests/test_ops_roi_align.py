@@ -133,8 +133,16 @@ BOXES = np.array(
 BOX_INDICES = np.array([0, 1, 0, 1, 0, 1, 0, 1, 1, 0], np.int32)
 
 
-def _run(features, boxes=BOXES, box_indices=BOX_INDICES, output_size=(2, 3), scale=0.5,
-         sampling_ratio=2, aligned=True, implementation="gather"):
+def _run(
+    features,
+    boxes=BOXES,
+    box_indices=BOX_INDICES,
+    output_size=(2, 3),
+    scale=0.5,
+    sampling_ratio=2,
+    aligned=True,
+    implementation="gather",
+):
     out = ra.roi_align(
         features, boxes, box_indices, output_size, scale, sampling_ratio, aligned, implementation
     )
@@ -185,40 +193,40 @@ def test_roi_align_hand_computed_ramp():
             [5.5, 0, 6.5, 1],  # (6, 0.5): y > H = 5 reads 0
             [0, -2.5, 1, -1.5],  # (0.5, -2): x < -1 reads 0
             [2, 4.1, 3, 5.1],  # (2.5, 4.6): x in (W - 1, W], snaps to column 4 -> 16.5
+            [4.5, 0, 5.5, 1],  # (5, 0.5): y == H is still inside -> f(4, 0.5) = 20.5
+            [-1.5, 0, -0.5, 1],  # (-1, 0.5): y == -1 is still inside -> f(0, 0.5) = 0.5
+            [0, 4.75, 1, 5.75],  # (0.5, 5.25): x > W reads 0
         ],
         F32,
     )
-    got = _run(features, boxes, np.zeros(6, np.int32), 1, 1.0, 1, False)[:, 0, 0, 0]
-    np.testing.assert_allclose(got, [15.0, 24.0, 0.5, 0.0, 0.0, 16.5], atol=1e-5)
+    got = _run(features, boxes, np.zeros(9, np.int32), 1, 1.0, 1, False)[:, 0, 0, 0]
+    want = [15.0, 24.0, 0.5, 0.0, 0.0, 16.5, 20.5, 0.5, 0.0]
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
-def test_roi_align_gradient_matches_reference_jacobian():
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
+def test_roi_align_gradient_matches_reference_jacobian(sampling_ratio):
     features = _features((1, 4, 5, 2), seed=1).astype(np.float64)
     boxes = np.array([[0.6, 1.2, 7.4, 9.9], [-1.0, 3.0, 3.0, 10.5]], F32)
     indices = np.zeros(2, np.int32)
+    args = (boxes, indices, (2, 2), 0.5, sampling_ratio, True)
     # The op is linear in the features: column j of the reference Jacobian is ref(e_j).
     size = features.size
-    jacobian = np.stack(
-        [
-            np_roi_align(np.eye(size)[j].reshape(features.shape), boxes, indices, (2, 2), 0.5,
-                         2, True).ravel()
-            for j in range(size)
-        ],
-        axis=1,
-    )
+    basis = np.eye(size).reshape(size, *features.shape)
+    jacobian = np.stack([np_roi_align(e, *args).ravel() for e in basis], axis=1)
     cotangent = np.random.default_rng(2).normal(size=(2, 2, 2, 2))
     x = tf.constant(features)
     with tf.GradientTape() as tape:
         tape.watch(x)
-        out = ra.roi_align(x, boxes, indices, 2, 0.5, 2, True, "gather")
+        out = ra.roi_align(x, boxes, indices, 2, 0.5, sampling_ratio, True, "gather")
         loss = tf.reduce_sum(out * cotangent)
     grad = tape.gradient(loss, x).numpy().ravel()
     np.testing.assert_allclose(grad, jacobian.T @ cotangent.ravel(), atol=1e-9)
-    # and a finite-difference check of the reference itself on one direction
+    # and a finite-difference check of the reference itself along one direction
     step = np.random.default_rng(3).normal(size=features.shape)
     eps = 1e-3
-    plus = np_roi_align(features + eps * step, boxes, indices, (2, 2), 0.5, 2, True)
-    minus = np_roi_align(features - eps * step, boxes, indices, (2, 2), 0.5, 2, True)
+    plus = np_roi_align(features + eps * step, *args)
+    minus = np_roi_align(features - eps * step, *args)
     fd = np.sum((plus - minus) * cotangent) / (2 * eps)
     np.testing.assert_allclose(fd, grad @ step.ravel(), rtol=1e-6)
 
@@ -226,8 +234,16 @@ def test_roi_align_gradient_matches_reference_jacobian():
 def test_roi_align_no_boxes():
     features = _features()
     for ratio in (0, 2):
-        out = ra.roi_align(features, np.zeros((0, 4), F32), np.zeros(0, np.int32), (2, 3), 0.5,
-                           ratio, True, "gather")
+        out = ra.roi_align(
+            features,
+            np.zeros((0, 4), F32),
+            np.zeros(0, np.int32),
+            (2, 3),
+            0.5,
+            ratio,
+            True,
+            "gather",
+        )
         assert out.shape == (0, 2, 3, 3)
 
     @tf.function(input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None], tf.int32)])
@@ -254,13 +270,14 @@ def test_roi_align_xla_static_shapes():
     assert static.structured_outputs.shape == (10, 2, 3, 3)
 
 
+@pytest.mark.parametrize("sampling_ratio", [2, 0])
 @pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float16])
-def test_roi_align_half_precision(dtype):
+def test_roi_align_half_precision(dtype, sampling_ratio):
     features = _features()
-    got = ra.roi_align(tf.cast(features, dtype), BOXES, BOX_INDICES, (2, 3), 0.5, 2, True,
-                       "gather")
+    half = tf.cast(features, dtype)
+    got = ra.roi_align(half, BOXES, BOX_INDICES, (2, 3), 0.5, sampling_ratio, True, "gather")
     assert got.dtype == dtype
-    want = np_roi_align(features, BOXES, BOX_INDICES, (2, 3), 0.5, 2, True)
+    want = np_roi_align(features, BOXES, BOX_INDICES, (2, 3), 0.5, sampling_ratio, True)
     np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), want, atol=0.06)
 
 
@@ -269,8 +286,9 @@ def test_roi_align_half_precision(dtype):
 def test_crop_and_resize_equals_gather(aligned, sampling_ratio):
     features = _features()
     gather = _run(features, sampling_ratio=sampling_ratio, aligned=aligned)
-    crop = _run(features, sampling_ratio=sampling_ratio, aligned=aligned,
-                implementation="crop_and_resize")
+    crop = _run(
+        features, sampling_ratio=sampling_ratio, aligned=aligned, implementation="crop_and_resize"
+    )
     np.testing.assert_allclose(crop, gather, atol=1e-5, rtol=1e-5)
 
 
@@ -301,6 +319,14 @@ def test_auto_and_custom_op_when_available():
             _run(features, implementation="custom_op")
     else:
         np.testing.assert_allclose(_run(features, implementation="custom_op"), want, atol=1e-5)
+    # "auto" must stay XLA-compilable and accept dtypes the compiled op lacks
+    xla = tf.function(
+        lambda f: ra.roi_align(f, BOXES, BOX_INDICES, (2, 3), 0.5, 2, True, "auto"),
+        jit_compile=True,
+    )
+    np.testing.assert_allclose(xla(features).numpy(), want, atol=1e-5)
+    got64 = _run(features.astype(np.float64), implementation="auto")
+    np.testing.assert_allclose(got64, want, atol=1e-5)
 
 
 def test_roi_align_bad_arguments():
@@ -433,16 +459,18 @@ def test_multilevel_dynamic_batch_and_xla():
 
     @tf.function(input_signature=[specs, tf.TensorSpec([None, None, 4])])
     def dynamic(f, b):
-        return ra.multilevel_roi_align(f, b, 2, sampling_ratio=2, implementation="gather",
-                                       **LEVEL_KW)
+        return ra.multilevel_roi_align(
+            f, b, 2, sampling_ratio=2, implementation="gather", **LEVEL_KW
+        )
 
     want = _np_multilevel(features, boxes, (2, 2), 2, True)
     np.testing.assert_allclose(dynamic(features, boxes).numpy(), want, atol=1e-5, rtol=1e-5)
     assert dynamic(features, boxes[:, :0]).shape == (2, 0, 2, 2, 3)
 
     xla = tf.function(
-        lambda f, b: ra.multilevel_roi_align(f, b, 2, sampling_ratio=2, implementation="gather",
-                                             **LEVEL_KW),
+        lambda f, b: ra.multilevel_roi_align(
+            f, b, 2, sampling_ratio=2, implementation="gather", **LEVEL_KW
+        ),
         jit_compile=True,
     )
     np.testing.assert_allclose(xla(features, boxes).numpy(), want, atol=1e-5, rtol=1e-5)
@@ -452,8 +480,9 @@ def test_multilevel_gradient_reaches_every_level():
     features, boxes = [tf.constant(f) for f in _pyramid()], _pyramid_boxes()
     with tf.GradientTape() as tape:
         tape.watch(features)
-        out = ra.multilevel_roi_align(features, boxes, 2, sampling_ratio=2,
-                                      implementation="gather", **LEVEL_KW)
+        out = ra.multilevel_roi_align(
+            features, boxes, 2, sampling_ratio=2, implementation="gather", **LEVEL_KW
+        )
         loss = tf.reduce_sum(out)
     grads = tape.gradient(loss, features)
     assert all(float(tf.reduce_sum(tf.abs(g))) > 0 for g in grads)

@@ -60,8 +60,14 @@ def masks_to_mini_masks(masks: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Ten
     masks = tf.cast(masks, tf.float32)
     num = tf.shape(masks)[0]
     mini = roi_align(
-        masks[..., None], tf.cast(boxes, tf.float32), tf.range(num, dtype=tf.int32), size,
-        spatial_scale=1.0, sampling_ratio=1, aligned=True, implementation="gather",
+        masks[..., None],
+        tf.cast(boxes, tf.float32),
+        tf.range(num, dtype=tf.int32),
+        size,
+        spatial_scale=1.0,
+        sampling_ratio=1,
+        aligned=True,
+        implementation="gather",
     )
     return mini[..., 0]
 
@@ -116,15 +122,25 @@ def crop_mask_targets(
     sx = tf.cast(mask_w, tf.float32) / tf.where(gw > 0.0, gw, 1.0)
     # +1: the frame of the zero-padded mini mask
     mapped = tf.stack(
-        [(ry1 - gy1) * sy + 1.0, (rx1 - gx1) * sx + 1.0,
-         (ry2 - gy1) * sy + 1.0, (rx2 - gx1) * sx + 1.0],
+        [
+            (ry1 - gy1) * sy + 1.0,
+            (rx1 - gx1) * sx + 1.0,
+            (ry2 - gy1) * sy + 1.0,
+            (rx2 - gx1) * sx + 1.0,
+        ],
         axis=-1,
     )
     padded = tf.pad(tf.reshape(gt_masks, [-1, mask_h, mask_w, 1]), [[0, 0], [1, 1], [1, 1], [0, 0]])
     image = tf.range(batch, dtype=tf.int32)[:, None] * num_gt + matched  # [B, R]
     pooled = roi_align(
-        padded, tf.reshape(mapped, [-1, 4]), tf.reshape(image, [-1]), output_size,
-        spatial_scale=1.0, sampling_ratio=2, aligned=True, implementation="gather",
+        padded,
+        tf.reshape(mapped, [-1, 4]),
+        tf.reshape(image, [-1]),
+        output_size,
+        spatial_scale=1.0,
+        sampling_ratio=2,
+        aligned=True,
+        implementation="gather",
     )
     targets = tf.cast(pooled[..., 0] >= 0.5, tf.float32)
     rois_shape = tf.shape(rois)

@@ -16,9 +16,12 @@ kernel, ``roi_align_kernel.cpp`` + ``roi_align_common.h``):
 
 Bilinear sampling with these border rules is separable, so every axis is reduced to (row index,
 weight) pairs and the features are read with one ``tf.gather`` on the flattened maps. This keeps
-the op exportable (gather / multiply / reduce only; TFLite builtins), differentiable with respect
-to the features, and static-shaped when ``sampling_ratio > 0``. As in torchvision, there is no
-gradient with respect to the boxes.
+the op exportable (gather / multiply / reduce only; TFLite builtins) and differentiable with
+respect to the features. With ``sampling_ratio > 0`` every shape is static (XLA-compilable).
+With the adaptive ratio (0) each bin's samples are merged into a window of consecutive rows and
+columns, each box reads only its own window, and the per-bin sums use a sorted segment sum:
+shapes are then data-dependent (no XLA), memory follows the boxes' own sample counts. As in
+torchvision, there is no gradient with respect to the boxes.
 """
 
 from __future__ import annotations
@@ -141,8 +144,9 @@ def _sample_counts(extent: tf.Tensor, pooled: int, sampling_ratio: int):
     if sampling_ratio > 0:
         return tf.fill(tf.shape(extent), sampling_ratio), sampling_ratio
     count = tf.math.ceil(extent / float(pooled))
-    # NaN / non-positive extents sample nothing (the kernel's loops run zero times).
-    count = tf.where(count > 0.0, count, 0.0)
+    # Non-positive extents sample nothing (the kernel's loops run zero times); so do NaN / inf
+    # ones (undefined in the kernel), which also keeps the int cast safe.
+    count = tf.where((count > 0.0) & tf.math.is_finite(count), count, 0.0)
     count = tf.cast(count, tf.int32)
     grid = tf.maximum(tf.reduce_max(count), 1)  # reduce_max of no boxes is INT_MIN
     return count, grid
@@ -180,40 +184,45 @@ def _axis_bilinear(points, used, size):
 
 
 def _compact_axis(index, weight):
-    """Merges (index, weight) pairs [N, P, E] into a window of consecutive rows per bin.
+    """Merges (index, weight) pairs [N, P, E] into windows of consecutive rows per bin.
 
-    Returns (rows [N, P, K] int32, weights [N, P, K]) where K is the widest window over all
-    bins; used for the adaptive sampling ratio, where it reads about (S + 1) rows per bin
-    instead of 2 S.
+    Returns rows [N, P, K] int32 and weights [N, P, K] (K: the widest window over all boxes)
+    and each box's own window width [N] int32 (>= 1). With the adaptive ratio a bin's S
+    samples touch at most S + 1 consecutive rows, instead of 2 S (index, weight) pairs.
     """
     big = tf.int32.max
     active = tf.not_equal(weight, 0.0)
     start = tf.reduce_min(tf.where(active, index, big), axis=-1, keepdims=True)
     start = tf.where(start == big, 0, start)
     slot = index - start
-    width = tf.maximum(tf.reduce_max(tf.where(active, slot, 0)), 0) + 1  # no boxes: INT_MIN
+    per_box = tf.reduce_max(tf.where(active, slot, 0), axis=[1, 2]) + 1  # [N]
+    width = tf.maximum(tf.reduce_max(per_box), 1)  # reduce_max of no boxes is INT_MIN
     merged = tf.reduce_sum(tf.one_hot(slot, width, dtype=weight.dtype) * weight[..., None], -2)
     rows = start + tf.range(width, dtype=tf.int32)
-    return rows, merged
+    return rows, merged, per_box
 
 
 def _axis_table(start, extent, pooled: int, sampling_ratio: int, size):
-    """Per-box rows (or columns) and weights for one axis, each [N, pooled, K]."""
+    """Per-box rows (or columns) and weights for one axis, each [N, pooled, K].
+
+    Also returns each box's window width [N] (adaptive ratio) or None (fixed ratio, K = 2 S).
+    """
     count, grid = _sample_counts(extent, pooled, sampling_ratio)
     points, used, divisor = _axis_points(start, extent, pooled, count, grid)
     low, high, w_low, w_high = _axis_bilinear(points, used, size)
     index = tf.concat([low, high], axis=-1)
     weight = tf.concat([w_low, w_high], axis=-1) / divisor
+    per_box = None
     if sampling_ratio == 0:
-        index, weight = _compact_axis(index, weight)
-    return tf.minimum(index, size[:, None, None] - 1), weight
+        index, weight, per_box = _compact_axis(index, weight)
+    return tf.minimum(index, size[:, None, None] - 1), weight, per_box
 
 
 def _gather_separable(flat, base, width, rows, row_w, cols, col_w):
     """out[n, p, q] = sum_{k, l} row_w[n, p, k] col_w[n, q, l] flat[base + rows * width + cols].
 
     flat [T, C]; base, width [N] int32; rows/row_w [N, ph, Ky]; cols/col_w [N, pw, Kx].
-    Returns [N, ph, pw, C] in flat's dtype.
+    Returns [N, ph, pw, C] in flat's dtype. Static shapes.
     """
     index = (
         base[:, None, None, None, None]
@@ -227,6 +236,38 @@ def _gather_separable(flat, base, width, rows, row_w, cols, col_w):
     return tf.reduce_sum(values * col_w, axis=3)
 
 
+def _gather_ragged(flat, base, width, rows, row_w, ky, cols, col_w, kx):
+    """Same sum as `_gather_separable`, reading only box n's own ky[n] x kx[n] window per bin.
+
+    The (box, bin, k, j) terms are enumerated as one ragged list (box-major, sorted by bin) and
+    reduced with a sorted segment sum, so memory follows the boxes' own sample counts instead
+    of the largest count over all boxes (adaptive sampling ratio; dynamic shapes).
+    """
+    num = tf.shape(rows)[0]
+    ph, pw = rows.shape[1], cols.shape[1]
+    k_max_y, k_max_x = tf.shape(rows)[2], tf.shape(cols)[2]
+    per_bin = ky * kx
+    box = tf.repeat(tf.range(num), ph * pw * per_bin)
+    first = tf.cumsum(ph * pw * per_bin, exclusive=True)
+    local = tf.range(tf.shape(box)[0]) - tf.gather(first, box)
+    box_kx = tf.gather(kx, box)
+    box_per_bin = tf.gather(per_bin, box)
+    cell = local // box_per_bin  # p * pw + q
+    within = local % box_per_bin  # k * kx + j
+    k, j = within // box_kx, within % box_kx
+    p, q = cell // pw, cell % pw
+    row_at = (box * ph + p) * k_max_y + k
+    col_at = (box * pw + q) * k_max_x + j
+    row = tf.gather(tf.reshape(rows, [-1]), row_at)
+    col = tf.gather(tf.reshape(cols, [-1]), col_at)
+    weight = tf.gather(tf.reshape(row_w, [-1]), row_at) * tf.gather(tf.reshape(col_w, [-1]), col_at)
+    pixel = tf.gather(base, box) + row * tf.gather(width, box) + col
+    values = tf.gather(flat, pixel) * tf.cast(weight, flat.dtype)[:, None]
+    pooled = tf.math.segment_sum(values, box * (ph * pw) + cell)
+    channels = flat.shape[1] if flat.shape[1] is not None else tf.shape(flat)[1]
+    return tf.reshape(pooled, [num, ph, pw, channels])
+
+
 def _roi_align_flat(flat, base, height, width, boxes, scale, output_size, sampling_ratio, aligned):
     """RoIAlign of every box on its own map inside `flat` [T, C] -> [N, ph, pw, C].
 
@@ -235,16 +276,19 @@ def _roi_align_flat(flat, base, height, width, boxes, scale, output_size, sampli
     """
     ph, pw = output_size
     start_y, extent_y, start_x, extent_x = _roi_extents(boxes, scale, aligned)
-    rows, row_w = _axis_table(start_y, extent_y, ph, sampling_ratio, height)
-    cols, col_w = _axis_table(start_x, extent_x, pw, sampling_ratio, width)
+    rows, row_w, ky = _axis_table(start_y, extent_y, ph, sampling_ratio, height)
+    cols, col_w, kx = _axis_table(start_x, extent_x, pw, sampling_ratio, width)
+    if sampling_ratio == 0:
+        return _gather_ragged(flat, base, width, rows, row_w, ky, cols, col_w, kx)
     return _gather_separable(flat, base, width, rows, row_w, cols, col_w)
 
 
 # --------------------------------------------------------------------------- RoIAlign variants
 
 
-def _roi_align_crop_and_resize(features, boxes, box_indices, output_size, scale, sampling_ratio,
-                               aligned):
+def _roi_align_crop_and_resize(
+    features, boxes, box_indices, output_size, scale, sampling_ratio, aligned
+):
     """RoIAlign through `tf.image.crop_and_resize` (fixed sampling ratio only).
 
     crop_and_resize reads 0 outside [0, H - 1] while RoIAlign clamps points in [-1, 0) and
@@ -271,8 +315,12 @@ def _roi_align_crop_and_resize(features, boxes, box_indices, output_size, scale,
     x_a = (start_x + 0.5 * extent_x / nx + 1.0) / last_x
     x_b = (start_x + (nx - 0.5) * extent_x / nx + 1.0) / last_x
     crops = tf.image.crop_and_resize(
-        padded, tf.stack([y_a, x_a, y_b, x_b], axis=-1), box_indices, [ph * s, pw * s],
-        method="bilinear", extrapolation_value=0.0,
+        padded,
+        tf.stack([y_a, x_a, y_b, x_b], axis=-1),
+        box_indices,
+        [ph * s, pw * s],
+        method="bilinear",
+        extrapolation_value=0.0,
     )
     channels = features.shape[3] if features.shape[3] is not None else tf.shape(features)[3]
     crops = tf.reshape(crops, [-1, ph, s, pw, s, channels])
@@ -300,10 +348,29 @@ def _custom_module(required: bool):
     return module
 
 
-def _resolve_implementation(implementation: str) -> str:
-    if implementation == "auto":
-        return "custom_op" if _custom_module(required=False) is not None else "gather"
-    return implementation
+def _in_xla_context() -> bool:
+    """True while tracing for XLA (jit_compile=True), where a custom op cannot compile."""
+    try:
+        from tensorflow.python.framework import ops
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # private API moved: assume no XLA
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()))
+
+
+def _resolve_implementation(implementation: str, dtype: tf.DType) -> str:
+    """Maps "auto" to "custom_op" when the compiled op is built and suits the call, else "gather".
+
+    The op has CPU kernels only, for float32 / bfloat16 / float16, and XLA cannot compile it:
+    "auto" keeps "gather" under jit_compile, when a GPU is visible, or for other dtypes.
+    """
+    if implementation != "auto":
+        return implementation
+    if dtype not in (tf.float32, tf.bfloat16, tf.float16) or _in_xla_context():
+        return "gather"
+    if tf.config.list_logical_devices("GPU"):
+        return "gather"
+    return "custom_op" if _custom_module(required=False) is not None else "gather"
 
 
 @_no_autograph
@@ -326,17 +393,18 @@ def roi_align(
         output_size: int or (ph, pw), the pooled size.
         spatial_scale: feature pixels per input pixel (1 / stride).
         sampling_ratio: samples per bin and axis; 0 = adaptive, ceil(roi_extent / pooled) per
-            box. With sampling_ratio > 0 every shape is static (XLA-compilable). The adaptive
-            mode samples on the largest count over the boxes (dynamic shape), masking the
-            unused points; its memory grows with that count.
+            box and axis (data-dependent shapes). With sampling_ratio > 0 every shape is
+            static (XLA-compilable).
         aligned: True (Detectron2 ROIAlignV2) shifts by -0.5 pixel; False is torchvision's
             legacy mode (no shift, RoI extent clamped to >= 1).
         implementation: "gather" (gather + bilinear weights; the portable main path),
             "crop_and_resize" (tf.image.crop_and_resize on an edge-padded map, sampling_ratio
             > 0 only; same values up to float rounding, except that a sample falling exactly
             on the -1 / H limit may land on the other side of it), "custom_op" (the compiled
-            kernel in keras_maskrcnn.ops.custom_roi_align) or "auto" (custom op when built,
-            else "gather").
+            CPU kernel in keras_maskrcnn.ops.custom_roi_align; raises RuntimeError with the
+            build command when it is missing) or "auto" (the custom op when it is built and
+            usable here: float32 / bfloat16 / float16, no visible GPU, not under XLA
+            jit_compile; else "gather").
 
     Returns:
         [N, ph, pw, C] pooled features in the dtype of `features`.
@@ -348,13 +416,18 @@ def roi_align(
     sampling_ratio = _check_sampling_ratio(sampling_ratio)
     scale = _check_scale(spatial_scale)
     aligned = bool(aligned)
-    implementation = _resolve_implementation(_check_implementation(implementation))
+    implementation = _resolve_implementation(_check_implementation(implementation), features.dtype)
 
     if implementation == "custom_op":
         module = _custom_module(required=True)
         return module.roi_align_custom(
-            features, boxes, box_indices, output_size=output_size, spatial_scale=scale,
-            sampling_ratio=sampling_ratio, aligned=aligned,
+            features,
+            boxes,
+            box_indices,
+            output_size=output_size,
+            spatial_scale=scale,
+            sampling_ratio=sampling_ratio,
+            aligned=aligned,
         )
     if implementation == "crop_and_resize":
         return _roi_align_crop_and_resize(
@@ -362,8 +435,15 @@ def roi_align(
         )
     flat, base, height, width = _flat_geometry(features, box_indices)
     return _roi_align_flat(
-        flat, base, height, width, boxes, tf.constant(scale, tf.float32), output_size,
-        sampling_ratio, aligned,
+        flat,
+        base,
+        height,
+        width,
+        boxes,
+        tf.constant(scale, tf.float32),
+        output_size,
+        sampling_ratio,
+        aligned,
     )
 
 
@@ -371,7 +451,11 @@ def roi_align(
 
 
 def _round_half_away(values: tf.Tensor) -> tf.Tensor:
-    """C++ std::round (halves away from zero) as int32; tf.round rounds halves to even."""
+    """C++ std::round (halves away from zero) as int32; tf.round rounds halves to even.
+
+    Non-finite values (undefined behaviour in the reference kernel) become 0.
+    """
+    values = tf.where(tf.math.is_finite(values), values, 0.0)
     trunc = tf.where(values >= 0.0, tf.math.floor(values), tf.math.ceil(values))
     frac = values - trunc  # exact in float32
     step = tf.where(tf.abs(frac) >= 0.5, tf.sign(values), 0.0)
@@ -464,7 +548,13 @@ def roi_pool(
     max_bin_size = _check_max_bin_size(max_bin_size)
     flat, base, height, width = _flat_geometry(features, box_indices)
     return _roi_pool_flat(
-        flat, base, height, width, boxes, tf.constant(scale, tf.float32), output_size,
+        flat,
+        base,
+        height,
+        width,
+        boxes,
+        tf.constant(scale, tf.float32),
+        output_size,
         max_bin_size,
     )
 
@@ -595,11 +685,20 @@ def multilevel_roi_align(
     sampling_ratio = _check_sampling_ratio(sampling_ratio)
     method = _check_method(method)
     max_bin_size = _check_max_bin_size(max_bin_size)
-    implementation = _resolve_implementation(_check_implementation(implementation))
+    implementation = _check_implementation(implementation)
+    implementation = _resolve_implementation(implementation, levels[0].dtype)
     if method == "align" and implementation != "gather":
         return multilevel_roi_align_per_level(
-            levels, boxes, output_size, min_level, canonical_size, canonical_level,
-            sampling_ratio, aligned, method, implementation,
+            levels,
+            boxes,
+            output_size,
+            min_level,
+            canonical_size,
+            canonical_level,
+            sampling_ratio,
+            aligned,
+            method,
+            implementation,
         )
     flat_boxes, image, batch, num = _flatten_rois(boxes)
     max_level = min_level + len(levels) - 1
@@ -612,7 +711,14 @@ def multilevel_roi_align(
         )
     else:
         pooled = _roi_align_flat(
-            flat, base, height, width, flat_boxes, scale, output_size, sampling_ratio,
+            flat,
+            base,
+            height,
+            width,
+            flat_boxes,
+            scale,
+            output_size,
+            sampling_ratio,
             bool(aligned),
         )
     return tf.reshape(pooled, [batch, num, output_size[0], output_size[1], channels])
@@ -654,8 +760,14 @@ def multilevel_roi_align_per_level(
             out = roi_pool(feature, level_boxes, level_image, output_size, 2.0**-k, max_bin_size)
         else:
             out = roi_align(
-                feature, level_boxes, level_image, output_size, 2.0**-k, sampling_ratio,
-                aligned, implementation,
+                feature,
+                level_boxes,
+                level_image,
+                output_size,
+                2.0**-k,
+                sampling_ratio,
+                aligned,
+                implementation,
             )
         positions.append(where)
         pooled.append(out)
