@@ -4,8 +4,9 @@ Mask R-CNN training sizes: an 800 x 800 canvas, FPN levels P2-P5 (strides 4-32, 
 2 images x 512 RoIs, output 7 x 7 (box head) and 14 x 14 (mask head), sampling_ratio 2,
 aligned=True. Boxes get their level with k = floor(4 + log2(sqrt(area) / 224)) clamped to
 [2, 5] and each level is pooled by one single-level call; the level split is done once up front
-so that only RoIAlign is timed. Forward and forward + backward (gradient w.r.t. the feature
-maps) are timed; the table shows medians and the ratio ours / other (< 1: ours is faster).
+so that only RoIAlign is timed; "custom_op multi-level" pools all levels in one call of the
+multi-level op instead. Forward and forward + backward (gradient w.r.t. the feature maps) are
+timed; the table shows medians and the ratio custom_op / other (< 1: custom_op is faster).
 
     python benchmarks/roi_align.py [--quick] [--repeats N]
 
@@ -76,30 +77,38 @@ def median_ms(fn: Callable[[], object], repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def tf_pool_fn(implementation: str, size: int):
-    """Per-level pooling with keras_maskrcnn: implementation 'custom_op' or 'gather'."""
-
-    def pool(feature, boxes, idx, stride):
-        if implementation == "custom_op":
-            return custom_roi_align.roi_align_custom(
-                feature, boxes, idx, (size, size), 1.0 / stride, SAMPLING_RATIO, True
-            )
-        return tf_roi_align.roi_align(
-            feature, boxes, idx, (size, size), 1.0 / stride, SAMPLING_RATIO, True,
-            implementation="gather",
-        )
-
-    return pool
-
-
-def time_tf(pool, features, levels, upstream, repeats: int) -> tuple[float, float]:
+def per_level_fn(implementation: str, size: int, features, levels):
+    """Forward returning one [n_l, size, size, C] tensor per non-empty level."""
     # Levels without boxes are skipped: a statically empty Mul crashes Grappler's arithmetic
     # optimizer (ReplaceMulWithBroadcastByTile, SIGFPE) in TF 2.21.
     used = [k for k, (b, _) in enumerate(levels) if b.shape[0] > 0]
 
-    def forward_all():
-        return [pool(features[k], *levels[k], STRIDES[k]) for k in used]
+    def pool(k):
+        boxes, idx = levels[k]
+        if implementation == "custom_op":
+            return custom_roi_align.roi_align_custom(
+                features[k], boxes, idx, (size, size), 1.0 / STRIDES[k], SAMPLING_RATIO, True
+            )
+        return tf_roi_align.roi_align(
+            features[k], boxes, idx, (size, size), 1.0 / STRIDES[k], SAMPLING_RATIO, True,
+            implementation="gather",
+        )
 
+    return lambda: [pool(k) for k in used]
+
+
+def multilevel_fn(size: int, features, boxes, idx, level_index):
+    """Forward of the one-call multi-level op (boxes sorted by level, like the per-level list)."""
+    scales = [1.0 / s for s in STRIDES]
+    return lambda: [
+        custom_roi_align.multilevel_roi_align_custom(
+            features, boxes, idx, level_index, (size, size), scales, SAMPLING_RATIO, True
+        )
+    ]
+
+
+def time_tf(forward_all, features, upstream, repeats: int) -> tuple[float, float]:
+    """Median ms of forward and of forward + gradient w.r.t. the features (upstream = grads)."""
     forward = tf.function(forward_all)
 
     @tf.function
@@ -107,7 +116,7 @@ def time_tf(pool, features, levels, upstream, repeats: int) -> tuple[float, floa
         with tf.GradientTape() as tape:
             tape.watch(features)
             outs = forward_all()
-            terms = [tf.reduce_sum(o * upstream[k]) for o, k in zip(outs, used, strict=True)]
+            terms = [tf.reduce_sum(o * u) for o, u in zip(outs, upstream, strict=True)]
             loss = tf.add_n(terms)
         return tape.gradient(loss, features)
 
@@ -160,6 +169,9 @@ def main() -> None:
     levels = split_levels(boxes, image)
     features = [tf.constant(f) for f in features_np]
     tf_levels = [(tf.constant(b), tf.constant(i)) for b, i in levels]
+    all_boxes = tf.constant(np.concatenate([b for b, _ in levels]))
+    all_idx = tf.constant(np.concatenate([i for _, i in levels]))
+    level_index = tf.constant(np.repeat(np.arange(4), [len(b) for b, _ in levels]).astype(np.int32))
 
     print(
         f"TF {tf.__version__}, torch {torch.__version__ if HAVE_TORCH else 'n/a'}, "
@@ -171,26 +183,34 @@ def main() -> None:
         f"sampling_ratio {SAMPLING_RATIO}, aligned=True, boxes per level P2-P5: "
         f"{[len(b) for b, _ in levels]}, {args.repeats} repeats"
     )
-    header = f"{'out':>5} {'implementation':<14} {'fwd ms':>9} {'fwd+bwd ms':>11} "
+    header = f"{'out':>5} {'implementation':<22} {'fwd ms':>9} {'fwd+bwd ms':>11} "
     header += f"{'ours/this fwd':>14} {'ours/this f+b':>14}"
     print(header)
     for size in (7, 14):
         upstream_np = [
             rng.normal(size=(len(b), size, size, CHANNELS)).astype(np.float32) for b, _ in levels
         ]
-        upstream = [tf.constant(u) for u in upstream_np]
-        results = {"custom_op": time_tf(tf_pool_fn("custom_op", size), features, tf_levels,
-                                        upstream, args.repeats)}
+        upstream = [tf.constant(u) for u in upstream_np if len(u)]
+        results = {}
+        results["custom_op"] = time_tf(
+            per_level_fn("custom_op", size, features, tf_levels), features, upstream, args.repeats
+        )
+        results["custom_op multi-level"] = time_tf(
+            multilevel_fn(size, features, all_boxes, all_idx, level_index),
+            features, [tf.concat(upstream, 0)], args.repeats,
+        )
         if tf_roi_align is not None:
-            results["gather"] = time_tf(tf_pool_fn("gather", size), features, tf_levels,
-                                        upstream, args.repeats)
+            results["gather"] = time_tf(
+                per_level_fn("gather", size, features, tf_levels), features, upstream,
+                args.repeats,
+            )
         if HAVE_TORCH:
             results["torchvision"] = time_torch(features_np, levels, upstream_np, size,
                                                 args.repeats)
         ours = results["custom_op"]
         for name, (fwd, fb) in results.items():
             print(
-                f"{size:>2}x{size:<2} {name:<14} {fwd:>9.2f} {fb:>11.2f} "
+                f"{size:>2}x{size:<2} {name:<22} {fwd:>9.2f} {fb:>11.2f} "
                 f"{ours[0] / fwd:>14.3f} {ours[1] / fb:>14.3f}"
             )
 

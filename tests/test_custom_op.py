@@ -19,8 +19,9 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 @pytest.fixture(scope="session")
 def op_built():
     """Compile the op once per session (a no-op when an up-to-date library exists)."""
-    if shutil.which(os.environ.get("CXX", "g++")) is None:
-        msg = "g++ not found: the RoIAlign custom op cannot be built"
+    compiler = os.environ.get("CXX", "g++")
+    if shutil.which(compiler) is None:
+        msg = f"C++ compiler {compiler!r} not found: the RoIAlign custom op cannot be built"
         if IN_CI:
             pytest.fail(msg + " (a compiler is required in CI)")
         pytest.skip(msg)
@@ -87,7 +88,7 @@ def roi_align_np(features, boxes, box_indices, size, scale, sampling_ratio, alig
 
 def _inputs(seed: int = 0):
     rng = np.random.default_rng(seed)
-    features = rng.normal(size=(2, 11, 13, 5)).astype(np.float32)
+    features = rng.normal(size=(2, 11, 13, 37)).astype(np.float32)  # 32-wide loop + tail
     boxes = np.array(
         [
             [3.1, 2.7, 15.3, 20.9],  # inside (input pixels, stride 2)
@@ -115,7 +116,7 @@ def test_forward_matches_numpy(op_built, aligned, sampling_ratio):
         aligned=aligned,
     )
     want = roi_align_np(features, boxes, idx, (3, 4), 0.5, sampling_ratio, aligned)
-    assert got.shape == (6, 3, 4, 5) and got.dtype == tf.float32
+    assert got.shape == (6, 3, 4, 37) and got.dtype == tf.float32
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=1e-5)
 
 
@@ -126,7 +127,7 @@ def test_matches_gather_path(op_built, aligned, sampling_ratio):
     features, boxes, idx = _inputs(1)
     features = tf.constant(features)
     kwargs = dict(spatial_scale=0.5, sampling_ratio=sampling_ratio, aligned=aligned)
-    upstream = tf.random.stateless_normal((6, 3, 4, 5), seed=(1, 2))
+    upstream = tf.random.stateless_normal((6, 3, 4, 37), seed=(1, 2))
     results = []
     for fn in (
         lambda f: cra.roi_align_custom(f, boxes, idx, (3, 4), **kwargs),
@@ -145,7 +146,7 @@ def test_gradient_is_adjoint_and_matches_numerics(op_built):
     features, boxes, idx = _inputs(2)
     kwargs = dict(output_size=(3, 2), spatial_scale=0.5, sampling_ratio=0, aligned=True)
     f = tf.constant(features)
-    g = tf.random.stateless_normal((6, 3, 2, 5), seed=(3, 4))
+    g = tf.random.stateless_normal((6, 3, 2, 37), seed=(3, 4))
     with tf.GradientTape() as tape:
         tape.watch(f)
         out = cra.roi_align_custom(f, boxes, idx, **kwargs)
@@ -166,7 +167,7 @@ def test_gradient_is_adjoint_and_matches_numerics(op_built):
 def test_second_order_gradient_is_forward(op_built):
     features, boxes, idx = _inputs(3)
     f = tf.constant(features)
-    g = tf.random.stateless_normal((6, 2, 2, 5), seed=(5, 6))
+    g = tf.random.stateless_normal((6, 2, 2, 37), seed=(5, 6))
     h = tf.random.stateless_normal(f.shape, seed=(7, 8))
     with tf.GradientTape() as outer:
         outer.watch(g)
@@ -240,6 +241,22 @@ def test_static_shape_in_graph(op_built):
 
     fn.get_concrete_function()
 
+    @tf.function(
+        input_signature=[
+            [tf.TensorSpec((2, 8, 8, 16), tf.float32), tf.TensorSpec((2, 4, 4, 16), tf.float32)],
+            tf.TensorSpec((5, 4), tf.float32),
+        ]
+    )
+    def multi(maps, b):
+        i = tf.zeros((5,), tf.int32)
+        out = cra.multilevel_roi_align_custom(maps, b, i, i, (7, 3), [0.25, 0.125])
+        assert out.shape.as_list() == [5, 7, 3, 16]
+        grads = tf.gradients(tf.reduce_sum(out), maps)
+        assert [g.shape.as_list() for g in grads] == [[2, 8, 8, 16], [2, 4, 4, 16]]
+        return out
+
+    multi.get_concrete_function()
+
 
 def test_bad_input(op_built):
     features, boxes, idx = _inputs()
@@ -270,3 +287,81 @@ def test_disable_env_and_stale_stamp(op_built, monkeypatch, tmp_path):
     stamp["tensorflow"] = "0.0.0"
     (tmp_path / "_kmr_roi_align.stamp.json").write_text(json.dumps(stamp))
     assert cra.library_path() is None
+
+
+def _multilevel_inputs():
+    rng = np.random.default_rng(6)
+    maps = [
+        tf.constant(rng.normal(size=(2, 16 // 2**k + 1, 18 // 2**k, 6)).astype(np.float32))
+        for k in range(3)
+    ]
+    yx = rng.uniform(-10, 60, size=(9, 2))
+    boxes = np.concatenate([yx, yx + rng.uniform(2, 40, size=(9, 2))], 1).astype(np.float32)
+    idx = rng.integers(0, 2, size=9).astype(np.int32)
+    levels = np.array([0, 1, 2, 2, 0, 1, 1, 0, 2], np.int32)
+    return maps, boxes, idx, levels, [1 / 2, 1 / 4, 1 / 8]
+
+
+def test_multilevel_matches_single_level_calls(op_built):
+    maps, boxes, idx, levels, scales = _multilevel_inputs()
+    upstream = tf.random.stateless_normal((9, 3, 2, 6), seed=(9, 9))
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(maps)
+        multi = cra.multilevel_roi_align_custom(maps, boxes, idx, levels, (3, 2), scales, 0, False)
+        per_level = [cra.roi_align_custom(m, boxes, idx, (3, 2), s, 0, False)
+                     for m, s in zip(maps, scales, strict=True)]
+        single = tf.gather(tf.stack(per_level, 1), levels, axis=1, batch_dims=1)
+        loss_multi = tf.reduce_sum(multi * upstream)
+        loss_single = tf.reduce_sum(single * upstream)
+    np.testing.assert_allclose(multi, single, atol=1e-6)
+    for got, want in zip(tape.gradient(loss_multi, maps), tape.gradient(loss_single, maps),
+                         strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+    # Second order: d/d(upstream) <d loss / d maps, h> is the forward op applied to h.
+    h = [tf.random.stateless_normal(m.shape, seed=(k, 1)) for k, m in enumerate(maps)]
+    with tf.GradientTape() as outer:
+        outer.watch(upstream)
+        with tf.GradientTape() as inner:
+            inner.watch(maps)
+            out = cra.multilevel_roi_align_custom(maps, boxes, idx, levels, (3, 2), scales)
+            loss = tf.reduce_sum(out * upstream)
+        d_maps = inner.gradient(loss, maps)
+        second = tf.add_n([tf.reduce_sum(d * x) for d, x in zip(d_maps, h, strict=True)])
+    want = cra.multilevel_roi_align_custom(h, boxes, idx, levels, (3, 2), scales)
+    np.testing.assert_allclose(outer.gradient(second, upstream), want, atol=1e-5)
+
+
+def test_multilevel_empty_and_bad_levels(op_built):
+    maps, boxes, idx, levels, scales = _multilevel_inputs()
+    with tf.GradientTape() as tape:
+        tape.watch(maps)
+        out = cra.multilevel_roi_align_custom(
+            maps, tf.zeros((0, 4)), tf.zeros((0,), tf.int32), tf.zeros((0,), tf.int32), 4, scales
+        )
+        loss = tf.reduce_sum(out)
+    assert out.shape == (0, 4, 4, 6)
+    for grad, m in zip(tape.gradient(loss, maps), maps, strict=True):
+        np.testing.assert_array_equal(grad, np.zeros(m.shape))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="box_levels"):
+        cra.multilevel_roi_align_custom(maps, boxes, idx, levels + 1, 4, scales)
+    with pytest.raises(ValueError, match="spatial_scales"):
+        cra.multilevel_roi_align_custom(maps, boxes, idx, levels, 4, scales[:2])
+
+
+def test_multilevel_roi_align_custom_op_matches_gather(op_built):
+    """The pooler's one-call multi-level path equals the pure-TF path."""
+    from keras_maskrcnn.ops.roi_align import multilevel_roi_align
+
+    rng = np.random.default_rng(3)
+    feats = [tf.constant(rng.normal(size=(2, 64 // s, 64 // s, 8)).astype("float32"))
+             for s in (4, 8, 16, 32)]
+    y1, x1 = rng.uniform(-5, 50, (2, 30, 1)), rng.uniform(-5, 50, (2, 30, 1))
+    hw = rng.uniform(1, 70, (2, 30, 2))
+    boxes = tf.constant(np.concatenate([y1, x1, y1 + hw[..., :1], x1 + hw[..., 1:]], -1),
+                        tf.float32)
+    for ratio in (0, 2):
+        a = multilevel_roi_align(feats, boxes, 7, sampling_ratio=ratio, implementation="gather")
+        b = multilevel_roi_align(feats, boxes, 7, sampling_ratio=ratio,
+                                 implementation="custom_op")
+        np.testing.assert_allclose(b.numpy(), a.numpy(), atol=1e-5)

@@ -40,6 +40,7 @@ __all__ = [
     "is_available",
     "implementation_in_use",
     "library_path",
+    "multilevel_roi_align_custom",
     "roi_align_custom",
 ]
 
@@ -315,15 +316,75 @@ def roi_align_custom(
     )
 
 
-def _op_attrs(op: tf.Operation) -> dict[str, Any]:
-    names = ("pooled_height", "pooled_width", "spatial_scale", "sampling_ratio", "aligned")
+def multilevel_roi_align_custom(
+    features: Sequence[tf.Tensor],
+    boxes: tf.Tensor,
+    box_indices: tf.Tensor,
+    box_levels: tf.Tensor,
+    output_size: int | Sequence[int],
+    spatial_scales: Sequence[float],
+    sampling_ratio: int = 0,
+    aligned: bool = True,
+) -> tf.Tensor:
+    """RoIAlign of every box on its own feature map, in one op call (no split / stitch).
+
+    Box n is pooled exactly as ``roi_align_custom(features[l], ..., spatial_scale=
+    spatial_scales[l])`` with ``l = box_levels[n]``.
+
+    Args:
+        features: L maps [B, H_l, W_l, C] (same B, C and dtype: float32, bfloat16 or float16).
+        boxes: [N, 4] float (y1, x1, y2, x2) in input pixels; cast to float32.
+        box_indices: [N] int, image of each box in [0, B).
+        box_levels: [N] int, index in [0, L) of the map each box reads (not the FPN level k:
+            for P2-P5 pass k - 2).
+        output_size: int P or (PH, PW).
+        spatial_scales: L floats, feature pixels per input pixel of each map (1 / stride).
+        sampling_ratio, aligned: as in `roi_align_custom`.
+
+    Returns:
+        [N, PH, PW, C] in the features' dtype; differentiable w.r.t. every map.
+    """
+    pooled_h, pooled_w = _pair(output_size)
+    maps = [tf.convert_to_tensor(f) for f in features]
+    scales = [float(s) for s in spatial_scales]
+    if not maps:
+        raise ValueError("features must hold at least one feature map")
+    if len(scales) != len(maps):
+        raise ValueError(
+            f"spatial_scales must have one entry per feature map ({len(maps)}), got {len(scales)}"
+        )
+    for scale in scales:
+        _check_args(scale, sampling_ratio)
+    if maps[0].dtype not in _SUPPORTED_DTYPES or any(f.dtype != maps[0].dtype for f in maps):
+        raise TypeError(
+            "features must share one dtype among float32, bfloat16 and float16, got "
+            f"{[f.dtype.name for f in maps]}"
+        )
+    if not is_available():
+        raise RuntimeError(f"RoIAlign custom op unavailable: {unavailable_reason()}")
+    return _load().kmr_multi_level_roi_align(
+        maps,
+        tf.cast(boxes, tf.float32),
+        tf.cast(box_indices, tf.int32),
+        tf.cast(box_levels, tf.int32),
+        pooled_height=pooled_h,
+        pooled_width=pooled_w,
+        spatial_scales=scales,
+        sampling_ratio=int(sampling_ratio),
+        aligned=bool(aligned),
+    )
+
+
+def _op_attrs(op: tf.Operation, scale_attr: str) -> dict[str, Any]:
+    names = ("pooled_height", "pooled_width", "sampling_ratio", "aligned", scale_attr)
     return {name: op.get_attr(name) for name in names}
 
 
 def _roi_align_grad(op: tf.Operation, grad: tf.Tensor) -> list[tf.Tensor | None]:
     features, boxes, box_indices = op.inputs
     d_features = _load().kmr_roi_align_grad(
-        grad, boxes, box_indices, tf.shape(features, out_type=tf.int32), **_op_attrs(op)
+        grad, boxes, box_indices, tf.shape(features, out_type=tf.int32),
+        **_op_attrs(op, "spatial_scale"),
     )
     return [d_features, None, None]
 
@@ -331,12 +392,42 @@ def _roi_align_grad(op: tf.Operation, grad: tf.Tensor) -> list[tf.Tensor | None]
 def _roi_align_grad_grad(op: tf.Operation, grad: tf.Tensor) -> list[tf.Tensor | None]:
     # The gradient op is linear in `grads`; its adjoint is the forward op.
     _, boxes, box_indices, _ = op.inputs
-    d_grads = _load().kmr_roi_align(grad, boxes, box_indices, **_op_attrs(op))
+    d_grads = _load().kmr_roi_align(grad, boxes, box_indices, **_op_attrs(op, "spatial_scale"))
     return [d_grads, None, None, None]
 
 
+def _multilevel_grad(op: tf.Operation, grad: tf.Tensor) -> list[tf.Tensor | None]:
+    num_levels = op.get_attr("num_levels")
+    maps = op.inputs[:num_levels]
+    boxes, box_indices, box_levels = op.inputs[num_levels:]
+    d_maps = _load().kmr_multi_level_roi_align_grad(
+        grad, boxes, box_indices, box_levels, [tf.shape(f, out_type=tf.int32) for f in maps],
+        **_op_attrs(op, "spatial_scales"),
+    )
+    return [*d_maps, None, None, None]
+
+
+def _multilevel_grad_grad(op: tf.Operation, *grads: tf.Tensor | None) -> list[tf.Tensor | None]:
+    num_levels = op.get_attr("num_levels")
+    _, boxes, box_indices, box_levels = op.inputs[:4]
+    shapes = op.inputs[4:]
+    maps = [
+        tf.zeros(shape, op.outputs[0].dtype) if g is None else g
+        for g, shape in zip(grads, shapes, strict=True)
+    ]
+    d_grads = _load().kmr_multi_level_roi_align(
+        maps, boxes, box_indices, box_levels, **_op_attrs(op, "spatial_scales")
+    )
+    return [d_grads, None, None, None, *([None] * num_levels)]
+
+
 def _register_gradients() -> None:
-    for name, fn in (("KmrRoiAlign", _roi_align_grad), ("KmrRoiAlignGrad", _roi_align_grad_grad)):
+    for name, fn in (
+        ("KmrRoiAlign", _roi_align_grad),
+        ("KmrRoiAlignGrad", _roi_align_grad_grad),
+        ("KmrMultiLevelRoiAlign", _multilevel_grad),
+        ("KmrMultiLevelRoiAlignGrad", _multilevel_grad_grad),
+    ):
         try:
             tf.RegisterGradient(name)(fn)
         except KeyError:  # already registered (module imported twice, e.g. run with -m)

@@ -647,6 +647,23 @@ def _multilevel_flat(levels: list[tf.Tensor], level_index: tf.Tensor, image: tf.
 
 
 @_no_autograph
+def _multilevel_custom_op(
+    levels, boxes, output_size, min_level, canonical_size, canonical_level, sampling_ratio, aligned
+):
+    """All levels in one call of the compiled multi-level op."""
+    custom = _custom_module(required=True)
+    flat_boxes, image, batch, num = _flatten_rois(boxes)
+    max_level = min_level + len(levels) - 1
+    level = assign_fpn_levels(flat_boxes, min_level, max_level, canonical_size, canonical_level)
+    scales = [2.0 ** -(min_level + i) for i in range(len(levels))]
+    pooled = custom.multilevel_roi_align_custom(
+        levels, flat_boxes, image, level - min_level, output_size, scales,
+        sampling_ratio=sampling_ratio, aligned=aligned,
+    )
+    channels = levels[0].shape[-1]
+    return tf.reshape(pooled, [batch, num, output_size[0], output_size[1], channels])
+
+
 def multilevel_roi_align(
     features: Sequence[tf.Tensor],
     boxes: tf.Tensor,
@@ -687,6 +704,11 @@ def multilevel_roi_align(
     max_bin_size = _check_max_bin_size(max_bin_size)
     implementation = _check_implementation(implementation)
     implementation = _resolve_implementation(implementation, levels[0].dtype)
+    if method == "align" and implementation == "custom_op":
+        return _multilevel_custom_op(
+            levels, boxes, output_size, min_level, canonical_size, canonical_level,
+            sampling_ratio, aligned,
+        )
     if method == "align" and implementation != "gather":
         return multilevel_roi_align_per_level(
             levels,

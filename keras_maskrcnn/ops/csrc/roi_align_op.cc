@@ -152,11 +152,13 @@ void BuildAxis(float start, float bin, int grid, int pooled, int size, AxisTaps*
   out->begin[pooled] = static_cast<int>(out->taps.size());
 }
 
+// Samples per bin along one axis. The adaptive count is capped at 2^16 (a bin 65536 feature
+// pixels wide) so that absurd boxes cannot overflow or hang; real boxes never get near it.
 inline int GridSize(int sampling_ratio, float extent, int pooled) {
   if (sampling_ratio > 0) return sampling_ratio;
   const float g = std::ceil(extent / static_cast<float>(pooled));
   if (!(g > 0.f)) return 0;  // empty or NaN box: the bins read zero
-  return static_cast<int>(g);
+  return static_cast<int>(std::min(g, 65536.f));
 }
 
 // One feature map (level) as seen by the kernels.
@@ -186,7 +188,7 @@ void BuildPlan(const float* box, const Params& p, const MapGeom& map, BoxPlan* p
   const int grid_w = GridSize(p.sampling_ratio, roi_w, p.pooled_w);
   BuildAxis(y1, bin_h, grid_h, p.pooled_h, static_cast<int>(map.height), &plan->y);
   BuildAxis(x1, bin_w, grid_w, p.pooled_w, static_cast<int>(map.width), &plan->x);
-  plan->inv_count = 1.f / static_cast<float>(std::max(grid_h * grid_w, 1));
+  plan->inv_count = 1.f / std::max(static_cast<float>(grid_h) * static_cast<float>(grid_w), 1.f);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -501,7 +503,9 @@ void BackwardCore(OpKernelContext* ctx, const Params& p, const std::vector<T*>& 
       if constexpr (std::is_same<T, float>::value) {
         acc = dst;  // accumulate in place
         stride = channels;
-        for (int64 px = 0; px < pixels; ++px) std::fill(acc + px * stride, acc + px * stride + cw, 0.f);
+        for (int64 px = 0; px < pixels; ++px) {
+          std::fill(acc + px * stride, acc + px * stride + cw, 0.f);
+        }
       } else {
         local.assign(pixels * cw, 0.f);
         acc = local.data();
@@ -523,6 +527,13 @@ void BackwardCore(OpKernelContext* ctx, const Params& p, const std::vector<T*>& 
 
 // ---------------------------------------------------------------------------------------------
 // Kernels.
+
+// Which maps some box reads (all of them in the single-level case).
+std::vector<bool> UsedLevels(const int32_t* levels, int64 num_boxes, int64 num_levels) {
+  std::vector<bool> used(num_levels, levels == nullptr);
+  for (int64 n = 0; levels != nullptr && n < num_boxes; ++n) used[levels[n]] = true;
+  return used;
+}
 
 MapGeom GeomOf(const TensorShape& shape, float scale) {
   return {shape.dim_size(0), shape.dim_size(1), shape.dim_size(2), scale};
@@ -573,15 +584,16 @@ void ComputeForward(OpKernelContext* ctx, const Params& p, const std::vector<con
   OP_REQUIRES_OK(ctx, ctx->allocate_output(0, out_shape, &output));
   if (output->NumElements() == 0) return;
 
+  const int32_t* levels = box_levels == nullptr ? nullptr : box_levels->flat<int32_t>().data();
+  const std::vector<bool> used = UsedLevels(levels, num_boxes, num_levels);
   std::vector<MapGeom> geom;
   std::vector<const T*> data;
   for (int64 l = 0; l < num_levels; ++l) {
     geom.push_back(GeomOf(shapes[l], scales[l]));
     OP_REQUIRES_OK(ctx, CheckScale(scales[l]));
-    OP_REQUIRES_OK(ctx, CheckMapSize(geom.back()));
+    if (used[l]) OP_REQUIRES_OK(ctx, CheckMapSize(geom.back()));  // a box on an empty map
     data.push_back(maps[l]->flat<T>().data());
   }
-  const int32_t* levels = box_levels == nullptr ? nullptr : box_levels->flat<int32_t>().data();
   ForwardCore(ctx, p, data, geom, channels, boxes.flat<float>().data(),
               box_indices.flat<int32_t>().data(), levels, num_boxes, output->flat<T>().data());
 }
@@ -602,23 +614,23 @@ void ComputeBackward(OpKernelContext* ctx, const Params& p, const std::vector<Te
   OP_REQUIRES(ctx, grads.shape() == expected,
               errors::InvalidArgument("grads must be ", expected.DebugString(), ", got ",
                                       grads.shape().DebugString()));
+  const int32_t* levels = box_levels == nullptr ? nullptr : box_levels->flat<int32_t>().data();
+  const std::vector<bool> used = UsedLevels(levels, num_boxes, num_levels);
   std::vector<MapGeom> geom;
   std::vector<T*> data;
   for (int64 l = 0; l < num_levels; ++l) {
-    T* out = outs[l]->flat<T>().data();
-    std::fill(out, out + outs[l]->NumElements(), FromFloat<T>(0.f));
     geom.push_back(GeomOf(shapes[l], scales[l]));
-    data.push_back(out);
-  }
-  if (num_boxes == 0 || channels == 0) return;
-  const int32_t* levels = box_levels == nullptr ? nullptr : box_levels->flat<int32_t>().data();
-  for (int64 l = 0; l < num_levels; ++l) {
     OP_REQUIRES_OK(ctx, CheckScale(scales[l]));
-    // Maps without boxes stay zero; a box on an empty map is an error.
-    bool used = levels == nullptr;
-    for (int64 n = 0; n < num_boxes && !used; ++n) used = levels[n] == l;
-    if (used) OP_REQUIRES_OK(ctx, CheckMapSize(geom[l]));
+    if (used[l] && num_boxes > 0) OP_REQUIRES_OK(ctx, CheckMapSize(geom.back()));
+    data.push_back(outs[l]->flat<T>().data());
   }
+  if (num_boxes == 0 || channels == 0) {
+    for (Tensor* t : outs) {
+      std::fill(t->flat<T>().data(), t->flat<T>().data() + t->NumElements(), FromFloat<T>(0.f));
+    }
+    return;
+  }
+  // Every (map, image, channel block) unit writes its whole slice, zeros included.
   BackwardCore(ctx, p, data, geom, channels, grads.flat<T>().data(), boxes.flat<float>().data(),
                box_indices.flat<int32_t>().data(), levels, num_boxes);
 }

@@ -1,0 +1,79 @@
+"""The command line on real files: evaluate on the COCO photos, predict, errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from keras_maskrcnn.cli import main
+from keras_maskrcnn.config import get_config
+from keras_maskrcnn.data import CocoDataset
+from keras_maskrcnn.model import build_model, save_model_dir
+
+
+@pytest.fixture(scope="module")
+def coco_model_dir(tmp_path_factory, coco10_dir):
+    """An untrained tiny model with COCO's 80 classes, saved as a model directory."""
+    source = CocoDataset(coco10_dir / "annotations.json", coco10_dir / "images")
+    config = get_config("shapes", num_classes=source.num_classes,
+                        class_names=tuple(source.class_names), image_size=(256, 256),
+                        min_size=192, max_size=256, score_threshold=0.0)
+    return save_model_dir(build_model(config), tmp_path_factory.mktemp("coco_model"))
+
+
+def test_evaluate_coco_writes_metrics_json(coco_model_dir, coco10_dir, tmp_path, capsys):
+    out = tmp_path / "metrics.json"
+    rc = main(["evaluate", "--model", str(coco_model_dir), "--dataset", "coco",
+               "--annotations", str(coco10_dir / "annotations.json"),
+               "--images", str(coco10_dir / "images"), "--json", str(out), "--max-images", "3"])
+    assert rc == 0
+    metrics = json.loads(out.read_text())
+    for iou_type in ("bbox", "segm"):
+        assert {"AP", "AP50", "AP75"} <= set(metrics[iou_type])
+        assert 0.0 <= metrics[iou_type]["AP"] <= 1.0
+    assert "Average Precision" in capsys.readouterr().out
+
+
+def test_predict_writes_pngs_and_coco_records(coco_model_dir, coco10_dir, tmp_path):
+    images = sorted((coco10_dir / "images").glob("*.jpg"))[:2]
+    rc = main(["predict", "--model", str(coco_model_dir), *map(str, images),
+               "--output", str(tmp_path), "--score-threshold", "0.0"])
+    assert rc == 0
+    for image in images:
+        assert (tmp_path / f"{image.stem}.png").exists()
+    records = json.loads((tmp_path / "predictions.json").read_text())
+    assert records, "an untrained model with score threshold 0 still detects something"
+    config = json.loads((coco_model_dir / "config.json").read_text())
+    for record in records:
+        assert record["file_name"] in {p.name for p in images}
+        assert set(record) == {"file_name", "category_id", "bbox", "score", "segmentation"}
+        assert 1 <= record["category_id"] <= config["num_classes"]
+        x, y, w, h = record["bbox"]
+        assert w >= 0 and h >= 0 and x >= 0 and y >= 0
+        assert set(record["segmentation"]) == {"size", "counts"}
+    sizes = {tuple(r["segmentation"]["size"]) for r in records}
+    from PIL import Image
+
+    assert sizes <= {Image.open(p).size[::-1] for p in images}
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model directory"):
+        main(["predict", "--model", str(tmp_path), "x.jpg", "--output", str(tmp_path)])
+
+
+def test_coco_dataset_needs_annotations(coco_model_dir):
+    with pytest.raises(SystemExit, match="--annotations"):
+        main(["evaluate", "--model", str(coco_model_dir), "--dataset", "coco"])
+
+
+def test_model_predicts_nothing_outside_original_image(coco_model_dir, coco10_dir):
+    from keras_maskrcnn.inference import predict_images
+    from keras_maskrcnn.model import load_model_dir
+
+    source = CocoDataset(coco10_dir / "annotations.json", coco10_dir / "images")
+    image = source.load_image(source.image_ids[0])
+    det = predict_images(load_model_dir(coco_model_dir), [image])[0]
+    h, w = image.shape[:2]
+    assert np.all(det["boxes"] >= 0) and np.all(det["boxes"][:, [0, 2]] <= h)
+    assert np.all(det["boxes"][:, [1, 3]] <= w)

@@ -1,0 +1,59 @@
+"""Config: presets, validation with clear errors, JSON round trip."""
+
+import json
+
+import pytest
+
+from keras_maskrcnn.config import PRESETS, MaskRCNNConfig, get_config
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_round_trip_through_json(name, tmp_path):
+    config = get_config(name)
+    path = tmp_path / "config.json"
+    config.to_json(path)
+    assert MaskRCNNConfig.from_json(path) == config
+    assert get_config(path) == config
+
+
+def test_coco_preset_has_detectron2_defaults():
+    c = get_config("coco_r50_fpn")
+    assert (c.min_size, c.max_size, c.backbone, c.backbone_norm) == (800, 1333, "resnet50", "frozen_bn")
+    assert c.anchor_sizes == (32, 64, 128, 256, 512) and c.aspect_ratios == (0.5, 1.0, 2.0)
+    assert (c.rpn_positive_iou, c.rpn_negative_iou, c.rpn_batch_per_image) == (0.7, 0.3, 256)
+    assert (c.roi_batch_per_image, c.roi_positive_fraction) == (512, 0.25)
+    assert c.box_coder_weights == (10.0, 10.0, 5.0, 5.0)
+    assert (c.box_pool_size, c.mask_pool_size, c.pooler_sampling_ratio) == (7, 14, 0)
+    assert (c.score_threshold, c.nms_threshold, c.detections_per_image) == (0.05, 0.5, 100)
+    assert (c.learning_rate, c.momentum, c.weight_decay, c.warmup_steps) == (0.02, 0.9, 1e-4, 1000)
+
+
+def test_config_is_frozen_and_replace_validates():
+    c = get_config("shapes")
+    with pytest.raises(AttributeError):
+        c.num_classes = 5
+    with pytest.raises(ValueError, match="multiples of 32"):
+        c.replace(image_size=(100, 128))
+    with pytest.raises(ValueError, match="backbone"):
+        c.replace(backbone="vgg16")
+    with pytest.raises(ValueError, match="class_names"):
+        c.replace(num_classes=5)
+
+
+def test_unknown_fields_and_names_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown config field"):
+        MaskRCNNConfig.from_dict({"num_clases": 3})
+    with pytest.raises(ValueError, match="unknown config 'nope'"):
+        get_config("nope")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        MaskRCNNConfig.from_json(bad)
+
+
+def test_overrides_and_canvas_check():
+    c = get_config("coco_r50_fpn", image_size=(800, 800), min_size=800, max_size=800)
+    assert c.image_size == (800, 800)
+    with pytest.raises(ValueError, match="do not fit the canvas"):
+        get_config("coco_r50_fpn", image_size=(800, 800))
+    assert json.loads(c.to_json())["image_size"] == [800, 800]
