@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -16,6 +17,10 @@ SHAPES_VAL_SEED = 1
 DEMO_EPOCHS = 12
 DEMO_STEPS = 100
 DEMO_OUTPUT = "runs/shapes"
+
+# Modules that add their own subcommands: each has `add_subcommand(subparsers)` registering a
+# parser whose `func(args) -> int` runs it.
+_SUBCOMMAND_MODULES = ("keras_maskrcnn.export.cli", "keras_maskrcnn.convert.cli")
 
 logger = logging.getLogger("keras_maskrcnn")
 
@@ -189,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.set_defaults(func=cmd_predict)
+
+    for module_name in _SUBCOMMAND_MODULES:
+        importlib.import_module(module_name).add_subcommand(sub)
     return parser
 
 

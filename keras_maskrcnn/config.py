@@ -16,6 +16,8 @@ BACKBONES = ("resnet50", "resnet101", "resnext101_32x8d", "resnet_tiny")
 NORMS = ("frozen_bn", "bn", "gn")
 POOLERS = ("align", "pool")
 OPTIMIZERS = ("sgd", "adamw")
+MASK_PASTES = ("exact", "torchvision")
+HEAD_NORMS = ("none", "bn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,12 +54,18 @@ class MaskRCNNConfig:
     backbone_weights: str | None = None
     tiny_widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     fpn_channels: int = 256
+    # Normalization after the FPN's lateral and output convs ("bn" = frozen BatchNorm, the convs
+    # then have no bias: torchvision's maskrcnn_resnet50_fpn_v2).
+    fpn_norm: str = "none"
 
     # Anchors, one size per level P2..P6.
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     anchor_offset: float = 0.0
     round_anchors: bool = False
+    # Shift the anchors of a level by canvas_size // grid_size instead of the nominal stride
+    # (torchvision; differs only on P6 when the canvas side is an odd multiple of 32).
+    anchor_stride_from_grid: bool = False
 
     # RPN.
     rpn_positive_iou: float = 0.7
@@ -71,6 +79,7 @@ class MaskRCNNConfig:
     rpn_nms_threshold: float = 0.7
     rpn_min_box_size: float = 0.0
     rpn_box_loss_beta: float = 0.0
+    rpn_head_convs: int = 1
 
     # RoI sampling and heads.
     roi_batch_per_image: int = 512
@@ -85,8 +94,15 @@ class MaskRCNNConfig:
     canonical_box_size: float = 224.0
     canonical_level: int = 4
     box_head_dim: int = 1024
+    # Box head: `box_head_convs` 3x3 convs of `box_head_conv_dim` (v2: 4), then `box_head_fcs`
+    # fully connected layers of `box_head_dim` (v1: 2, v2: 1).
+    box_head_convs: int = 0
+    box_head_conv_dim: int = 256
+    box_head_fcs: int = 2
     mask_head_dim: int = 256
     mask_head_convs: int = 4
+    # Normalization after the 3x3 convs of the box and mask heads ("bn" = frozen BatchNorm).
+    head_norm: str = "none"
     box_loss_beta: float = 0.0
 
     # Inference.
@@ -95,6 +111,9 @@ class MaskRCNNConfig:
     detections_per_image: int = 100
     min_detection_size: float = 0.0
     mask_threshold: float = 0.5
+    # How `inference` pastes the 28x28 masks into the image: "exact" (Detectron2's bilinear
+    # grid_sample) or "torchvision" (its integer-box resize, for parity with imported weights).
+    mask_paste: str = "exact"
 
     # Solver (learning rate for `batch_size` images per step).
     optimizer: str = "sgd"
@@ -112,6 +131,18 @@ class MaskRCNNConfig:
         _check_choice("backbone_norm", self.backbone_norm, NORMS)
         _check_choice("pooler", self.pooler, POOLERS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("mask_paste", self.mask_paste, MASK_PASTES)
+        _check_choice("fpn_norm", self.fpn_norm, HEAD_NORMS)
+        _check_choice("head_norm", self.head_norm, HEAD_NORMS)
+        for field in ("rpn_head_convs", "box_head_convs", "box_head_fcs"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"config field {field} must be an int >= 0, got {value!r}")
+        if self.rpn_head_convs < 1 or self.box_head_fcs < 1:
+            raise ValueError(
+                f"rpn_head_convs and box_head_fcs must be >= 1, got {self.rpn_head_convs} and "
+                f"{self.box_head_fcs}"
+            )
         h, w = self.image_size
         if h % 32 or w % 32 or h <= 0 or w <= 0:
             raise ValueError(f"image_size must be positive multiples of 32, got {self.image_size}")
@@ -243,11 +274,51 @@ def _shapes() -> MaskRCNNConfig:
     )
 
 
+def _torchvision_r50_fpn() -> MaskRCNNConfig:
+    """torchvision `maskrcnn_resnet50_fpn` (v1) behaviour, the target of `convert torchvision`.
+
+    Differences from `coco_r50_fpn`: rounded anchors shifted by canvas // grid, RPN boxes
+    smaller than 1e-3 and detections smaller than 1e-2 pixels dropped, 2000 post-NMS
+    proposals in training, RoIAlign with aligned=False and sampling ratio 2, smooth-L1 beta 1/9,
+    torchvision's mask pasting, a single training scale.
+    """
+    return MaskRCNNConfig(
+        name="torchvision_r50_fpn",
+        train_min_sizes=(800,),
+        freeze_at=2,
+        round_anchors=True,
+        anchor_stride_from_grid=True,
+        rpn_post_nms_topk_train=2000,
+        rpn_min_box_size=1e-3,
+        rpn_box_loss_beta=1.0 / 9.0,
+        pooler_sampling_ratio=2,
+        pooler_aligned=False,
+        box_loss_beta=1.0 / 9.0,
+        min_detection_size=1e-2,
+        mask_paste="torchvision",
+    )
+
+
+def _torchvision_r50_fpn_v2() -> MaskRCNNConfig:
+    """torchvision `maskrcnn_resnet50_fpn_v2`: v1 plus BatchNorm in the FPN and the heads, two
+    RPN convs, a box head of four 3x3 convs and one fc (Li et al. 2021, arXiv:2111.11429)."""
+    return _torchvision_r50_fpn().replace(
+        name="torchvision_r50_fpn_v2",
+        fpn_norm="bn",
+        rpn_head_convs=2,
+        box_head_convs=4,
+        box_head_fcs=1,
+        head_norm="bn",
+    )
+
+
 PRESETS = {
     "coco_r50_fpn": _coco_r50_fpn,
     "coco_r101_fpn": _coco_r101_fpn,
     "coco_x101_32x8d_fpn": _coco_x101_fpn,
     "shapes": _shapes,
+    "torchvision_r50_fpn": _torchvision_r50_fpn,
+    "torchvision_r50_fpn_v2": _torchvision_r50_fpn_v2,
 }
 
 

@@ -66,10 +66,14 @@ def postprocess(
 
 def predict_images(
     model: MaskRCNN, images: Sequence[np.ndarray], batch_size: int = 1,
-    paste_method: str = "exact",
+    paste_method: str | None = None,
 ) -> list[dict[str, np.ndarray]]:
-    """Detections for each RGB uint8 image `[h, w, 3]` (any size), in original pixels."""
+    """Detections for each RGB uint8 image `[h, w, 3]` (any size), in original pixels.
+
+    `paste_method` ("exact" / "torchvision") defaults to the config's `mask_paste`.
+    """
     c = model.config
+    paste_method = paste_method or c.mask_paste
     results = []
     for start in range(0, len(images), batch_size):
         chunk = list(images[start:start + batch_size])

@@ -62,7 +62,7 @@ class MaskRCNN(keras.Model):
         self.fpn = build_fpn(self.backbone, c.fpn_channels)
         self.anchor_generator = AnchorGenerator(
             c.strides, c.anchor_sizes, c.aspect_ratios, c.anchor_offset, c.round_anchors,
-            name="anchors")
+            stride_from_grid=c.anchor_stride_from_grid, name="anchors")
         self.rpn_head = RPNHead(c.num_anchors_per_location, c.fpn_channels, name="rpn_head")
         level_sizes = self.anchor_generator.level_sizes(c.image_size)
         self.train_proposals = ProposalLayer(
