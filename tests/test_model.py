@@ -116,3 +116,20 @@ def test_missing_training_key_is_a_clear_error():
     with pytest.raises(KeyError, match="gt_masks"):
         model.compute_losses({"images": None, "image_shape": None, "gt_boxes": None,
                               "gt_classes": None})
+
+
+def test_trains_on_real_coco_images_with_crowd_and_roi_pool(coco10_dir):
+    """Real photos of different sizes, 80 categories with id gaps, a crowd region; RoIPool."""
+    from keras_maskrcnn.data import CocoDataset
+
+    source = CocoDataset(coco10_dir / "annotations.json", coco10_dir / "images")
+    config = tiny_config(num_classes=source.num_classes, class_names=tuple(source.class_names),
+                         image_size=(128, 128), min_size=96, max_size=128, max_instances=24,
+                         pooler="pool")
+    model = build_model(config)
+    model.compile(optimizer=make_optimizer(config, batch_size=2))
+    data = _dataset(config, source, batch_size=2)
+    history = model.fit(data, epochs=1, steps_per_epoch=3, verbose=0).history
+    for name in (*LOSS_NAMES, "loss"):
+        assert np.isfinite(history[name][0]), history
+    assert history["mask_loss"][0] > 0 and history["rpn_objectness_loss"][0] > 0

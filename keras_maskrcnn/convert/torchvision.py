@@ -1,4 +1,4 @@
-"""Import torchvision Mask R-CNN weights (`maskrcnn_resnet50_fpn`, v1 and v2) into a model directory.
+"""Import torchvision Mask R-CNN weights (`maskrcnn_resnet50_fpn`, v1 and v2) as a model directory.
 
 torchvision tensors are NCHW and its boxes (x1, y1, x2, y2); ours are NHWC and (y1, x1, y2, x2).
 The mapping, parameter by parameter:
@@ -116,7 +116,8 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
     try:
         return np.asarray(value)
     except Exception as err:  # noqa: BLE001 - report which entry is not an array
-        raise TypeError(f"state dict entry {name!r} is not an array ({type(value).__name__})") from err
+        raise TypeError(
+            f"state dict entry {name!r} is not an array ({type(value).__name__})") from err
 
 
 _READ_SCRIPT = """
@@ -246,7 +247,7 @@ def conv_kernel(weight: np.ndarray) -> np.ndarray:
 
 
 def conv_transpose_kernel(weight: np.ndarray) -> np.ndarray:
-    """torch ConvTranspose2d weight (I, O, kh, kw) -> Keras Conv2DTranspose kernel (kh, kw, O, I)."""
+    """torch ConvTranspose2d weight (I, O, kh, kw) -> Conv2DTranspose kernel (kh, kw, O, I)."""
     _check_ndim(weight, 4, "transposed-conv weight (I, O, kh, kw)")
     return np.ascontiguousarray(weight.transpose(2, 3, 1, 0))
 
@@ -432,7 +433,10 @@ def _box_head_assignments(model, reader: _StateReader):
     fcs = getattr(head, "fcs", None) or [head.fc1, head.fc2]
     for j, (layer, prefix) in enumerate(zip(fcs, fc_keys, strict=True)):
         weight = reader.get(f"{prefix}.weight")
-        kernel = chw_flatten_to_hwc(weight, channels, size, size) if j == 0 else dense_kernel(weight)
+        if j == 0:
+            kernel = chw_flatten_to_hwc(weight, channels, size, size)
+        else:
+            kernel = dense_kernel(weight)
         out.append((layer, [kernel, reader.get(f"{prefix}.bias")], prefix))
     cls = "roi_heads.box_predictor.cls_score"
     out.append((head.class_logits, [dense_kernel(reader.get(f"{cls}.weight")),

@@ -1,0 +1,241 @@
+"""SavedModel export: both signatures, loaded in a fresh TensorFlow-only process, match
+`predict_images` of the Keras model; bad requests fail with clear messages; saved_model_cli
+lists both signatures."""
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_maskrcnn.config import get_config
+from keras_maskrcnn.export import export_saved_model
+from keras_maskrcnn.export.saved_model import export_ready_model
+from keras_maskrcnn.inference import predict_images
+from keras_maskrcnn.model import MaskRCNN, save_model_dir
+
+# Tolerances: the export runs the same graph as the Keras model (boxes in pixels, scores and
+# mask probabilities in [0, 1]); pasted masks may flip a pixel whose value is within float
+# rounding of the threshold.
+BOX_ATOL = 1e-3
+PROB_ATOL = 1e-5
+FULL_MASK_MISMATCH = 1e-3
+
+# Runs in a fresh interpreter with TensorFlow only: loads the SavedModel, calls each signature,
+# provokes the bad-request errors and writes everything to an .npz + a JSON of messages.
+FRESH_PROCESS = r"""
+import json, sys
+import numpy as np
+import tensorflow as tf
+
+path, out = sys.argv[1], sys.argv[2]
+data = np.load(out + ".in.npz")
+loaded = tf.saved_model.load(path)
+default = loaded.signatures["serving_default"](images=tf.constant(data["batch"]))
+pngs = [bytes(data[k]) for k in ("png_a", "png_b")]
+bytes_out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(pngs))
+arrays = {f"default_{k}": v.numpy() for k, v in default.items()}
+arrays.update({f"bytes_{k}": v.numpy() for k, v in bytes_out.items()})
+np.savez(out + ".npz", **arrays)
+
+def error_of(fn):
+    try:
+        fn()
+    except Exception as err:  # noqa: BLE001
+        return f"{type(err).__name__}: {err}"
+    return "no error"
+
+sig, sig_bytes = loaded.signatures["serving_default"], loaded.signatures["serving_bytes"]
+errors = {
+    "empty_image": error_of(lambda: sig(images=tf.zeros([1, 0, 7, 3], tf.uint8))),
+    "empty_batch": error_of(lambda: sig(images=tf.zeros([0, 8, 8, 3], tf.uint8))),
+    "float_pixels": error_of(lambda: sig(images=tf.zeros([1, 8, 8, 3], tf.float32))),
+    "four_channels": error_of(lambda: sig(images=tf.zeros([1, 8, 8, 4], tf.uint8))),
+    "not_an_image": error_of(lambda: sig_bytes(image_bytes=tf.constant([b"not an image"]))),
+    "modules": sorted(m for m in sys.modules if m.split(".")[0] == "keras_maskrcnn"),
+}
+with open(out + ".json", "w") as f:
+    json.dump(errors, f)
+"""
+
+
+def _image(rng, height, width):
+    """Rectangles on a noise background: a flat background gives equal features, hence exactly
+    tied scores at many anchors, which kernels with other summation orders break differently."""
+    image = rng.integers(0, 80, (height, width, 3)).astype(np.uint8)
+    for _ in range(3):
+        y, x = rng.integers(0, height - 20), rng.integers(0, width - 20)
+        image[y:y + rng.integers(10, 20), x:x + rng.integers(10, 20)] = rng.integers(80, 255, 3)
+    return image
+
+
+def _png(image):
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return np.frombuffer(buffer.getvalue(), np.uint8)
+
+
+def small_random_model():
+    """The `shapes` preset, smaller, random weights (fixed seed)."""
+    keras.utils.set_random_seed(0)
+    config = get_config("shapes", detections_per_image=8, rpn_pre_nms_topk_test=200,
+                        rpn_post_nms_topk_test=50, score_threshold=0.05)
+    return MaskRCNN(config, roi_align_implementation="gather")  # as exported: no rebuild
+
+
+def _saved_model_cli():
+    exe = shutil.which("saved_model_cli")
+    if exe:
+        return [exe]
+    return [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("export_saved_model")
+    model = small_random_model()
+    path = export_saved_model(model, tmp / "saved_model" / "1", full_image_masks=True)
+    rng = np.random.default_rng(0)
+    image_a, image_b = _image(rng, 90, 120), _image(rng, 110, 70)
+    batch = np.stack([image_a, image_a[:, ::-1]])
+    out = str(tmp / "outputs")
+    np.savez(out + ".in.npz", batch=batch, png_a=_png(image_a), png_b=_png(image_b))
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    fresh = subprocess.Popen([sys.executable, "-c", FRESH_PROCESS, str(path), out], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    cli = subprocess.Popen([*_saved_model_cli(), "show", "--dir", str(path), "--all"], env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    reference = predict_images(model, [batch[0], batch[1], image_b])
+    fresh_log, cli_log = fresh.communicate(timeout=300)[0], cli.communicate(timeout=300)[0]
+    assert fresh.returncode == 0, fresh_log[-3000:]
+    assert cli.returncode == 0, cli_log[-3000:]
+    with open(out + ".json") as f:
+        errors = json.load(f)
+    return {"model": model, "path": path, "outputs": dict(np.load(out + ".npz")),
+            "errors": errors, "cli": cli_log, "reference": reference,
+            "images": [batch[0], batch[1], image_b],
+            "shapes": [image_a.shape[:2], image_a.shape[:2], image_b.shape[:2]]}
+
+
+def _match(ref_boxes, ref_labels, boxes, labels):
+    """Index into (boxes, labels) of each reference detection: same label, nearest box."""
+    order, free = [], set(range(len(boxes)))
+    for box, label in zip(ref_boxes, ref_labels, strict=True):
+        candidates = [j for j in free if labels[j] == label]
+        assert candidates, f"no exported detection of class {label} left for {box}"
+        j = min(candidates, key=lambda c: np.abs(boxes[c] - box).max())
+        free.remove(j)
+        order.append(j)
+    return np.array(order, np.int64)
+
+
+def _check_image(outputs, prefix, index, ref, shape):
+    n = int(outputs[f"{prefix}_num_detections"][index])
+    assert n == len(ref["scores"]) > 0
+    boxes = outputs[f"{prefix}_detection_boxes"][index]
+    labels = outputs[f"{prefix}_detection_classes"][index]
+    order = _match(ref["boxes"], ref["labels"], boxes[:n], labels[:n])
+    np.testing.assert_allclose(boxes[order], ref["boxes"], atol=BOX_ATOL, rtol=1e-5)
+    np.testing.assert_array_equal(labels[order], ref["labels"])
+    np.testing.assert_allclose(outputs[f"{prefix}_detection_scores"][index][order],
+                               ref["scores"], atol=PROB_ATOL)
+    # padding rows are zeros
+    assert not boxes[n:].any() and not labels[n:].any()
+    assert not outputs[f"{prefix}_detection_masks"][index][n:].any()
+    np.testing.assert_array_equal(outputs[f"{prefix}_original_shape"][index], shape)
+    full = outputs[f"{prefix}_detection_full_masks"][index]
+    h, w = shape
+    assert full.dtype == np.uint8 and not full[:, h:].any() and not full[:, :, w:].any()
+    mismatch = np.mean(full[order, :h, :w] != ref["masks"])
+    assert mismatch <= FULL_MASK_MISMATCH, mismatch
+    return order
+
+
+def test_serving_default_matches_keras(exported):
+    outputs, refs = exported["outputs"], exported["reference"]
+    assert outputs["default_detection_boxes"].shape == (2, 8, 4)
+    assert outputs["default_detection_masks"].shape == (2, 8, 28, 28)
+    assert outputs["default_detection_full_masks"].shape == (2, 8, 90, 120)
+    assert outputs["default_detection_classes"].dtype == np.int32
+    for index in range(2):
+        _check_image(outputs, "default", index, refs[index], exported["shapes"][index])
+
+
+def test_serving_default_masks_match_keras_28x28(exported):
+    """The 28x28 probabilities equal the Keras graph's (run on the same letterboxed input)."""
+    from keras_maskrcnn.data.pipeline import make_inference_inputs
+    from keras_maskrcnn.inference import run_model
+
+    model, outputs = exported["model"], exported["outputs"]
+    c = model.config
+    keras_out = run_model(model, make_inference_inputs(exported["images"][:1], c.image_size,
+                                                        c.min_size, c.max_size))
+    n = int(keras_out["num_detections"][0])
+    ref = exported["reference"][0]
+    order = _match(ref["boxes"], ref["labels"], outputs["default_detection_boxes"][0][:n],
+                   outputs["default_detection_classes"][0][:n])
+    np.testing.assert_allclose(outputs["default_detection_masks"][0][order],
+                               keras_out["detection_masks"][0, :n], atol=PROB_ATOL)
+
+
+def test_serving_bytes_matches_keras_with_mixed_sizes(exported):
+    outputs, refs = exported["outputs"], exported["reference"]
+    # two PNGs of different sizes: full masks are padded to the largest height and width
+    assert outputs["bytes_detection_full_masks"].shape == (2, 8, 110, 120)
+    for index, ref_index in ((0, 0), (1, 2)):
+        _check_image(outputs, "bytes", index, refs[ref_index], exported["shapes"][ref_index])
+    # the decoded first image is the same as the uint8 tensor of serving_default
+    for key in ("detection_boxes", "detection_scores", "detection_masks"):
+        np.testing.assert_allclose(outputs[f"bytes_{key}"][0], outputs[f"default_{key}"][0],
+                                   atol=1e-6)
+
+
+def test_bad_requests_fail_with_clear_errors(exported):
+    errors = exported["errors"]
+    assert "InvalidArgumentError" in errors["empty_image"]
+    assert "empty image: height and width must be > 0" in errors["empty_image"]
+    assert "the batch is empty" in errors["empty_batch"]
+    assert "uint8" in errors["float_pixels"]
+    assert "no error" not in errors["four_channels"]
+    assert "Unknown image file format" in errors["not_an_image"]
+    assert errors["modules"] == []  # the fresh process never imported keras_maskrcnn
+
+
+def test_saved_model_cli_lists_both_signatures(exported):
+    log = exported["cli"]
+    for signature in ("serving_default", "serving_bytes"):
+        assert f"signature_def['{signature}']" in log
+    assert "DT_UINT8" in log and "DT_STRING" in log
+    for output in ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
+                   "detection_masks", "detection_full_masks"):
+        assert f"outputs['{output}']" in log
+    assert (exported["path"] / "assets.extra" / "config.json").exists()
+
+
+def test_export_from_model_directory(exported, tmp_path):
+    """A model directory rebuilds with the portable RoIAlign and the same weights; a model
+    that already is exportable is used as is."""
+    model = exported["model"]
+    assert export_ready_model(model) is model
+    save_model_dir(model, tmp_path / "model")
+    rebuilt = export_ready_model(tmp_path / "model")
+    assert rebuilt.roi_align_implementation == "gather"
+    assert rebuilt.config == model.config
+    for a, b in zip(rebuilt.inference_model.get_weights(), model.inference_model.get_weights(),
+                    strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(TypeError, match="model_or_dir"):
+        export_saved_model(42, tmp_path / "x")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        export_saved_model(tmp_path / "missing", tmp_path / "x")
+    with pytest.raises(TypeError, match="full_image_masks"):
+        export_saved_model(tmp_path / "missing", tmp_path / "x", full_image_masks="yes")

@@ -1,0 +1,191 @@
+"""TFLite export: builtin ops only (both RoIAlign sampling modes), LiteRT output matches the
+Keras model on the same letterboxed input, quantized variants run, and the LiteRT-only example
+script reproduces `predict_images` without importing TensorFlow."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from keras_maskrcnn.config import get_config
+from keras_maskrcnn.export import QUANTIZE_OPTIONS, export_tflite, letterbox_image, tflite_op_names
+from keras_maskrcnn.export.cli import QUANTIZE_CHOICES
+from keras_maskrcnn.export.tflite import metadata_path, tflite_ready_model
+from keras_maskrcnn.inference import predict_images
+from keras_maskrcnn.model import MaskRCNN
+
+Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tflite_predict.py"
+# float32 TFLite vs Keras on the same input: relative 1e-3 of the box scale, probabilities 1e-4
+BOX_ATOL = 1e-3 * 128
+PROB_ATOL = 1e-4
+OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
+           "detection_masks")
+
+
+def _image(rng, height, width):
+    """Rectangles on a noise background: a flat background gives equal features, hence exactly
+    tied scores at many anchors, which kernels with other summation orders break differently."""
+    image = rng.integers(0, 80, (height, width, 3)).astype(np.uint8)
+    for _ in range(3):
+        y, x = rng.integers(0, height - 20), rng.integers(0, width - 20)
+        image[y:y + rng.integers(10, 20), x:x + rng.integers(10, 20)] = rng.integers(80, 255, 3)
+    return image
+
+
+def _keras_outputs(model, inputs):
+    fn = tf.function(lambda a, b: model.inference_model({"images": a, "image_shape": b}))
+    out = fn(tf.constant(inputs["images"]), tf.constant(inputs["image_shape"]))
+    return {k: v.numpy() for k, v in out.items()}
+
+
+def _run_tflite(path, inputs):
+    runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
+    return runner(images=inputs["images"], image_shape=inputs["image_shape"])
+
+
+def _assert_builtin_only(path):
+    ops = tflite_op_names(path)
+    assert "CONV_2D" in ops and "NON_MAX_SUPPRESSION_V4" in ops  # every subgraph is listed
+    assert not [op for op in ops if op.startswith("CUSTOM") or "FLEX" in op.upper()], ops
+    details = Interpreter(model_path=str(path))._get_ops_details()
+    assert not [d["op_name"] for d in details if d["op_name"].lower().startswith("flex")]
+    return ops
+
+
+def _assert_match(out, ref, box_atol=BOX_ATOL, prob_atol=PROB_ATOL):
+    n = int(ref["num_detections"][0])
+    assert n > 0
+    np.testing.assert_array_equal(out["num_detections"], ref["num_detections"])
+    np.testing.assert_array_equal(out["detection_classes"], ref["detection_classes"])
+    np.testing.assert_allclose(out["detection_boxes"], ref["detection_boxes"], atol=box_atol)
+    np.testing.assert_allclose(out["detection_scores"], ref["detection_scores"], atol=prob_atol)
+    np.testing.assert_allclose(out["detection_masks"], ref["detection_masks"], atol=prob_atol)
+
+
+@pytest.fixture(scope="module")
+def shapes_export(tmp_path_factory):
+    """The `shapes` preset (RoIAlign sampling ratio 2), random weights, exported at 128."""
+    keras.utils.set_random_seed(0)
+    config = get_config("shapes", detections_per_image=8, rpn_pre_nms_topk_test=200,
+                        rpn_post_nms_topk_test=50)
+    model = MaskRCNN(config, roi_align_implementation="gather")
+    path = export_tflite(model, tmp_path_factory.mktemp("tflite") / "shapes.tflite",
+                         input_size=128)
+    return model, path
+
+
+def test_shapes_builtin_ops_only_and_matches_keras(shapes_export):
+    model, path = shapes_export
+    _assert_builtin_only(path)
+    image = _image(np.random.default_rng(0), 90, 120)
+    inputs = letterbox_image(image, 128)
+    assert inputs["images"].shape == (1, 128, 128, 3)
+    np.testing.assert_array_equal(inputs["image_shape"], [[96, 128]])
+    out = _run_tflite(path, inputs)
+    assert out["detection_boxes"].shape == (1, 8, 4)
+    assert out["detection_masks"].shape == (1, 8, 28, 28)
+    _assert_match(out, _keras_outputs(model, inputs))
+    meta = json.loads(metadata_path(path).read_text())
+    assert meta["input_size"] == 128 and meta["class_names"][1] == "square"
+
+
+def test_adaptive_sampling_ratio_converts_and_matches(tmp_path):
+    """coco_r50_fpn's RoIAlign uses the adaptive sampling ratio (0): data-dependent shapes that
+    still convert to builtins. The model is built on a 128 canvas and exported at 96, so the
+    export rebuilds it (new canvas, portable RoIAlign) with the same weights."""
+    keras.utils.set_random_seed(1)
+    config = get_config(
+        "coco_r50_fpn", backbone="resnet_tiny", backbone_norm="bn", tiny_widths=(8, 16, 32, 64),
+        fpn_channels=16, image_size=(128, 128), min_size=128, max_size=128, num_classes=3,
+        box_head_dim=32, mask_head_dim=8, mask_head_convs=1, rpn_pre_nms_topk_test=100,
+        rpn_post_nms_topk_test=20, detections_per_image=5)
+    assert config.pooler_sampling_ratio == 0
+    model = MaskRCNN(config)
+    export_model = tflite_ready_model(model, 96)
+    assert export_model.config.image_size == (96, 96)
+    assert export_model.roi_align_implementation == "gather"
+    for a, b in zip(export_model.inference_model.get_weights(),
+                    model.inference_model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    path = export_tflite(export_model, tmp_path / "adaptive.tflite", input_size=96)
+    ops = _assert_builtin_only(path)
+    assert "SEGMENT_SUM" in ops  # the ragged adaptive-ratio path is in the graph
+    inputs = letterbox_image(_image(np.random.default_rng(1), 100, 60), 96)
+    _assert_match(_run_tflite(path, inputs), _keras_outputs(export_model, inputs),
+                  box_atol=1e-3 * 96)
+
+
+@pytest.mark.parametrize("quantize", ["float16", "dynamic-int8"])
+def test_quantized_variants_run(shapes_export, tmp_path, quantize):
+    """Quantized models are builtin-only, smaller, and give outputs of the right shapes whose
+    valid detections stay in the canvas with probabilities in [0, 1]."""
+    model, float_path = shapes_export
+    path = export_tflite(model, tmp_path / f"{quantize}.tflite", input_size=128,
+                         quantize=quantize)
+    _assert_builtin_only(path)
+    assert path.stat().st_size < 0.6 * float_path.stat().st_size
+    inputs = letterbox_image(_image(np.random.default_rng(0), 90, 120), 128)
+    out = _run_tflite(path, inputs)
+    ref = _keras_outputs(model, inputs)
+    for key in OUTPUTS:
+        assert out[key].shape == ref[key].shape and out[key].dtype == ref[key].dtype, key
+    n = int(out["num_detections"][0])
+    assert 0 < n <= 8
+    assert np.all((out["detection_boxes"][0, :n] >= 0) & (out["detection_boxes"][0, :n] <= 128))
+    assert np.all((out["detection_masks"] >= 0) & (out["detection_masks"] <= 1))
+    assert np.all((out["detection_classes"][0, :n] >= 1) & (out["detection_classes"][0, :n] <= 3))
+
+
+def test_example_script_runs_with_litert_only(shapes_export, tmp_path):
+    """examples/tflite_predict.py (numpy letterbox, LiteRT, numpy mask pasting, Pillow drawing)
+    imports no TensorFlow and reproduces predict_images on the original image."""
+    model, path = shapes_export
+    image = _image(np.random.default_rng(2), 100, 72)
+    Image.fromarray(image).save(tmp_path / "image.png")
+    code = ("import importlib.util, json, sys\n"
+            "spec = importlib.util.spec_from_file_location('example', sys.argv[1])\n"
+            "example = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(example)\n"
+            "rc = example.main(sys.argv[2:])\n"
+            "heavy = [m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'keras', 'keras_maskrcnn')]\n"
+            "print(json.dumps({'rc': rc, 'heavy': heavy}))\n")
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(EXAMPLE), str(path), str(tmp_path / "image.png"),
+         "--output", str(tmp_path / "drawn.png"), "--score-threshold", "0",
+         "--save-npz", str(tmp_path / "det.npz")],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = json.loads(result.stdout.strip().splitlines()[-1])
+    assert status == {"rc": 0, "heavy": []}
+    drawn = np.asarray(Image.open(tmp_path / "drawn.png"))
+    assert drawn.shape == image.shape and not np.array_equal(drawn, image)
+    det = np.load(tmp_path / "det.npz")
+    ref = predict_images(model, [image])[0]
+    np.testing.assert_array_equal(det["labels"], ref["labels"])
+    np.testing.assert_allclose(det["boxes"], ref["boxes"], atol=1e-2)
+    np.testing.assert_allclose(det["scores"], ref["scores"], atol=1e-3)
+    assert det["masks"].shape == ref["masks"].shape
+    assert np.mean(det["masks"] != ref["masks"]) < 1e-3
+
+
+def test_bad_arguments(tmp_path):
+    assert QUANTIZE_CHOICES == QUANTIZE_OPTIONS
+    with pytest.raises(ValueError, match="quantize"):
+        export_tflite(tmp_path, tmp_path / "m.tflite", quantize="int4")
+    with pytest.raises(ValueError, match="multiple of 32"):
+        export_tflite(tmp_path, tmp_path / "m.tflite", input_size=100)
+    with pytest.raises(TypeError, match="input_size"):
+        export_tflite(tmp_path, tmp_path / "m.tflite", input_size=128.0)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        export_tflite(tmp_path, tmp_path / "m.tflite", input_size=128)
