@@ -54,8 +54,8 @@ class MaskRCNNConfig:
     backbone_weights: str | None = None
     tiny_widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     fpn_channels: int = 256
-    # Normalization after the FPN's lateral and output convs ("bn" = frozen BatchNorm, the convs
-    # then have no bias: torchvision's maskrcnn_resnet50_fpn_v2).
+    # Normalization after the FPN's lateral and output convs ("bn" = BatchNorm, the convs then
+    # have no bias: torchvision's maskrcnn_resnet50_fpn_v2).
     fpn_norm: str = "none"
 
     # Anchors, one size per level P2..P6.
@@ -101,7 +101,7 @@ class MaskRCNNConfig:
     box_head_fcs: int = 2
     mask_head_dim: int = 256
     mask_head_convs: int = 4
-    # Normalization after the 3x3 convs of the box and mask heads ("bn" = frozen BatchNorm).
+    # Normalization after the 3x3 convs of the box and mask heads ("bn" = BatchNorm, no bias).
     head_norm: str = "none"
     box_loss_beta: float = 0.0
 

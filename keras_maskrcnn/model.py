@@ -13,9 +13,14 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn.backbones import build_fpn, resnet_from_config
+from keras_maskrcnn.backbones import resnet_from_config
+from keras_maskrcnn.backbones.fpn_norm import fpn_from_config
 from keras_maskrcnn.config import MaskRCNNConfig, get_config
-from keras_maskrcnn.heads import BoxHead, MaskHead, RPNHead
+from keras_maskrcnn.heads.conv_heads import (
+    box_head_from_config,
+    mask_head_from_config,
+    rpn_head_from_config,
+)
 from keras_maskrcnn.layers.anchors import AnchorGenerator
 from keras_maskrcnn.layers.detections import DetectionLayer, MaskSelector
 from keras_maskrcnn.layers.losses import BoxHeadLoss, MaskLoss, RPNLoss
@@ -55,15 +60,14 @@ class MaskRCNN(keras.Model):
     # -- layers ----------------------------------------------------------------------------------
     def _make_layers(self) -> None:
         c = self.config
-        k = c.num_classes
         self.normalize = ImageNormalization(c.pixel_mean, c.pixel_std, c.bgr_input,
                                             name="normalize")
         self.backbone = resnet_from_config(c)
-        self.fpn = build_fpn(self.backbone, c.fpn_channels)
+        self.fpn = fpn_from_config(self.backbone, c)
         self.anchor_generator = AnchorGenerator(
             c.strides, c.anchor_sizes, c.aspect_ratios, c.anchor_offset, c.round_anchors,
             stride_from_grid=c.anchor_stride_from_grid, name="anchors")
-        self.rpn_head = RPNHead(c.num_anchors_per_location, c.fpn_channels, name="rpn_head")
+        self.rpn_head = rpn_head_from_config(c, name="rpn_head")
         level_sizes = self.anchor_generator.level_sizes(c.image_size)
         self.train_proposals = ProposalLayer(
             level_sizes, c.rpn_pre_nms_topk_train, c.rpn_post_nms_topk_train,
@@ -77,8 +81,8 @@ class MaskRCNN(keras.Model):
                            implementation=self.roi_align_implementation)
         self.box_pooler = MultiLevelRoIAlign(c.box_pool_size, name="box_pooler", **pooler_args)
         self.mask_pooler = MultiLevelRoIAlign(c.mask_pool_size, name="mask_pooler", **pooler_args)
-        self.box_head = BoxHead(k, c.box_head_dim, name="box_head")
-        self.mask_head = MaskHead(k, c.mask_head_dim, c.mask_head_convs, name="mask_head")
+        self.box_head = box_head_from_config(c, name="box_head")
+        self.mask_head = mask_head_from_config(c, name="mask_head")
         self.detection_layer = DetectionLayer(
             c.score_threshold, c.nms_threshold, c.detections_per_image, c.min_detection_size,
             c.box_coder_weights, name="detections")

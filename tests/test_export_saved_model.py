@@ -8,18 +8,21 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 from PIL import Image
 
+from keras_maskrcnn.cli import main as cli_main
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.export import export_saved_model
 from keras_maskrcnn.export.saved_model import export_ready_model
 from keras_maskrcnn.inference import predict_images
 from keras_maskrcnn.model import MaskRCNN, save_model_dir
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # Tolerances: the export runs the same graph as the Keras model (boxes in pixels, scores and
 # mask probabilities in [0, 1]); pasted masks may flip a pixel whose value is within float
 # rounding of the threshold.
@@ -52,6 +55,19 @@ def error_of(fn):
     return "no error"
 
 sig, sig_bytes = loaded.signatures["serving_default"], loaded.signatures["serving_bytes"]
+
+# The REST bodies of examples/tf_serving_request.py, decoded as TF Serving decodes JSON.
+import base64, importlib.util
+spec = importlib.util.spec_from_file_location("request_example", sys.argv[3])
+example = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(example)
+body = json.loads(json.dumps(example.default_request(list(data["batch"]))))
+rest_default = sig(images=tf.constant(np.array(body["inputs"]["images"], np.uint8)))
+body = json.loads(json.dumps(example.bytes_request(pngs)))
+rest_bytes = sig_bytes(image_bytes=tf.constant(
+    [base64.b64decode(row["image_bytes"]["b64"]) for row in body["instances"]]))
+rest_same = all(np.array_equal(a[k].numpy(), b[k].numpy())
+                for a, b in ((rest_default, default), (rest_bytes, bytes_out)) for k in a)
 errors = {
     "empty_image": error_of(lambda: sig(images=tf.zeros([1, 0, 7, 3], tf.uint8))),
     "empty_batch": error_of(lambda: sig(images=tf.zeros([0, 8, 8, 3], tf.uint8))),
@@ -59,6 +75,9 @@ errors = {
     "four_channels": error_of(lambda: sig(images=tf.zeros([1, 8, 8, 4], tf.uint8))),
     "not_an_image": error_of(lambda: sig_bytes(image_bytes=tf.constant([b"not an image"]))),
     "modules": sorted(m for m in sys.modules if m.split(".")[0] == "keras_maskrcnn"),
+    "rest_same": rest_same,
+    "rest_summary": example.summarize({"outputs": {k: v.numpy().tolist()
+                                                   for k, v in default.items()}}, 0.0),
 }
 with open(out + ".json", "w") as f:
     json.dump(errors, f)
@@ -100,14 +119,19 @@ def _saved_model_cli():
 def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export_saved_model")
     model = small_random_model()
-    path = export_saved_model(model, tmp / "saved_model" / "1", full_image_masks=True)
+    # through the command line, from a model directory (rebuilt with the portable RoIAlign)
+    save_model_dir(model, tmp / "model")
+    path = tmp / "serving" / "1"
+    assert cli_main(["export", "--model", str(tmp / "model"), "--format", "saved_model",
+                     "--output", str(path), "--full-image-masks"]) == 0
     rng = np.random.default_rng(0)
     image_a, image_b = _image(rng, 90, 120), _image(rng, 110, 70)
     batch = np.stack([image_a, image_a[:, ::-1]])
     out = str(tmp / "outputs")
     np.savez(out + ".in.npz", batch=batch, png_a=_png(image_a), png_b=_png(image_b))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    fresh = subprocess.Popen([sys.executable, "-c", FRESH_PROCESS, str(path), out], env=env,
+    fresh = subprocess.Popen([sys.executable, "-c", FRESH_PROCESS, str(path), out,
+                              str(EXAMPLES / "tf_serving_request.py")], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cli = subprocess.Popen([*_saved_model_cli(), "show", "--dir", str(path), "--all"], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -207,6 +231,14 @@ def test_bad_requests_fail_with_clear_errors(exported):
     assert errors["modules"] == []  # the fresh process never imported keras_maskrcnn
 
 
+def test_rest_request_bodies_of_the_example(exported):
+    """examples/tf_serving_request.py bodies, decoded as TF Serving does, give the same
+    detections as direct calls; its summary lists every valid detection."""
+    errors, outputs = exported["errors"], exported["outputs"]
+    assert errors["rest_same"] is True
+    assert len(errors["rest_summary"]) == int(outputs["default_num_detections"].sum())
+
+
 def test_saved_model_cli_lists_both_signatures(exported):
     log = exported["cli"]
     for signature in ("serving_default", "serving_bytes"):
@@ -215,21 +247,13 @@ def test_saved_model_cli_lists_both_signatures(exported):
     for output in ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
                    "detection_masks", "detection_full_masks"):
         assert f"outputs['{output}']" in log
-    assert (exported["path"] / "assets.extra" / "config.json").exists()
 
 
-def test_export_from_model_directory(exported, tmp_path):
-    """A model directory rebuilds with the portable RoIAlign and the same weights; a model
-    that already is exportable is used as is."""
+def test_exportable_model_is_used_as_is(exported):
     model = exported["model"]
     assert export_ready_model(model) is model
-    save_model_dir(model, tmp_path / "model")
-    rebuilt = export_ready_model(tmp_path / "model")
-    assert rebuilt.roi_align_implementation == "gather"
-    assert rebuilt.config == model.config
-    for a, b in zip(rebuilt.inference_model.get_weights(), model.inference_model.get_weights(),
-                    strict=True):
-        np.testing.assert_array_equal(a, b)
+    assert json.loads((exported["path"] / "assets.extra" / "config.json").read_text()) \
+        == json.loads(model.config.to_json())
 
 
 def test_bad_arguments(tmp_path):
@@ -239,3 +263,12 @@ def test_bad_arguments(tmp_path):
         export_saved_model(tmp_path / "missing", tmp_path / "x")
     with pytest.raises(TypeError, match="full_image_masks"):
         export_saved_model(tmp_path / "missing", tmp_path / "x", full_image_masks="yes")
+    with pytest.raises(SystemExit, match="tflite only"):
+        cli_main(["export", "--model", str(tmp_path), "--format", "saved_model", "--output",
+                  str(tmp_path / "x"), "--quantize", "float16"])
+    with pytest.raises(SystemExit, match="saved_model only"):
+        cli_main(["export", "--model", str(tmp_path), "--format", "tflite", "--output",
+                  str(tmp_path / "x.tflite"), "--full-image-masks"])
+    with pytest.raises(SystemExit, match="not a model directory"):
+        cli_main(["export", "--model", str(tmp_path / "missing"), "--format", "tflite",
+                  "--output", str(tmp_path / "x.tflite")])

@@ -11,9 +11,14 @@ detections for torchvision's own proposals; mask logits for torchvision's own de
 the final detections in original pixels with pasted masks. RoIAlign and NMS are also compared
 element-wise on random inputs.
 
+The v1 state dict is saved the way torchvision's published COCO weights are: FrozenBatchNorm2d
+with eps 0 in the backbone (a few channels with a variance near 1e-5, so a wrong eps shows),
+legacy (torchvision < 0.13) key names, wrapped in a checkpoint dict. maskrcnn_resnet50_fpn_v2
+(BatchNorm in the FPN and the heads, two RPN convs, a conv box head) is compared stage by stage.
+
 Tolerances are float32 rounding through ~60 convolution layers: each layer adds relative
-errors of ~1e-6 of its accumulations (different summation orders, MKL-DNN vs Eigen), so
-features agree to ~1e-5 of their spread; the thresholds below sit a few times above what was
+errors of ~1e-6 of its accumulations (different summation orders, oneDNN vs Eigen), so
+features agree to ~1e-5..1e-4 of their largest value; REL_TOL sits a few times above what was
 measured and far below any mapping mistake (a wrong permutation gives errors of order 1).
 
 Skipped only when torch/torchvision are not installed and the CI environment variable is not set.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,13 +39,18 @@ import pytest
 SEED = 0
 MIN_SIZE, MAX_SIZE = 320, 512
 # Fewer proposals and detections than torchvision's defaults (1000 / 100) keep the test fast;
-# the defaults themselves are checked against the preset in `test_preset_matches_torchvision`.
-POST_NMS_TEST, DETECTIONS = 300, 25
+# the defaults are checked against the preset in `test_preset_matches_torchvision_defaults`.
+POST_NMS_TEST, DETECTIONS = 300, 15
 IMAGE_NAMES = ("astronaut", "chelsea", "coffee", "stereo_motorcycle")
+V2_IMAGES = (1,)  # maskrcnn_resnet50_fpn_v2 is compared stage by stage on chelsea
 RA_CASES = [(aligned, ratio, scale, size) for aligned in (False, True) for ratio in (0, 1, 2)
             for scale, size in ((1.0, (7, 7)), (0.25, (3, 5)))]
 NMS_THRESHOLDS = (0.3, 0.5, 0.7)
 BOX_MATCH_IOU = 0.99
+# Max |ours - torchvision| / max |torchvision| per stage; measured up to 3e-5 (v1) and 1.5e-4
+# (v2: BatchNorm after every FPN / head conv) here at 320/512, 1.1e-4 / 2.0e-4 at 800/1333;
+# a wrong permutation, transpose or BN eps gives errors above 1e-2 (eps 1e-5 for 0: 0.6).
+REL_TOL = 5e-4
 
 HAVE_TORCH = all(importlib.util.find_spec(m) is not None for m in ("torch", "torchvision"))
 needs_torch = pytest.mark.skipif(not HAVE_TORCH and not os.environ.get("CI"),
@@ -117,7 +128,8 @@ def _torch_hyperparameters(torchvision, model, out) -> None:
         "mask_pool_size": rh.mask_roi_pool.output_size[0],
         "pooler_sampling_ratio": rh.box_roi_pool.sampling_ratio,
         "mask_sampling_ratio": rh.mask_roi_pool.sampling_ratio,
-        "canonical_box_size": 224, "canonical_level": 4,
+        "canonical_box_size": rh.box_roi_pool.canonical_scale,
+        "canonical_level": rh.box_roi_pool.canonical_level,
         "pixel_mean": model.transform.image_mean, "pixel_std": model.transform.image_std,
         "anchor_sizes": [s[0] for s in rpn.anchor_generator.sizes],
         "aspect_ratios": rpn.anchor_generator.aspect_ratios[0],
@@ -128,7 +140,8 @@ def _torch_hyperparameters(torchvision, model, out) -> None:
 
 
 def _randomize(torch, model, images, generator) -> None:
-    """Random BN affine + biases; BN statistics calibrated on the (half-size) images."""
+    """Random BN affine + biases; BN statistics of the backbone (and of the FPN in v2)
+    calibrated on the half-size images."""
     nn = torch.nn
     with torch.no_grad():
         for module in model.modules():
@@ -145,10 +158,15 @@ def _randomize(torch, model, images, generator) -> None:
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu",
                                         generator=generator)
         small = nn.functional.interpolate(images, scale_factor=0.5, mode="bilinear")
-        model.backbone.body.train()
-        model.backbone.body(small)
-        model.backbone.body.eval()
-    _freeze_batchnorm(torch, model.backbone.body, generator)
+        _calibrate(model.backbone, small)
+
+
+def _calibrate(module, *inputs) -> None:
+    """One forward pass in training mode: BatchNorm layers with momentum None take the batch's
+    statistics as their running statistics."""
+    module.train()
+    module(*inputs)
+    module.eval()
 
 
 def _freeze_batchnorm(torch, body, generator) -> None:
@@ -197,18 +215,23 @@ def _set_spread(torch, layer, outputs, target: float) -> None:
         layer.bias.mul_(factor)
 
 
-def _torch_model_reference(torch, torchvision, data, out_dir: Path, out) -> None:
-    from torchvision.models.detection import maskrcnn_resnet50_fpn
+def _torch_model_reference(torch, torchvision, data, out_dir: Path, out, v2: bool) -> None:
+    """v1: the four images, the state saved as a legacy-named .pth checkpoint; v2 (keys
+    prefixed "v2_"): the images V2_IMAGES, the state saved as .npz."""
+    from torchvision.models.detection import maskrcnn_resnet50_fpn, maskrcnn_resnet50_fpn_v2
     from torchvision.models.detection.rpn import concat_box_prediction_layers
 
     torch.manual_seed(SEED)
-    model = maskrcnn_resnet50_fpn(
+    builder = maskrcnn_resnet50_fpn_v2 if v2 else maskrcnn_resnet50_fpn
+    model = builder(
         weights=None, weights_backbone=None, num_classes=91, min_size=int(data["min_size"]),
         max_size=int(data["max_size"]), rpn_post_nms_top_n_test=int(data["post_nms"]),
         box_detections_per_img=int(data["detections"])).eval()
-    _torch_hyperparameters(torchvision, model, out)
-    count = int(data["num_images"])
-    originals = [data[f"image{i}"] for i in range(count)]
+    if not v2:
+        _torch_hyperparameters(torchvision, model, out)
+    indices = V2_IMAGES if v2 else range(int(data["num_images"]))
+    originals = [data[f"image{i}"] for i in indices]
+    prefix = "v2_" if v2 else ""
     x = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float() / 255.0
          for im in originals]
     rpn, rh = model.rpn, model.roi_heads
@@ -219,59 +242,72 @@ def _torch_model_reference(torch, torchvision, data, out_dir: Path, out) -> None
     with torch.no_grad():
         images, _ = model.transform(x)
         sizes = images.image_sizes
-        _randomize(torch, model, images.tensors, torch.Generator().manual_seed(SEED + 1))
+        generator = torch.Generator().manual_seed(SEED + 1)
+        _randomize(torch, model, images.tensors, generator)
+        if not v2:
+            _freeze_batchnorm(torch, model.backbone.body, generator)
         features = model.backbone(images.tensors)
         levels = list(features.values())
-        objectness, deltas = rpn.head(levels)
+        objectness, deltas = rpn.head(levels[1:])  # P2 is the costly level: spread of P3-P6
         _set_spread(torch, rpn.head.cls_logits, objectness, 2.0)
         _set_spread(torch, rpn.head.bbox_pred, deltas, 0.2)
         proposals, _ = rpn(images, features)
         objectness, deltas = captured["rpn_head"]
         flat_obj, flat_deltas = concat_box_prediction_layers(objectness, deltas)
         anchors = rpn.anchor_generator(images, levels)[0]
-        class_logits, box_deltas = rh.box_predictor(rh.box_head(rh.box_roi_pool(
-            features, proposals, sizes)))
+        pooled = rh.box_roi_pool(features, [p[:100] for p in proposals], sizes)
+        if v2:
+            _calibrate(rh.box_head, pooled)
+        class_logits, box_deltas = rh.box_predictor(rh.box_head(pooled))
         _set_spread(torch, rh.box_predictor.cls_score, [class_logits], 2.5)
         _set_spread(torch, rh.box_predictor.bbox_pred, [box_deltas], 0.5)
-        few = [p[:20] for p in proposals]
-        mask_logits = rh.mask_predictor(rh.mask_head(rh.mask_roi_pool(features, few, sizes)))
+        pooled = rh.mask_roi_pool(features, [p[:20] for p in proposals], sizes)
+        if v2:
+            _calibrate(rh.mask_head, pooled)
+        mask_logits = rh.mask_predictor(rh.mask_head(pooled))
         _set_spread(torch, rh.mask_predictor.mask_fcn_logits, [mask_logits], 3.0)
-        torch.save(_legacy_checkpoint(model.state_dict()), out_dir / "state.pth")
+        if v2:
+            np.savez(out_dir / "v2_state.npz",
+                     **{k: v.numpy() for k, v in model.state_dict().items()})
+        else:
+            torch.save(_legacy_checkpoint(model.state_dict()), out_dir / "state.pth")
         detections, _ = rh(features, proposals, sizes)
         raw = [{k: v.clone() for k, v in d.items()} for d in detections]
         final = model.transform.postprocess(detections, sizes, [im.shape[:2] for im in originals])
 
     num = len(x)
-    out["tv_images"] = _to_nhwc(images.tensors)
-    out["tv_image_sizes"] = np.array(sizes, np.int32)
+    tv = {}
+    tv["tv_images"] = _to_nhwc(images.tensors)
+    tv["tv_image_sizes"] = np.array(sizes, np.int32)
     for k, level in enumerate(levels):
-        out[f"tv_feature{k}"] = _to_nhwc(level)
-    out["tv_rpn_logits"] = flat_obj.reshape(num, -1).numpy()
-    out["tv_rpn_deltas"] = flat_deltas.reshape(num, -1, 4)[..., [1, 0, 3, 2]].numpy()
-    out["tv_anchors"] = _xyxy_to_yxyx(anchors.numpy())
+        tv[f"tv_feature{k}"] = _to_nhwc(level)
+    tv["tv_rpn_logits"] = flat_obj.reshape(num, -1).numpy()
+    tv["tv_rpn_deltas"] = flat_deltas.reshape(num, -1, 4)[..., [1, 0, 3, 2]].numpy()
+    tv["tv_anchors"] = _xyxy_to_yxyx(anchors.numpy())
     rows = int(data["post_nms"])
-    out["tv_proposals"], out["tv_num_proposals"] = _pad_rows(
+    tv["tv_proposals"], tv["tv_num_proposals"] = _pad_rows(
         [_xyxy_to_yxyx(p.numpy()) for p in proposals], rows)
     splits = [len(p) for p in proposals]
     logits, regression = captured["box"]
-    out["tv_class_logits"], _ = _pad_rows([t.numpy() for t in logits.split(splits)], rows)
+    tv["tv_class_logits"], _ = _pad_rows([t.numpy() for t in logits.split(splits)], rows)
     k = logits.shape[1] - 1  # object classes
     ours_order = regression.reshape(-1, k + 1, 4)[:, 1:, [1, 0, 3, 2]]
-    out["tv_box_deltas"], _ = _pad_rows([t.numpy() for t in ours_order.split(splits)], rows)
-    out["tv_box_pooled"] = np.stack([_to_nhwc(t[:16]) for t in captured["pool"].split(splits)])
+    tv["tv_box_deltas"], _ = _pad_rows([t.numpy() for t in ours_order.split(splits)], rows)
+    tv["tv_box_pooled"] = np.stack([_to_nhwc(t[:16]) for t in captured["pool"].split(splits)])
     dets = int(data["detections"])
-    out["tv_det_boxes"], out["tv_num_detections"] = _pad_rows(
+    tv["tv_det_boxes"], tv["tv_num_detections"] = _pad_rows(
         [_xyxy_to_yxyx(d["boxes"].numpy()) for d in raw], dets)
-    out["tv_det_scores"], _ = _pad_rows([d["scores"].numpy() for d in raw], dets)
-    out["tv_det_labels"], _ = _pad_rows([d["labels"].numpy().astype(np.int32) for d in raw], dets)
+    tv["tv_det_scores"], _ = _pad_rows([d["scores"].numpy() for d in raw], dets)
+    tv["tv_det_labels"], _ = _pad_rows([d["labels"].numpy().astype(np.int32) for d in raw], dets)
     det_splits = [len(d["boxes"]) for d in raw]
     mask_nhwc = [_to_nhwc(t[:, 1:]) for t in captured["mask"].split(det_splits)]
-    out["tv_mask_logits"], _ = _pad_rows(mask_nhwc, dets)
+    tv["tv_mask_logits"], _ = _pad_rows(mask_nhwc, dets)
     for i, result in enumerate(final):
-        out[f"tv_final_boxes{i}"] = _xyxy_to_yxyx(result["boxes"].numpy())
-        out[f"tv_final_scores{i}"] = result["scores"].numpy()
-        out[f"tv_final_labels{i}"] = result["labels"].numpy().astype(np.int32)
-        out[f"tv_final_masks{i}"] = (result["masks"][:, 0] > 0.5).numpy().astype(np.uint8)
+        tv[f"tv_final_boxes{i}"] = _xyxy_to_yxyx(result["boxes"].numpy())
+        tv[f"tv_final_scores{i}"] = result["scores"].numpy()
+        tv[f"tv_final_labels{i}"] = result["labels"].numpy().astype(np.int32)
+        tv[f"tv_final_masks{i}"] = (result["masks"][:, 0] > 0.5).numpy().astype(np.uint8)
+    out.update({prefix + key: value for key, value in tv.items()})
 
 
 def torch_reference_main(inputs_path: str, out_dir: str) -> None:
@@ -283,7 +319,8 @@ def torch_reference_main(inputs_path: str, out_dir: str) -> None:
     data = dict(np.load(inputs_path))
     out: dict[str, np.ndarray] = {}
     _torch_ops_reference(torch, tv_ops, data, out)
-    _torch_model_reference(torch, torchvision, data, Path(out_dir), out)
+    _torch_model_reference(torch, torchvision, data, Path(out_dir), out, v2=False)
+    _torch_model_reference(torch, torchvision, data, Path(out_dir), out, v2=True)
     np.savez(Path(out_dir) / "reference.npz", **out)
 
 
@@ -341,12 +378,18 @@ def _start_reference(directory: Path) -> tuple[subprocess.Popen, dict[str, np.nd
     return process, data
 
 
-def _finish_reference(process: subprocess.Popen, data, directory: Path) -> dict[str, np.ndarray]:
+def _finish_reference(process: subprocess.Popen, data, directory: Path):
+    """(v1 reference, v2 reference): torchvision's outputs plus the inputs and the state path."""
     stdout, stderr = process.communicate(timeout=600)
     if process.returncode != 0:
         raise RuntimeError(f"torchvision reference failed:\n{stdout[-3000:]}\n{stderr[-5000:]}")
-    return {**data, **dict(np.load(directory / "reference.npz")),
-            "state_path": directory / "state.pth"}
+    out = dict(np.load(directory / "reference.npz"))
+    v1 = {**data, **{k: v for k, v in out.items() if not k.startswith("v2_")},
+          "state_path": directory / "state.pth", "images": sample_images()}
+    v2 = {**data, **{k[3:]: v for k, v in out.items() if k.startswith("v2_")},
+          "state_path": directory / "v2_state.npz",
+          "images": [sample_images()[i] for i in V2_IMAGES]}
+    return v1, v2
 
 
 def _torchvision_canvas(images) -> tuple[int, int]:
@@ -358,36 +401,42 @@ def _torchvision_canvas(images) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def parity(tmp_path_factory):
-    """(torchvision's outputs, ours): the converted state dict run stage by stage and end to
-    end on the same inputs."""
+    """{"v1": (torchvision's outputs, ours), "v2": (...)}: each converted state dict run stage by
+    stage (v1 also end to end) on the same inputs as torchvision."""
     if not HAVE_TORCH:
         pytest.fail("CI is set but torch/torchvision are missing: pip install -e .[parity]")
     directory = tmp_path_factory.mktemp("torchvision_parity")
     process, data = _start_reference(directory)
-    try:
-        model = _build_model(_torchvision_canvas(sample_images()))
+    try:  # build our models while torchvision computes
+        images = sample_images()
+        model = _build_model(_torchvision_canvas(images), v2=False)
+        model_v2 = _build_model(_torchvision_canvas([images[i] for i in V2_IMAGES]), v2=True)
     except BaseException:
         process.kill()
         raise
-    reference = _finish_reference(process, data, directory)
-    return reference, _run_ours(model, reference)
+    reference, reference_v2 = _finish_reference(process, data, directory)
+    result = {"v1": (reference, _run_ours(model, reference, end_to_end=True)),
+              "v2": (reference_v2, _run_ours(model_v2, reference_v2, end_to_end=False))}
+    shutil.rmtree(directory, ignore_errors=True)  # ~0.5 GB of state dicts and outputs
+    return result
 
 
 @pytest.fixture(scope="module")
 def reference(parity):
-    return parity[0]
+    return parity["v1"][0]
 
 
-@pytest.fixture(scope="module")
-def ours(parity):
-    return parity[1]
+@pytest.fixture(scope="module", params=["v1", "v2"])
+def stage(parity, request):
+    """(reference, ours) of maskrcnn_resnet50_fpn (v1) and maskrcnn_resnet50_fpn_v2."""
+    return parity[request.param]
 
 
-def _build_model(canvas):
+def _build_model(canvas, v2: bool):
     from keras_maskrcnn.convert.torchvision import torchvision_config
     from keras_maskrcnn.model import MaskRCNN
 
-    config = torchvision_config(90, MIN_SIZE, MAX_SIZE, image_size=canvas).replace(
+    config = torchvision_config(90, MIN_SIZE, MAX_SIZE, v2=v2, image_size=canvas).replace(
         rpn_post_nms_topk_test=POST_NMS_TEST, detections_per_image=DETECTIONS)
     return MaskRCNN(config)
 
@@ -411,7 +460,9 @@ def _inputs_like_torchvision(images, tv_sizes, canvas):
     return batch
 
 
-def _run_ours(model, reference) -> dict:
+def _run_ours(model, reference, end_to_end: bool) -> dict:
+    """Loads the converted weights and runs our layers on the inputs of each torchvision stage;
+    with `end_to_end` also the inference graph + `inference.postprocess` on the images."""
     import tensorflow as tf
 
     from keras_maskrcnn.convert.torchvision import load_state_dict, load_torchvision_weights
@@ -420,11 +471,11 @@ def _run_ours(model, reference) -> dict:
     config = model.config
     canvas = config.image_size
     assert tuple(reference["tv_images"].shape[1:3]) == tuple(canvas)
-    state = load_state_dict(reference["state_path"])  # reads the .pth in a torch subprocess
-    load_torchvision_weights(model, state)
-    images = sample_images()
+    # v1: a legacy-named .pth checkpoint, read by torch in a subprocess; v2: an .npz
+    load_torchvision_weights(model, load_state_dict(reference["state_path"]))
+    images = reference["images"]
     batch = _inputs_like_torchvision(images, reference["tv_image_sizes"], canvas)
-    out = {"model": model, "batch": batch, "pipeline_shapes": make_shapes(images, canvas)}
+    out = {"model": model, "batch": batch, "pipeline_shapes": _pipeline_shapes(images)}
     image_shape = tf.constant(batch["image_shape"])
     out["normalized"] = model.normalize(tf.constant(batch["images"]), image_shape).numpy()
     features = model.fpn(tf.constant(out["normalized"]))
@@ -448,14 +499,15 @@ def _run_ours(model, reference) -> dict:
     mask_logits = model.mask_head(model.mask_pooler(features[:4],
                                                     tf.constant(reference["tv_det_boxes"])))
     out["mask_logits"] = mask_logits.numpy()
-
-    outputs = run_model(model, batch)
-    out["final"] = [postprocess(outputs, batch, i, config.mask_threshold, config.mask_paste)
-                    for i in range(len(images))]
+    if end_to_end:
+        outputs = run_model(model, batch)
+        out["final"] = [postprocess(outputs, batch, i, config.mask_threshold, config.mask_paste)
+                        for i in range(len(images))]
     return out
 
 
-def make_shapes(images, canvas) -> np.ndarray:
+def _pipeline_shapes(images) -> np.ndarray:
+    """Resized (h, w) of each image by the package's resize rule."""
     from keras_maskrcnn.data.pipeline import compute_resized_shape
 
     return np.array([compute_resized_shape(*im.shape[:2], MIN_SIZE, MAX_SIZE) for im in images])
@@ -544,7 +596,8 @@ def test_preset_matches_torchvision_defaults(reference):
 
 
 @needs_torch
-def test_preprocessed_image(reference, ours):
+def test_preprocessed_image(stage):
+    reference, ours = stage
     sizes = reference["tv_image_sizes"]
     agree = np.all(ours["pipeline_shapes"] == sizes, axis=1)
     print("pipeline resize agrees with torchvision for", agree.sum(), "of", len(agree), "images")
@@ -553,19 +606,21 @@ def test_preprocessed_image(reference, ours):
 
 
 @needs_torch
-def test_fpn_features(reference, ours):
+def test_fpn_features(stage):
+    reference, ours = stage
     for k in range(5):
         diff, spread = _report(f"P{k + 2}", ours["features"][k], reference[f"tv_feature{k}"])
-        assert diff <= 1e-4 * spread
+        assert diff <= REL_TOL * spread
 
 
 @needs_torch
-def test_anchors_and_rpn_head(reference, ours):
+def test_anchors_and_rpn_head(stage):
+    reference, ours = stage
     np.testing.assert_array_equal(ours["anchors"], reference["tv_anchors"])
     diff, spread = _report("RPN logits", ours["rpn_logits"], reference["tv_rpn_logits"])
-    assert diff <= 1e-4 * spread
+    assert diff <= REL_TOL * spread
     diff, spread = _report("RPN deltas", ours["rpn_deltas"], reference["tv_rpn_deltas"])
-    assert diff <= 1e-4 * spread
+    assert diff <= REL_TOL * spread
 
 
 def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -580,58 +635,71 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 @needs_torch
-def test_proposals(reference, ours):
+def test_proposals(stage):
+    reference, ours = stage
     matched, total = 0, 0
-    for i in range(len(IMAGE_NAMES)):
+    for i in range(len(reference["images"])):
         theirs = reference["tv_proposals"][i, :reference["tv_num_proposals"][i]]
         mine = ours["proposals"][i, :ours["num_proposals"][i]]
         close = np.abs(theirs[:, None, :] - mine[None, :, :]).max(axis=2) < 1e-2
         matched += int(close.any(axis=1).sum())
         total += len(theirs)
-        # the 50 best are the same boxes (their order may swap where scores nearly tie)
-        top = np.abs(theirs[:50, None, :] - mine[None, :50, :]).max(axis=2) < 1e-2
-        assert top.any(axis=1).all() and top.any(axis=0).all()
+        # the 50 best are among each other's 60 best (the order may swap where scores nearly tie)
+        top = np.abs(theirs[:60, None, :] - mine[None, :60, :]).max(axis=2) < 1e-2
+        assert top[:50].any(axis=1).all() and top[:, :50].any(axis=0).all()
     print(f"proposals: {matched} of {total} torchvision proposals found (within 0.01 px)")
     assert matched >= 0.99 * total
 
 
 @needs_torch
-def test_box_head_on_torchvision_proposals(reference, ours):
+def test_box_head_on_torchvision_proposals(stage):
+    reference, ours = stage
     diff, spread = _report("pooled box features", ours["box_pooled"], reference["tv_box_pooled"])
-    assert diff <= 1e-4 * spread
+    assert diff <= REL_TOL * spread
     counts = reference["tv_num_proposals"]
     diff, spread = _report("class logits", _valid(ours["class_logits"], counts),
                            _valid(reference["tv_class_logits"], counts))
-    assert diff <= 1e-4 * spread
+    assert diff <= REL_TOL * spread
     diff, spread = _report("box deltas", _valid(ours["box_deltas"], counts),
                            _valid(reference["tv_box_deltas"], counts))
-    assert diff <= 1e-4 * spread
+    assert diff <= REL_TOL * spread
 
 
 @needs_torch
-def test_detections_on_torchvision_proposals(reference, ours):
-    np.testing.assert_array_equal(ours["num_det"], reference["tv_num_detections"])
-    counts = reference["tv_num_detections"]
-    np.testing.assert_array_equal(_valid(ours["det_classes"], counts),
-                                  _valid(reference["tv_det_labels"], counts))
-    diff, _ = _report("detection boxes", _valid(ours["det_boxes"], counts),
-                      _valid(reference["tv_det_boxes"], counts))
-    assert diff < 1e-2
-    diff, _ = _report("detection scores", _valid(ours["det_scores"], counts),
-                      _valid(reference["tv_det_scores"], counts))
-    assert diff < 2e-4  # softmax of logits that differ by ~3e-4
+def test_detections_on_torchvision_proposals(stage):
+    """Same detections as a set: their order may differ where two scores nearly tie."""
+    reference, ours = stage
+    matched, total, box_diffs, score_diffs = 0, 0, [0.0], [0.0]
+    for i in range(len(reference["images"])):
+        n, m = reference["tv_num_detections"][i], ours["num_det"][i]
+        theirs, mine = reference["tv_det_boxes"][i, :n], ours["det_boxes"][i, :m]
+        same = reference["tv_det_labels"][i, :n, None] == ours["det_classes"][i, None, :m]
+        diff = np.where(same, np.abs(theirs[:, None] - mine[None]).max(axis=2), np.inf)
+        total += n
+        for j, k in enumerate(diff.argmin(axis=1) if m else []):
+            if diff[j, k] < 1e-2:
+                matched += 1
+                box_diffs.append(diff[j, k])
+                score_diffs.append(abs(reference["tv_det_scores"][i, j] - ours["det_scores"][i, k]))
+    print(f"detections for torchvision's proposals: {matched} of {total} matched, max box diff "
+          f"{max(box_diffs):.3g} px, max score diff {max(score_diffs):.3g}")
+    assert total >= 10 and matched >= 0.99 * total
+    assert abs(int(ours["num_det"].sum()) - total) <= 0.01 * total
+    assert max(score_diffs) < 1e-3  # softmax of logits that differ by < 1e-3
 
 
 @needs_torch
-def test_mask_head_on_torchvision_detections(reference, ours):
+def test_mask_head_on_torchvision_detections(stage):
+    reference, ours = stage
     counts = reference["tv_num_detections"]
     diff, spread = _report("mask logits", _valid(ours["mask_logits"], counts),
                            _valid(reference["tv_mask_logits"], counts))
-    assert diff <= 1e-4 * spread
+    assert diff <= REL_TOL * spread
 
 
 @needs_torch
-def test_end_to_end_detections(reference, ours):
+def test_end_to_end_detections(parity):
+    reference, ours = parity["v1"]
     matched, total, mask_ious, score_diffs = 0, 0, [], []
     for i, det in enumerate(ours["final"]):
         boxes, labels = reference[f"tv_final_boxes{i}"], reference[f"tv_final_labels{i}"]

@@ -20,6 +20,10 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--output", required=True, metavar="DIR", help="model directory to write")
     p.add_argument("--min-size", type=int, default=800, help="short side of the resized image")
     p.add_argument("--max-size", type=int, default=1333, help="cap on the long side")
+    p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="the model canvas (multiples of 32; default max-size rounded up to 32, "
+                        "square); outputs equal torchvision's exactly when the canvas equals "
+                        "torchvision's padded batch size")
     arch = p.add_mutually_exclusive_group()
     arch.add_argument("--v2", dest="v2", action="store_true", default=None,
                       help="expect maskrcnn_resnet50_fpn_v2 weights (default: detect)")
@@ -38,6 +42,7 @@ def run_convert(args: argparse.Namespace) -> int:
 
     directory = convert_torchvision(args.state_dict, args.output, min_size=args.min_size,
                                     max_size=args.max_size, v2=args.v2,
-                                    frozen_bn_eps=args.frozen_bn_eps)
+                                    frozen_bn_eps=args.frozen_bn_eps,
+                                    image_size=tuple(args.image_size) if args.image_size else None)
     print(f"converted {args.source} weights {args.state_dict} to the model directory {directory}")
     return 0

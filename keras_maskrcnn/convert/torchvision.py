@@ -120,6 +120,9 @@ def _to_numpy(value: Any, name: str) -> np.ndarray:
             f"state dict entry {name!r} is not an array ({type(value).__name__})") from err
 
 
+# torch.load runs with weights_only=True: tensors, dicts and numbers only, no arbitrary pickles.
+_LOAD_HINT = ("it must hold a state dict, or a checkpoint dict with it under 'model'; re-save a "
+              "checkpoint holding other objects with torch.save(checkpoint['model'], path)")
 _READ_SCRIPT = """
 import sys
 try:
@@ -149,12 +152,16 @@ def _read_torch_file(path: Path) -> dict[str, np.ndarray]:
             if done.returncode == 3:
                 raise ImportError(f"reading {path} needs torch: {PARITY_HINT}")
             if done.returncode != 0:
-                raise ValueError(f"torch could not read {path}:\n{done.stderr[-2000:]}")
+                raise ValueError(f"torch could not read {path} ({_LOAD_HINT}):\n"
+                                 f"{done.stderr[-2000:]}")
             with np.load(out) as data:
                 return {k: np.asarray(data[k]) for k in data.files}
     import torch
 
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises several unpickling errors
+        raise ValueError(f"torch could not read {path} ({_LOAD_HINT}): {err}") from err
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return {k: v.detach().cpu().numpy() for k, v in _unwrap(obj).items()

@@ -169,10 +169,14 @@ def _detect(model: MaskRCNN, padded, image_shape, original_shape, full_image_mas
 
 
 # --------------------------------------------------------------------------------- module
-def build_serving_module(model: MaskRCNN, full_image_masks: bool = False) -> tf.Module:
-    """A `tf.Module` with the `serving_default` and `serving_bytes` tf.functions (module doc).
+def build_serving_module(
+    model: MaskRCNN, full_image_masks: bool = False,
+) -> tuple[tf.Module, dict[str, tf.types.experimental.ConcreteFunction]]:
+    """The module to save (it holds the model's variables) and the concrete functions of the
+    `serving_default` and `serving_bytes` signatures (module doc).
 
-    `model` should use the "gather" RoIAlign (`export_ready_model`).
+    `model` should use the "gather" RoIAlign (`export_ready_model`). The tf.functions are not
+    attributes of the module: `tf.saved_model.save` would trace them once more.
     """
     config = model.config
     letterbox, decode = _letterbox_fn(config), _decode_fn(config)
@@ -198,9 +202,9 @@ def build_serving_module(model: MaskRCNN, full_image_masks: bool = False) -> tf.
 
     module = tf.Module(name="keras_maskrcnn_serving")
     module.model_variables = model_variables(model)
-    module.serving_default = serve_images
-    module.serving_bytes = serve_bytes
-    return module
+    signatures = {SERVING_DEFAULT: serve_images.get_concrete_function(),
+                  SERVING_BYTES: serve_bytes.get_concrete_function()}
+    return module, signatures
 
 
 def export_saved_model(
@@ -220,12 +224,8 @@ def export_saved_model(
     if not isinstance(full_image_masks, bool):
         raise TypeError(f"full_image_masks must be a bool, got {full_image_masks!r}")
     model = export_ready_model(model_or_dir)
-    module = build_serving_module(model, full_image_masks)
+    module, signatures = build_serving_module(model, full_image_masks)
     output = Path(output)
-    signatures = {
-        SERVING_DEFAULT: module.serving_default.get_concrete_function(),
-        SERVING_BYTES: module.serving_bytes.get_concrete_function(),
-    }
     tf.saved_model.save(module, str(output), signatures=signatures)
     extra = output / "assets.extra"
     extra.mkdir(exist_ok=True)

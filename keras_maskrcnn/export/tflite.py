@@ -64,6 +64,35 @@ def tflite_ready_model(model_or_dir: MaskRCNN | str | Path, input_size: int = 51
                               max_size=size)
 
 
+_TRACE_ATTRIBUTE = "_kmr_tflite_trace"
+
+
+def _traced_inference(model: MaskRCNN):
+    """(concrete function, tf.Module holding its variables) of the fixed-size inference graph,
+    traced once per model (each quantization option converts the same trace)."""
+    cached = model.__dict__.get(_TRACE_ATTRIBUTE)
+    if cached is not None:
+        return cached
+    height, width = model.config.image_size
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([1, height, width, 3], tf.float32, name="images"),
+        tf.TensorSpec([1, 2], tf.float32, name="image_shape")], autograph=False)
+    def serve(images, image_shape):
+        outputs = model.inference_model({"images": images, "image_shape": image_shape},
+                                        training=False)
+        return {name: outputs[name] for name in TFLITE_OUTPUTS}
+
+    module = tf.Module(name="keras_maskrcnn_tflite")
+    # The variables let the converter freeze the weights; `serve` stays untracked (a tracked
+    # tf.function would be traced once more when the converter saves the module).
+    module.model_variables = model_variables(model)
+    traced = (serve.get_concrete_function(), module)
+    # Stored past Keras' attribute tracking (not a layer or weight of the model).
+    object.__setattr__(model, _TRACE_ATTRIBUTE, traced)
+    return traced
+
+
 def convert_tflite(model: MaskRCNN, quantize: str = "none") -> bytes:
     """Converts the inference graph of `model` at its canvas size with builtin ops only.
 
@@ -76,21 +105,8 @@ def convert_tflite(model: MaskRCNN, quantize: str = "none") -> bytes:
         The .tflite flatbuffer.
     """
     quantize = _check_quantize(quantize)
-    height, width = model.config.image_size
-
-    @tf.function(input_signature=[
-        tf.TensorSpec([1, height, width, 3], tf.float32, name="images"),
-        tf.TensorSpec([1, 2], tf.float32, name="image_shape")], autograph=False)
-    def serve(images, image_shape):
-        outputs = model.inference_model({"images": images, "image_shape": image_shape},
-                                        training=False)
-        return {name: outputs[name] for name in TFLITE_OUTPUTS}
-
-    module = tf.Module(name="keras_maskrcnn_tflite")
-    module.model_variables = model_variables(model)  # lets the converter freeze the weights
-    module.serve = serve
-    converter = tf.lite.TFLiteConverter.from_concrete_functions(
-        [serve.get_concrete_function()], module)
+    function, module = _traced_inference(model)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize != "none":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
