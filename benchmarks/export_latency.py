@@ -6,7 +6,8 @@ square S x S letterbox canvas (S = 512: min_size = max_size = 512) is exported t
 then each runs the same 512 x 512 image. Printed: file sizes, conversion times and the median
 latency over `--repeats` runs after `--warmup` runs, with the ratio to the Keras model (a
 `tf.function` of `inference_model`, portable "gather" RoIAlign like the exports; the default
-RoIAlign, "auto", is timed beside it when it resolves to the compiled op).
+RoIAlign, "auto", is timed beside it when it resolves to the compiled op). The models take
+turns within each timing round, so load from other processes spreads over all of them.
 
 With random weights almost no box passes the 0.05 score threshold, so the NMS and mask work
 after the box head is at its cheapest (the mask head still runs on all D padded boxes: static
@@ -44,15 +45,19 @@ def _size_mib(path: Path) -> float:
     return sum(f.stat().st_size for f in files) / 2**20
 
 
-def _median_ms(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
+def _interleaved_medians(runs: list, warmup: int, repeats: int) -> list[float]:
+    """Median latency (ms) of each callable; the runs take turns within every round so that
+    load from other processes on a shared machine spreads over all of them alike."""
+    for run in runs:
+        for _ in range(warmup):
+            run()
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000.0 * statistics.median(times)
+        for run, bucket in zip(runs, times, strict=True):
+            start = time.perf_counter()
+            run()
+            bucket.append(time.perf_counter() - start)
+    return [1000.0 * statistics.median(bucket) for bucket in times]
 
 
 def _image(size: int) -> np.ndarray:
@@ -124,10 +129,11 @@ def main() -> int:
                                         image_shape=inputs["image_shape"])))
         print(f"  exported TFLite {quantize} in {seconds:.0f} s", flush=True)
 
-    results = []
-    for name, mib, seconds, run in rows:
-        detections = int(np.asarray(run()["num_detections"]).reshape(-1)[0])
-        results.append((name, mib, seconds, _median_ms(run, args.warmup, repeats), detections))
+    detections = [int(np.asarray(run()["num_detections"]).reshape(-1)[0])
+                  for _, _, _, run in rows]
+    medians = _interleaved_medians([run for *_, run in rows], args.warmup, repeats)
+    results = [(name, mib, seconds, ms, count) for (name, mib, seconds, _), ms, count
+               in zip(rows, medians, detections, strict=True)]
     base = results[0][3]
     print(f"\n| model | size (MiB) | export (s) | latency (ms, median of {repeats}) "
           "| vs Keras | detections |")

@@ -62,8 +62,11 @@ def _config_for(args, source):
     default = "shapes" if args.dataset == "shapes" else "coco_r50_fpn"
     config = get_config(args.config or default)
     names = tuple(source.class_names)
-    if config.num_classes != source.num_classes or tuple(config.class_names) != names:
-        config = config.replace(num_classes=source.num_classes, class_names=names)
+    ids = tuple(int(source.label_to_category_id[k]) for k in range(1, source.num_classes + 1))
+    if (config.num_classes, tuple(config.class_names), config.category_ids) != (
+            source.num_classes, names, ids):
+        config = config.replace(num_classes=source.num_classes, class_names=names,
+                                category_ids=ids)
     return config
 
 

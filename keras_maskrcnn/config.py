@@ -32,6 +32,8 @@ class MaskRCNNConfig:
     name: str = "custom"
     num_classes: int = 80
     class_names: tuple[str, ...] = ()
+    # Dataset category id of each label 1..K (e.g. COCO's ids with gaps); empty: labels are ids.
+    category_ids: tuple[int, ...] = ()
 
     # Input: the image is resized so its short side is `min_size` (long side <= `max_size`) and
     # placed top-left on a zero canvas of `image_size` (height, width).
@@ -155,6 +157,11 @@ class MaskRCNNConfig:
             raise ValueError(f"anchor_sizes needs one size per level P2..P6, got {self.anchor_sizes}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
+        if self.category_ids and len(self.category_ids) != self.num_classes:
+            raise ValueError(
+                f"category_ids must have num_classes = {self.num_classes} entries (one per "
+                f"label 1..K), got {len(self.category_ids)}"
+            )
         if self.class_names and len(self.class_names) != self.num_classes + 1:
             raise ValueError(
                 f"class_names must have num_classes + 1 = {self.num_classes + 1} entries "
@@ -169,6 +176,12 @@ class MaskRCNNConfig:
     @property
     def num_anchors_per_location(self) -> int:
         return len(self.aspect_ratios)
+
+    @property
+    def label_to_category_id(self) -> dict[int, int]:
+        """Label 1..K -> dataset category id (identity when `category_ids` is empty)."""
+        ids = self.category_ids or tuple(range(1, self.num_classes + 1))
+        return {label: int(cid) for label, cid in enumerate(ids, start=1)}
 
     def replace(self, **changes: Any) -> MaskRCNNConfig:
         """A copy with `changes` applied (validated again)."""

@@ -84,12 +84,22 @@ def predict_images(
     return results
 
 
+def category_map(config, source=None) -> dict[int, int]:
+    """Label -> category id: the config's `category_ids` when set; else the dataset's map when the
+    model has the dataset's classes; else the identity (e.g. torchvision's 91-index COCO labels)."""
+    if not config.category_ids and source is not None \
+            and config.num_classes == source.num_classes:
+        return dict(source.label_to_category_id)
+    return config.label_to_category_id
+
+
 def evaluate(
     model: MaskRCNN, source, batch_size: int = 2, iou_types=("bbox", "segm"),
     max_images: int | None = None, verbose: bool = True,
 ) -> dict[str, dict[str, float]]:
     """COCO bbox/segm metrics of `model` on a dataset source (CocoDataset, ShapesDataset)."""
     image_ids = list(source.image_ids)[:max_images] if max_images else list(source.image_ids)
+    mapping = category_map(model.config, source)
     results: list[dict] = []
     for start in range(0, len(image_ids), batch_size):
         ids = image_ids[start:start + batch_size]
@@ -97,7 +107,7 @@ def evaluate(
         for image_id, det in zip(ids, predict_images(model, images, batch_size), strict=True):
             results.extend(detections_to_coco_results(
                 image_id, det["boxes"], det["scores"], det["labels"],
-                source.label_to_category_id, masks=det["masks"]))
+                mapping, masks=det["masks"]))
     return evaluate_coco(source.coco, results, iou_types=iou_types, image_ids=image_ids,
                          verbose=verbose)
 
@@ -117,7 +127,7 @@ def predict_files(
     output_dir.mkdir(parents=True, exist_ok=True)
     names = list(class_names or model.config.class_names
                  or ["background", *(f"class_{i}" for i in range(1, model.config.num_classes + 1))])
-    mapping = label_to_category_id or {i: i for i in range(1, model.config.num_classes + 1)}
+    mapping = label_to_category_id or category_map(model.config)
     records: list[dict] = []
     for path in paths:
         path = Path(path)

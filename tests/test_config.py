@@ -57,3 +57,11 @@ def test_overrides_and_canvas_check():
     with pytest.raises(ValueError, match="do not fit the canvas"):
         get_config("coco_r50_fpn", image_size=(800, 800))
     assert json.loads(c.to_json())["image_size"] == [800, 800]
+
+
+def test_category_ids_map_labels_and_are_validated():
+    c = get_config("shapes", category_ids=(3, 7, 90))
+    assert c.label_to_category_id == {1: 3, 2: 7, 3: 90}
+    assert get_config("shapes").label_to_category_id == {1: 1, 2: 2, 3: 3}
+    with pytest.raises(ValueError, match="category_ids"):
+        get_config("shapes", category_ids=(1, 2))

@@ -38,10 +38,11 @@ KEYS = {
 
 # ------------------------------------------------------------------------ numpy references
 def ref_scale(h, w, min_size, max_size):
-    """Short side to min_size unless the long side passes max_size (float32 like torchvision)."""
-    s = np.float32(min_size) / np.float32(min(h, w))
-    if np.float32(max(h, w)) * s > max_size:
-        s = np.float32(max_size) / np.float32(max(h, w))
+    """Short side to min_size unless the long side passes max_size (Python floats, as
+    torchvision's eager transform)."""
+    s = min_size / min(h, w)
+    if max(h, w) * s > max_size:
+        s = max_size / max(h, w)
     return float(s)
 
 
@@ -168,10 +169,11 @@ def test_resize_scale_rule(h, w, min_size, max_size):
 
 
 def test_floor_rounding_like_torchvision():
-    # float32(800 / 480) * 480 = 799.99998: torchvision's interpolate floors it to 799.
-    assert compute_resized_shape(480, 640, 800, 1333) == (799, 1066)
-    # Capped: float32(1333 / 2000) * 2000 = 1332.99994 -> 1332 (torchvision gives the same).
-    assert compute_resized_shape(2000, 500, 800, 1333) == (1332, 333)
+    # Python-float scale as torchvision 0.29 (eager); floor of h * scale.
+    assert compute_resized_shape(480, 640, 800, 1333) == (800, 1066)
+    assert compute_resized_shape(2000, 500, 800, 1333) == (1333, 333)
+    # 500 x 741 at 320 / 512: scale 0.64 -> 320 x 474 (a float32 scale would give 319 rows).
+    assert compute_resized_shape(500, 741, 320, 512) == (320, 474)
     assert compute_resized_shape(500, 500, 800, 1333) == (800, 800)
 
 

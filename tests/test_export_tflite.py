@@ -16,7 +16,7 @@ from PIL import Image
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.export import QUANTIZE_OPTIONS, export_tflite, letterbox_image, tflite_op_names
 from keras_maskrcnn.export.cli import QUANTIZE_CHOICES
-from keras_maskrcnn.export.tflite import metadata_path, tflite_ready_model
+from keras_maskrcnn.export.tflite import convert_tflite, metadata_path, tflite_ready_model
 from keras_maskrcnn.inference import predict_images, run_model
 from keras_maskrcnn.model import MaskRCNN
 
@@ -108,6 +108,8 @@ def test_adaptive_sampling_ratio_converts_and_matches(tmp_path):
         rpn_post_nms_topk_test=20, detections_per_image=5)
     assert config.pooler_sampling_ratio == 0
     model = MaskRCNN(config)
+    with pytest.raises(ValueError, match="roi_align_implementation"):
+        convert_tflite(model)
     export_model = tflite_ready_model(model, 96)
     assert export_model.roi_align_implementation == "gather"
     assert export_model.config == config.replace(image_size=(96, 96), min_size=96, max_size=96)

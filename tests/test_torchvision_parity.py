@@ -735,9 +735,6 @@ def _torchvision_resized_shape(height: int, width: int, min_size: int, max_size:
     return int(height * scale), int(width * scale)
 
 
-@pytest.mark.xfail(strict=True, reason="keras_maskrcnn.data.pipeline computes the resize scale "
-                   "in float32; torchvision 0.29 (eager) in float64: e.g. 500 x 741 at 320/512 "
-                   "gives 319 rows here and 320 in torchvision")
 def test_resize_rule_matches_torchvision():
     from keras_maskrcnn.data.pipeline import compute_resized_shape
 

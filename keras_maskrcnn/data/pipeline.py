@@ -4,10 +4,10 @@ Shape glossary: B batch, G max ground-truth instances per image, M mini-mask siz
 (h, w) original image, (h', w') resized image inside the canvas.
 
 Resize rule (torchvision `GeneralizedRCNNTransform`, Detectron2 `ResizeShortestEdge`):
-`scale = min(min_size / min(h, w), max_size / max(h, w))`, computed in float32 as torchvision
-does, and the resized size is `floor(h * scale)` x `floor(w * scale)` (torchvision calls
-`F.interpolate(scale_factor=scale, recompute_scale_factor=True)`, which floors). So a 480 x 640
-image with min_size 800 becomes 799 x 1066: float32(800 / 480) * 480 = 799.99998. The image is
+`scale = min(min_size / min(h, w), max_size / max(h, w))`, computed in Python floats (float64) as
+torchvision's eager transform does, and the resized size is `floor(h * scale)` x
+`floor(w * scale)` (torchvision calls `F.interpolate(scale_factor=scale,
+recompute_scale_factor=True)`, which floors). The image is
 resized bilinearly with half-pixel centres and no antialias, placed top-left on the canvas, and
 zero-padded bottom/right.
 
@@ -64,13 +64,13 @@ def _check_sizes(min_size, max_size) -> None:
 # --------------------------------------------------------------------------------- resize rule
 def compute_resize_scale(height: int, width: int, min_size: float, max_size: float) -> float:
     """Scale (input pixels / original pixels) that brings the short side to `min_size`, reduced
-    so that the long side is at most `max_size`; float32 arithmetic like torchvision (returned
-    as a Python float holding the float32 value)."""
+    so that the long side is at most `max_size`. Python (float64) arithmetic, as torchvision's
+    eager transform computes it."""
     _check_sizes(min_size, max_size)
     if height <= 0 or width <= 0:
         raise ValueError(f"height and width must be > 0, got {height} x {width}")
-    short, long = np.float32(min(height, width)), np.float32(max(height, width))
-    return float(min(np.float32(min_size) / short, np.float32(max_size) / long))
+    short, long = float(min(height, width)), float(max(height, width))
+    return min(float(min_size) / short, float(max_size) / long)
 
 
 def compute_resized_shape(height: int, width: int, min_size: float,
@@ -81,22 +81,21 @@ def compute_resized_shape(height: int, width: int, min_size: float,
 
 
 def _resize_scale_tf(hw: tf.Tensor, min_size, max_size) -> tf.Tensor:
-    """float32 scalar scale for `hw [2] int32`; same float32 arithmetic as torchvision."""
-    hw = tf.cast(hw, tf.float32)
+    """float64 scalar scale for `hw [2] int32`; the same arithmetic as `compute_resize_scale`."""
+    hw = tf.cast(hw, tf.float64)
     short, long = tf.reduce_min(hw), tf.reduce_max(hw)
-    return tf.minimum(tf.cast(min_size, tf.float32) / short, tf.cast(max_size, tf.float32) / long)
+    return tf.minimum(tf.cast(min_size, tf.float64) / short, tf.cast(max_size, tf.float64) / long)
 
 
 def _resize(image: tf.Tensor, min_size, max_size) -> tuple[tf.Tensor, tf.Tensor]:
-    """Resized image `[h', w', 3]` float32 and its float32 scale."""
+    """Resized image `[h', w', 3]` float32 and its scale (float32)."""
     hw = tf.shape(image)[:2]
     scale = _resize_scale_tf(hw, min_size, max_size)
-    # floor(h * scale) in float64, as torchvision's interpolate does in Python floats.
-    new_hw = tf.cast(tf.floor(tf.cast(hw, tf.float64) * tf.cast(scale, tf.float64)), tf.int32)
+    new_hw = tf.cast(tf.floor(tf.cast(hw, tf.float64) * scale), tf.int32)
     new_hw = tf.maximum(new_hw, 1)
     resized = tf.image.resize(tf.cast(image, tf.float32), new_hw, method="bilinear",
                               antialias=False)
-    return resized, scale
+    return resized, tf.cast(scale, tf.float32)
 
 
 def _pad_to_canvas(image: tf.Tensor, canvas: tuple[int, int]) -> tf.Tensor:

@@ -75,6 +75,17 @@ def export_ready_model(model_or_dir: MaskRCNN | str | Path, **config_changes) ->
     return model
 
 
+def require_portable(model: MaskRCNN) -> MaskRCNN:
+    """Raises ValueError unless `model` uses the pure-TF RoIAlign that every export needs."""
+    if not isinstance(model, MaskRCNN):
+        raise TypeError(f"model must be a MaskRCNN, got {type(model).__name__}")
+    if model.roi_align_implementation != EXPORT_ROI_ALIGN:
+        raise ValueError(
+            f"exports need roi_align_implementation={EXPORT_ROI_ALIGN!r} (no compiled custom "
+            f"op), got {model.roi_align_implementation!r}: rebuild with export_ready_model")
+    return model
+
+
 def model_variables(model: MaskRCNN) -> list[tf.Variable]:
     """The tf.Variables behind the inference graph's Keras variables.
 
@@ -175,10 +186,10 @@ def build_serving_module(
     """The module to save (it holds the model's variables) and the concrete functions of the
     `serving_default` and `serving_bytes` signatures (module doc).
 
-    `model` should use the "gather" RoIAlign (`export_ready_model`). The tf.functions are not
+    `model` must use the "gather" RoIAlign (`export_ready_model`). The tf.functions are not
     attributes of the module: `tf.saved_model.save` would trace them once more.
     """
-    config = model.config
+    config = require_portable(model).config
     letterbox, decode = _letterbox_fn(config), _decode_fn(config)
     spec = _letterbox_signature(config)
 

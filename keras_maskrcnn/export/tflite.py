@@ -31,7 +31,11 @@ import numpy as np
 import tensorflow as tf
 
 from keras_maskrcnn.data.pipeline import make_inference_inputs
-from keras_maskrcnn.export.saved_model import export_ready_model, model_variables
+from keras_maskrcnn.export.saved_model import (
+    export_ready_model,
+    model_variables,
+    require_portable,
+)
 from keras_maskrcnn.model import MaskRCNN
 
 QUANTIZE_OPTIONS = ("none", "float16", "dynamic-int8")
@@ -105,7 +109,7 @@ def convert_tflite(model: MaskRCNN, quantize: str = "none") -> bytes:
         The .tflite flatbuffer.
     """
     quantize = _check_quantize(quantize)
-    function, module = _traced_inference(model)
+    function, module = _traced_inference(require_portable(model))
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if quantize != "none":
