@@ -7,8 +7,8 @@ No TensorFlow and no keras_maskrcnn are imported: this is what an edge device ru
     python examples/tflite_predict.py shapes.tflite photo.jpg --output photo_pred.png
 
 Steps: letterbox the image onto the model's S x S canvas (the package's resize rule: scale =
-min(S / short side, S / long side) in float32, size floor(side * scale), bilinear with half-pixel
-centres and no antialias, image top-left, zeros bottom/right), run the `serving_default`
+min(S / short side, S / long side) in Python floats, size floor(side * scale), bilinear with
+half-pixel centres and no antialias, image top-left, zeros bottom/right), run the `serving_default`
 signature, map the boxes back to original pixels (per axis: original / resized size, clipped),
 paste each 28 x 28 mask into the image (bilinear read of the mask at every pixel centre, as
 Detectron2 pastes), threshold, and draw boxes, masks and labels. Class names and the mask
@@ -35,10 +35,9 @@ PALETTE = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
 
 # ---------------------------------------------------------------------------- letterbox
 def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """(h', w') of the resize rule with min_size = max_size = size (float32 scale, floor)."""
-    short, long = np.float32(min(height, width)), np.float32(max(height, width))
-    scale = min(np.float32(size) / short, np.float32(size) / long)
-    return (max(math.floor(height * float(scale)), 1), max(math.floor(width * float(scale)), 1))
+    """(h', w') of the resize rule with min_size = max_size = size (Python-float scale, floor)."""
+    scale = min(size / min(height, width), size / max(height, width))
+    return max(math.floor(height * scale), 1), max(math.floor(width * scale), 1)
 
 
 def _axis_taps(in_size: int, out_size: int):

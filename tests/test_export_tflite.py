@@ -182,7 +182,7 @@ def test_example_script_runs_with_litert_only(shapes_export, tmp_path):
     assert np.mean(det["masks"] != ref["masks"]) < 1e-3
 
 
-@pytest.mark.parametrize("height, width", [(90, 120), (300, 41), (7, 5), (128, 128)])
+@pytest.mark.parametrize("height, width", [(90, 120), (100, 72), (300, 41), (7, 5), (128, 128)])
 def test_example_letterbox_is_the_resize_rule(height, width):
     """The example's numpy letterbox equals the package's (TensorFlow) resize rule."""
     import importlib.util
