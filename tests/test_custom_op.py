@@ -351,7 +351,7 @@ def test_multilevel_empty_and_bad_levels(op_built):
 
 def test_multilevel_roi_align_custom_op_matches_gather(op_built):
     """The pooler's one-call multi-level path equals the pure-TF path."""
-    from keras_maskrcnn.ops.roi_align import multilevel_roi_align
+    from keras_maskrcnn.ops.poolers import multilevel_roi_align
 
     rng = np.random.default_rng(3)
     feats = [tf.constant(rng.normal(size=(2, 64 // s, 64 // s, 8)).astype("float32"))

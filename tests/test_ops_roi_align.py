@@ -13,6 +13,8 @@ import tensorflow as tf
 
 # The package re-exports the function `roi_align` under the module's name: fetch the module.
 ra = importlib.import_module("keras_maskrcnn.ops.roi_align")
+rp = importlib.import_module("keras_maskrcnn.ops.roi_pool")
+pl = importlib.import_module("keras_maskrcnn.ops.poolers")
 
 F32 = np.float32
 
@@ -358,13 +360,13 @@ def test_roi_pool_matches_reference():
     )
     indices = np.concatenate([BOX_INDICES, [0, 1, 0, 1]]).astype(np.int32)
     want = np_roi_pool(features, boxes, indices, (2, 3), 0.5)
-    got = ra.roi_pool(features, boxes, indices, (2, 3), 0.5).numpy()
+    got = rp.roi_pool(features, boxes, indices, (2, 3), 0.5).numpy()
     np.testing.assert_allclose(got, want, atol=1e-6)
-    fixed = tf.function(lambda f: ra.roi_pool(f, boxes, indices, (2, 3), 0.5, max_bin_size=8))
+    fixed = tf.function(lambda f: rp.roi_pool(f, boxes, indices, (2, 3), 0.5, max_bin_size=8))
     static = fixed.get_concrete_function(tf.TensorSpec(features.shape))
     assert static.structured_outputs.shape == (len(boxes), 2, 3, 3)
     np.testing.assert_allclose(fixed(features).numpy(), want, atol=1e-6)
-    empty = ra.roi_pool(features, np.zeros((0, 4), F32), np.zeros(0, np.int32), 2, 0.5)
+    empty = rp.roi_pool(features, np.zeros((0, 4), F32), np.zeros(0, np.int32), 2, 0.5)
     assert empty.shape == (0, 2, 2, 3)
 
 
@@ -377,7 +379,7 @@ def test_assign_fpn_levels_pinned_sizes():
         below_112 = np.nextafter(below_112, F32(0))  # 112 minus 4 ulps
     sizes = np.array([224, 112, 448, 56, 1000, 0, 223.9, 224 * (1 - 5e-6), below_112], F32)
     boxes = np.stack([np.zeros_like(sizes), np.full_like(sizes, 7), sizes, sizes + 7], -1)
-    got = ra.assign_fpn_levels(boxes).numpy()
+    got = pl.assign_fpn_levels(boxes).numpy()
     np.testing.assert_array_equal(got, [4, 3, 5, 2, 5, 2, 3, 3, 3])
     # 112 - 4 ulps is 3 only because eps is added after the log (torchvision); with
     # Detectron2's eps inside the log (1e-8, lost in float32) it would be level 2.
@@ -391,11 +393,11 @@ def test_assign_fpn_levels_matches_formula():
     y1x1 = rng.uniform(0, 100, size=(3, 40, 2))
     hw = np.exp(rng.uniform(np.log(4), np.log(900), size=(3, 40, 2)))
     boxes = np.concatenate([y1x1, y1x1 + hw], -1).astype(F32)
-    got = ra.assign_fpn_levels(boxes, 3, 6, 200.0, 5).numpy()
+    got = pl.assign_fpn_levels(boxes, 3, 6, 200.0, 5).numpy()
     assert got.shape == (3, 40) and got.dtype == np.int32
     np.testing.assert_array_equal(got, np_levels(boxes, 3, 6, 200.0, 5))
     degenerate = np.array([[5, 5, 3, 9], [np.nan, 0, 1, 1]], F32)
-    np.testing.assert_array_equal(ra.assign_fpn_levels(degenerate).numpy(), [2, 2])
+    np.testing.assert_array_equal(pl.assign_fpn_levels(degenerate).numpy(), [2, 2])
 
 
 # --------------------------------------------------------------------------- multi-level
@@ -439,17 +441,17 @@ def test_multilevel_roi_align_matches_reference(sampling_ratio, aligned):
     features, boxes = _pyramid(), _pyramid_boxes()
     want = _np_multilevel(features, boxes, (3, 2), sampling_ratio, aligned)
     kw = dict(sampling_ratio=sampling_ratio, aligned=aligned, **LEVEL_KW)
-    got = ra.multilevel_roi_align(features, boxes, (3, 2), implementation="gather", **kw)
+    got = pl.multilevel_roi_align(features, boxes, (3, 2), implementation="gather", **kw)
     assert got.shape == (2, 7, 3, 2, 3)
     np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=1e-5)
-    per_level = ra.multilevel_roi_align_per_level(features, boxes, (3, 2), **kw)
+    per_level = pl.multilevel_roi_align_per_level(features, boxes, (3, 2), **kw)
     np.testing.assert_allclose(per_level.numpy(), want, atol=1e-5, rtol=1e-5)
 
 
 def test_multilevel_roi_pool_matches_reference():
     features, boxes = _pyramid(), _pyramid_boxes()
     want = _np_multilevel(features, boxes, (2, 2), 0, True, method="pool")
-    got = ra.multilevel_roi_align(features, boxes, 2, method="pool", **LEVEL_KW)
+    got = pl.multilevel_roi_align(features, boxes, 2, method="pool", **LEVEL_KW)
     np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
 
 
@@ -459,7 +461,7 @@ def test_multilevel_dynamic_batch_and_xla():
 
     @tf.function(input_signature=[specs, tf.TensorSpec([None, None, 4])])
     def dynamic(f, b):
-        return ra.multilevel_roi_align(
+        return pl.multilevel_roi_align(
             f, b, 2, sampling_ratio=2, implementation="gather", **LEVEL_KW
         )
 
@@ -468,7 +470,7 @@ def test_multilevel_dynamic_batch_and_xla():
     assert dynamic(features, boxes[:, :0]).shape == (2, 0, 2, 2, 3)
 
     xla = tf.function(
-        lambda f, b: ra.multilevel_roi_align(
+        lambda f, b: pl.multilevel_roi_align(
             f, b, 2, sampling_ratio=2, implementation="gather", **LEVEL_KW
         ),
         jit_compile=True,
@@ -480,7 +482,7 @@ def test_multilevel_gradient_reaches_every_level():
     features, boxes = [tf.constant(f) for f in _pyramid()], _pyramid_boxes()
     with tf.GradientTape() as tape:
         tape.watch(features)
-        out = ra.multilevel_roi_align(
+        out = pl.multilevel_roi_align(
             features, boxes, 2, sampling_ratio=2, implementation="gather", **LEVEL_KW
         )
         loss = tf.reduce_sum(out)
@@ -491,8 +493,8 @@ def test_multilevel_gradient_reaches_every_level():
 def test_multilevel_bad_arguments():
     features, boxes = _pyramid(), _pyramid_boxes()
     with pytest.raises(ValueError, match="method"):
-        ra.multilevel_roi_align(features, boxes, 2, method="max")
+        pl.multilevel_roi_align(features, boxes, 2, method="max")
     with pytest.raises(ValueError, match="boxes"):
-        ra.multilevel_roi_align(features, boxes[0], 2)
+        pl.multilevel_roi_align(features, boxes[0], 2)
     with pytest.raises(TypeError, match="features"):
-        ra.multilevel_roi_align(features[0], boxes, 2)
+        pl.multilevel_roi_align(features[0], boxes, 2)

@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from keras_maskrcnn.ops.roi_align import multilevel_roi_align
+from keras_maskrcnn.ops.poolers import multilevel_roi_align
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")

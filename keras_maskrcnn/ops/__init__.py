@@ -1,4 +1,4 @@
-"""Pure tensor functions: boxes, anchors, NMS, RoIAlign / RoIPool, masks, sampling.
+"""Pure tensor functions: boxes, anchors, NMS, RoIAlign / RoIPool, poolers, masks, sampling.
 
 `keras_maskrcnn.ops.roi_align` is the RoIAlign function (the module of the same name is
 `keras_maskrcnn.ops.roi_align` in `sys.modules`; import its other names with
@@ -16,12 +16,9 @@ from keras_maskrcnn.ops.boxes import (
 )
 from keras_maskrcnn.ops.masks import crop_mask_targets, paste_masks
 from keras_maskrcnn.ops.nms import batched_nms_padded, grouped_nms_padded, nms_padded
-from keras_maskrcnn.ops.roi_align import (
-    assign_fpn_levels,
-    multilevel_roi_align,
-    roi_align,
-    roi_pool,
-)
+from keras_maskrcnn.ops.poolers import assign_fpn_levels, multilevel_roi_align
+from keras_maskrcnn.ops.roi_align import roi_align
+from keras_maskrcnn.ops.roi_pool import roi_pool
 
 __all__ = [
     "anchors_per_level",
