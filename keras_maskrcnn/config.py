@@ -45,6 +45,10 @@ class MaskRCNNConfig:
     pixel_mean: tuple[float, float, float] = (123.675, 116.28, 103.53)
     pixel_std: tuple[float, float, float] = (58.395, 57.12, 57.375)
     bgr_input: bool = False
+    # "fixed": every image on the `image_size` canvas (static shapes: XLA, Serving, TFLite).
+    # "per_image": `predict_images` pads each image only to a multiple of 32, as torchvision does
+    # (one graph per canvas size, built on first use with the same weights).
+    canvas: str = "fixed"
     max_instances: int = 100
     gt_mask_size: int = 56
 
@@ -133,6 +137,7 @@ class MaskRCNNConfig:
         _check_choice("backbone_norm", self.backbone_norm, NORMS)
         _check_choice("pooler", self.pooler, POOLERS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("canvas", self.canvas, ("fixed", "per_image"))
         _check_choice("mask_paste", self.mask_paste, MASK_PASTES)
         _check_choice("fpn_norm", self.fpn_norm, HEAD_NORMS)
         _check_choice("head_norm", self.head_norm, HEAD_NORMS)
@@ -297,6 +302,7 @@ def _torchvision_r50_fpn() -> MaskRCNNConfig:
     """
     return MaskRCNNConfig(
         name="torchvision_r50_fpn",
+        canvas="per_image",
         train_min_sizes=(800,),
         freeze_at=2,
         round_anchors=True,

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_maskrcnn.data.coco import load_rgb_image
-from keras_maskrcnn.data.pipeline import make_inference_inputs
+from keras_maskrcnn.data.pipeline import compute_resized_shape, make_inference_inputs
 from keras_maskrcnn.evaluation import detections_to_coco_results, evaluate_coco
 from keras_maskrcnn.model import INFERENCE_INPUTS, MaskRCNN
 from keras_maskrcnn.ops.masks import paste_masks
@@ -74,14 +74,40 @@ def predict_images(
     """
     c = model.config
     paste_method = paste_method or c.mask_paste
+    if c.canvas == "per_image":
+        batch_size = 1
     results = []
     for start in range(0, len(images), batch_size):
         chunk = list(images[start:start + batch_size])
-        batch = make_inference_inputs(chunk, c.image_size, c.min_size, c.max_size)
-        outputs = run_model(model, batch)
+        runner = model
+        canvas = c.image_size
+        if c.canvas == "per_image":
+            h, w = np.asarray(chunk[0]).shape[:2]
+            canvas = tuple(-(-s // 32) * 32 for s in compute_resized_shape(h, w, c.min_size,
+                                                                          c.max_size))
+            runner = model_for_canvas(model, canvas)
+        batch = make_inference_inputs(chunk, canvas, c.min_size, c.max_size)
+        outputs = run_model(runner, batch)
         results.extend(postprocess(outputs, batch, i, c.mask_threshold, paste_method)
                        for i in range(len(chunk)))
     return results
+
+
+def model_for_canvas(model: MaskRCNN, canvas: tuple[int, int]) -> MaskRCNN:
+    """`model` rebuilt on another canvas (anchors are constants of the canvas) with the same
+    weights; cached on `model` per canvas size."""
+    canvas = (int(canvas[0]), int(canvas[1]))
+    if canvas == tuple(model.config.image_size):
+        return model
+    cache = model.__dict__.setdefault("_kmr_canvas_models", {})
+    if canvas not in cache:
+        c = model.config
+        config = c.replace(image_size=canvas, min_size=min(c.min_size, min(canvas)),
+                           max_size=min(c.max_size, max(canvas)))
+        other = MaskRCNN(config, roi_align_implementation=model.roi_align_implementation)
+        other.inference_model.set_weights(model.inference_model.get_weights())
+        cache[canvas] = other
+    return cache[canvas]
 
 
 def category_map(config, source=None) -> dict[int, int]:

@@ -133,3 +133,25 @@ def test_trains_on_real_coco_images_with_crowd_and_roi_pool(coco10_dir):
     for name in (*LOSS_NAMES, "loss"):
         assert np.isfinite(history[name][0]), history
     assert history["mask_loss"][0] > 0 and history["rpn_objectness_loss"][0] > 0
+
+
+def test_per_image_canvas_pads_each_image_to_a_multiple_of_32():
+    """canvas="per_image" (torchvision's single-image padding) equals a fixed-canvas model built
+    on that image's own padded size with the same weights."""
+    from keras_maskrcnn.inference import model_for_canvas
+    from keras_maskrcnn.model import MaskRCNN
+
+    keras.utils.set_random_seed(1)
+    config = tiny_config(image_size=(128, 128), min_size=64, max_size=100, canvas="per_image",
+                         score_threshold=0.0)
+    model = build_model(config)
+    image = np.random.default_rng(0).integers(0, 255, (50, 90, 3), dtype=np.uint8)
+    det = predict_images(model, [image])[0]
+    # 50 x 90 -> scale min(64/50, 100/90) = 1.111 -> 55 x 100 -> canvas 64 x 128.
+    assert (64, 128) in model._kmr_canvas_models
+    fixed = MaskRCNN(config.replace(image_size=(64, 128), canvas="fixed"))
+    fixed.inference_model.set_weights(model.inference_model.get_weights())
+    expected = predict_images(fixed, [image])[0]
+    np.testing.assert_allclose(det["boxes"], expected["boxes"], atol=1e-4)
+    np.testing.assert_allclose(det["scores"], expected["scores"], atol=1e-6)
+    assert model_for_canvas(model, (128, 128)) is model
