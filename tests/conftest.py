@@ -15,3 +15,4 @@ COCO10_DIR = DATA_DIR / "coco-val2017-10"
 def coco10_dir() -> Path:
     """Ten real COCO val2017 images with their annotations (packaged with the tests)."""
     return COCO10_DIR
+

@@ -13,6 +13,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from helpers import noise_rect_image
 from PIL import Image
 
 from keras_maskrcnn.cli import main as cli_main
@@ -84,14 +85,7 @@ with open(out + ".json", "w") as f:
 """
 
 
-def _image(rng, height, width):
-    """Rectangles on a noise background: a flat background gives equal features, hence exactly
-    tied scores at many anchors, which kernels with other summation orders break differently."""
-    image = rng.integers(0, 80, (height, width, 3)).astype(np.uint8)
-    for _ in range(3):
-        y, x = rng.integers(0, height - 20), rng.integers(0, width - 20)
-        image[y:y + rng.integers(10, 20), x:x + rng.integers(10, 20)] = rng.integers(80, 255, 3)
-    return image
+_image = noise_rect_image
 
 
 def _png(image):

@@ -7,6 +7,18 @@ import tensorflow as tf
 from keras import layers
 
 
+def box_predictors(num_classes: int) -> tuple[layers.Dense, layers.Dense]:
+    """The class-logit (K + 1) and class-specific box-delta (4K) layers every box head ends with
+    (Detectron2's initialization: normal std 0.01 and 0.001)."""
+    class_logits = layers.Dense(
+        num_classes + 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        name="class_logits")
+    box_deltas = layers.Dense(
+        4 * num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+        name="box_deltas")
+    return class_logits, box_deltas
+
+
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
 class BoxHead(layers.Layer):
     """Call: pooled `[B, R, P, P, C]` -> `(class_logits [B, R, K + 1], deltas [B, R, K, 4])`.
@@ -22,12 +34,7 @@ class BoxHead(layers.Layer):
         self.fc_dim = fc_dim
         self.fc1 = layers.Dense(fc_dim, activation="relu", name="fc1")
         self.fc2 = layers.Dense(fc_dim, activation="relu", name="fc2")
-        self.class_logits = layers.Dense(
-            num_classes + 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-            name="class_logits")
-        self.box_deltas = layers.Dense(
-            4 * num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
-            name="box_deltas")
+        self.class_logits, self.box_deltas = box_predictors(num_classes)
 
     def build(self, input_shape):
         flat = input_shape[2] * input_shape[3] * input_shape[4]

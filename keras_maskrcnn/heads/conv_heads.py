@@ -16,7 +16,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from keras_maskrcnn.heads.box_head import BoxHead
+from keras_maskrcnn.heads.box_head import BoxHead, box_predictors
 from keras_maskrcnn.heads.mask_head import MaskHead
 from keras_maskrcnn.heads.rpn_head import RPNHead
 
@@ -126,12 +126,7 @@ class ConvFCBoxHead(layers.Layer):
         self.convs, self.norms = _conv_norm_stack(num_convs, conv_dim, norm)
         self.fcs = [layers.Dense(fc_dim, activation="relu", name=f"fc{i + 1}")
                     for i in range(num_fcs)]
-        self.class_logits = layers.Dense(
-            num_classes + 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-            name="class_logits")
-        self.box_deltas = layers.Dense(
-            4 * num_classes, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
-            name="box_deltas")
+        self.class_logits, self.box_deltas = box_predictors(num_classes)
 
     def build(self, input_shape):
         size_y, size_x = input_shape[2], input_shape[3]
