@@ -17,7 +17,6 @@ Threading is left at the TensorFlow / PyTorch defaults.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import platform
 import statistics
@@ -36,12 +35,7 @@ except ImportError:
 import numpy as np
 import tensorflow as tf
 
-from keras_maskrcnn.ops import custom_roi_align
-
-try:  # the module, not the function of the same name that keras_maskrcnn.ops may export
-    tf_roi_align = importlib.import_module("keras_maskrcnn.ops.roi_align")
-except ImportError:
-    tf_roi_align = None
+from keras_maskrcnn.ops import custom_roi_align, roi_align
 
 STRIDES = (4, 8, 16, 32)
 CHANNELS = 256
@@ -89,7 +83,7 @@ def per_level_fn(implementation: str, size: int, features, levels):
             return custom_roi_align.roi_align_custom(
                 features[k], boxes, idx, (size, size), 1.0 / STRIDES[k], SAMPLING_RATIO, True
             )
-        return tf_roi_align.roi_align(
+        return roi_align(
             features[k], boxes, idx, (size, size), 1.0 / STRIDES[k], SAMPLING_RATIO, True,
             implementation="gather",
         )
@@ -158,7 +152,7 @@ def main() -> None:
     canvas, rois_per_image, batch = (400, 128, 2) if args.quick else (800, 512, 2)
     if not custom_roi_align.is_available():
         custom_roi_align.build(verbose=True)
-        custom_roi_align._reset_cache()
+        custom_roi_align.reset_cache()
     rng = np.random.default_rng(0)
     features_np = [
         rng.normal(size=(batch, -(-canvas // s), -(-canvas // s), CHANNELS)).astype(np.float32)
@@ -199,11 +193,9 @@ def main() -> None:
             multilevel_fn(size, features, all_boxes, all_idx, level_index),
             features, [tf.concat(upstream, 0)], args.repeats,
         )
-        if tf_roi_align is not None:
-            results["gather"] = time_tf(
-                per_level_fn("gather", size, features, tf_levels), features, upstream,
-                args.repeats,
-            )
+        results["gather"] = time_tf(
+            per_level_fn("gather", size, features, tf_levels), features, upstream, args.repeats
+        )
         if HAVE_TORCH:
             results["torchvision"] = time_torch(features_np, levels, upstream_np, size,
                                                 args.repeats)

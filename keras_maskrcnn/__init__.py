@@ -1,3 +1,25 @@
-"""Mask R-CNN for TensorFlow 2 / Keras 3."""
+"""Mask R-CNN for TensorFlow 2 / Keras 3.
+
+Importing the package registers every custom Keras object (the `MaskRCNN` model, its layers and
+heads, the learning-rate schedule) with `keras.saving`, so that
+`keras.saving.load_model("m.keras")` works after a plain `import keras_maskrcnn`.
+"""
 
 __version__ = "0.1.0"
+
+# Imported for their `@keras.saving.register_keras_serializable` side effect: the model module
+# imports the layers, heads and backbones; the solver holds the learning-rate schedule and the
+# optimizer (so that a compiled model's `.keras` file loads too).
+from keras_maskrcnn.config import MaskRCNNConfig, get_config  # noqa: E402
+from keras_maskrcnn.model import MaskRCNN, build_model, load_model_dir, save_model_dir  # noqa: E402
+from keras_maskrcnn.solver import WarmupStepDecay  # noqa: E402
+
+__all__ = [
+    "MaskRCNN",
+    "MaskRCNNConfig",
+    "WarmupStepDecay",
+    "build_model",
+    "get_config",
+    "load_model_dir",
+    "save_model_dir",
+]

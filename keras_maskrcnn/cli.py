@@ -17,6 +17,8 @@ SHAPES_VAL_SEED = 1
 DEMO_EPOCHS = 12
 DEMO_STEPS = 100
 DEMO_OUTPUT = "runs/shapes"
+DEFAULT_EPOCHS = 12
+DEFAULT_MAX_IMAGE_PIXELS = 36_000_000  # keras_maskrcnn.data.images (kept import-free here)
 
 # Modules that add their own subcommands: each has `add_subcommand(subparsers)` registering a
 # parser whose `func(args) -> int` runs it.
@@ -83,84 +85,118 @@ def _ensure_custom_op() -> None:
     logger.info("building the RoIAlign custom op once (about 20-60 s)")
     try:
         custom_roi_align.build(verbose=False)
-        custom_roi_align._reset_cache()
+        custom_roi_align.reset_cache()
     except Exception as err:  # noqa: BLE001 - any build failure falls back to pure TF
         logger.warning("custom op build failed (%s); using the pure-TF RoIAlign", err)
     logger.info("RoIAlign implementation: %s", custom_roi_align.implementation_in_use())
 
 
+def _train_config(args, source):
+    """The config to train: --init-from's architecture, else --config (or the dataset's preset),
+    with the dataset's classes and --backbone-weights."""
+    if args.init_from:
+        if args.config:
+            raise UserError("--init-from takes the architecture of its model directory; drop "
+                            "--config (or drop --init-from)")
+        from keras_maskrcnn.finetune import finetune_config
+
+        ids = tuple(int(source.label_to_category_id[k]) for k in range(1, source.num_classes + 1))
+        return finetune_config(args.init_from, source.num_classes, source.class_names, ids)
+    config = _config_for(args, source)
+    if args.backbone_weights:
+        from keras_maskrcnn.backbones.pretrained import imagenet_config_overrides
+
+        config = config.replace(**imagenet_config_overrides()).replace(
+            backbone_weights=args.backbone_weights)
+    return config
+
+
+def _run_length(args) -> tuple[int | None, int | None, bool]:
+    """(epochs, steps_per_epoch, demo): the shapes demo's 12 x 100 steps unless told otherwise;
+    otherwise an epoch is one pass over the data (or --steps-per-epoch)."""
+    demo = (args.dataset == "shapes" and args.epochs is None and args.max_steps is None
+            and args.steps_per_epoch is None)
+    if demo:
+        return DEMO_EPOCHS, DEMO_STEPS, True
+    epochs = args.epochs if args.epochs is not None or args.max_steps else DEFAULT_EPOCHS
+    return epochs, args.steps_per_epoch, False
+
+
 def cmd_train(args) -> int:
-    from keras_maskrcnn.data import make_dataset
+    from keras_maskrcnn.runtime import RunEnvironment
     from keras_maskrcnn.training import train
 
+    env = RunEnvironment.create(args.strategy, args.precision, args.jit_compile,
+                                args.cpu_devices)
     _ensure_custom_op()
-    demo = args.epochs is None and args.steps_per_epoch is None and args.dataset == "shapes"
-    epochs = args.epochs or DEMO_EPOCHS
-    steps = args.steps_per_epoch or (DEMO_STEPS if args.dataset == "shapes" else None)
+    epochs, steps, demo = _run_length(args)
     output = Path(args.output or DEMO_OUTPUT)
     source = _dataset_source(args, "train")
-    config = _config_for(args, source)
-    batch_size = args.batch_size or config.batch_size
-    data = make_dataset(
-        source, canvas_size=config.image_size, min_size=config.min_size,
-        max_size=config.max_size, train_min_sizes=config.train_min_sizes or None,
-        horizontal_flip=config.horizontal_flip, max_instances=config.max_instances,
-        mask_size=config.gt_mask_size, batch_size=batch_size, shuffle=True, repeat=True,
-        seed=args.seed, drop_remainder=True)
+    val = _dataset_source(args, "val") if (args.val_annotations or demo or args.evaluate) \
+        else None
+    config = _train_config(args, source)
     start = time.time()
-    model, history = train(config, data, output, epochs=epochs, steps_per_epoch=steps,
-                           batch_size=batch_size, verbose=args.verbose)
+    result = train(
+        config, source, output, epochs=epochs, max_steps=args.max_steps, steps_per_epoch=steps,
+        batch_size=args.batch_size, seed=args.seed, deterministic=args.deterministic,
+        checkpoint_every=args.checkpoint_every, keep_checkpoints=args.keep_checkpoints,
+        overwrite=args.overwrite, init_from=args.init_from,
+        val_source=val if args.val_annotations else None, eval_every=args.eval_every, env=env,
+        skip_bad_images=args.skip_bad_images, log_every=args.log_every)
     seconds = time.time() - start
-    (output / "history.json").write_text(json.dumps(
-        {k: [float(x) for x in v] for k, v in history.history.items()}, indent=2))
-    print(f"trained {epochs} epochs in {seconds:.0f} s; model directory: {output}")
-    if demo or args.evaluate:
-        val = _dataset_source(args, "val")
-        from keras_maskrcnn.evaluation import save_metrics_json
-        from keras_maskrcnn.inference import evaluate, predict_files
+    print(f"trained to step {result.step} of {result.total_steps} in {seconds:.0f} s; "
+          f"model directory: {output}")
+    if env.is_chief and val is not None and (demo or args.evaluate):
+        from keras_maskrcnn.demo import evaluate_and_draw
 
-        metrics = evaluate(model, val)
-        save_metrics_json(metrics, output / "metrics.json")
-        print(json.dumps({t: {k: round(m[k], 4) for k in ("AP", "AP50", "AP75")}
-                          for t, m in metrics.items()}))
-        if args.dataset == "shapes":
-            sample_dir = output / "val_images"
-            sample_dir.mkdir(exist_ok=True)
-            paths = []
-            for image_id in list(val.image_ids)[:4]:
-                from keras_maskrcnn.visualize import save_image
-
-                path = sample_dir / val.file_name(image_id)
-                save_image(val.load_image(image_id), path)
-                paths.append(path)
-            predict_files(model, paths, output / "predictions", config.class_names)
-            print(f"predictions drawn in {output / 'predictions'}")
+        evaluate_and_draw(result.model, val, output, draw=args.dataset == "shapes")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from keras_maskrcnn.evaluation import save_metrics_json
+    from keras_maskrcnn.evaluation import (
+        format_size_table,
+        print_per_class_table,
+        save_metrics_json,
+        save_pr_curves,
+    )
     from keras_maskrcnn.inference import evaluate
     from keras_maskrcnn.model import load_model_dir
 
     model = load_model_dir(args.model)
     source = _dataset_source(args, "val")
     metrics = evaluate(model, source, batch_size=args.batch_size, max_images=args.max_images)
+    print(format_size_table(metrics))
+    print_per_class_table(metrics)
     if args.json:
         save_metrics_json(metrics, args.json)
+        print(f"metrics written to {args.json}")
+    if args.pr_curves:
+        print(f"precision-recall curves drawn in {save_pr_curves(metrics, args.pr_curves)}")
     print(json.dumps({t: {k: round(m[k], 4) for k in ("AP", "AP50", "AP75")}
                       for t, m in metrics.items()}))
     return 0
 
 
 def cmd_predict(args) -> int:
-    from keras_maskrcnn.inference import predict_files
+    from keras_maskrcnn.files import expand_image_paths, predict_files
     from keras_maskrcnn.model import load_model_dir
 
     model = load_model_dir(args.model)
-    records = predict_files(model, args.images, args.output,
-                            score_threshold=args.score_threshold)
-    print(f"{len(records)} detections on {len(args.images)} images written to {args.output}")
+    model.ensure_finite_weights()
+    files = expand_image_paths(args.images)
+    if not files:
+        raise UserError(f"no image files in {' '.join(args.images)}")
+    records = predict_files(model, files, args.output, score_threshold=args.score_threshold,
+                            max_image_pixels=args.max_image_pixels, draw=not args.no_draw)
+    done = {r["file_name"] for r in records}
+    print(f"{len(records)} detections on {len(files)} images written to {args.output}")
+    missing = [p for p in files if not (Path(args.output) / f"{p.stem}.png").exists()
+               and p.name not in done] if not args.no_draw else []
+    if missing:
+        print(f"keras-maskrcnn predict: {len(missing)} image(s) could not be read (named "
+              "above); predictions.json holds the others", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -169,33 +205,77 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model; writes a model directory")
+    p = sub.add_parser("train", help="train a model; writes a model directory (resumable)")
     _add_dataset_args(p)
-    p.add_argument("--val-annotations")
-    p.add_argument("--val-images")
+    p.add_argument("--val-annotations", help="COCO json evaluated during training")
+    p.add_argument("--val-images", help="images of --val-annotations")
+    p.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS",
+                   help="evaluate on the validation set every this many epochs (default 1)")
     p.add_argument("--config", help="preset name (shapes, coco_r50_fpn, ...) or config JSON")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--steps-per-epoch", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--init-from", metavar="DIR",
+                   help="fine-tune: start from this model directory's weights (its "
+                   "architecture, the dataset's classes)")
+    p.add_argument("--backbone-weights", metavar="imagenet|FILE",
+                   help="ImageNet backbone: 'imagenet' (keras.applications, downloaded) or a "
+                   "local keras.applications ResNet weights file")
+    p.add_argument("--epochs", type=int,
+                   help=f"epochs (default {DEFAULT_EPOCHS}; the shapes demo: {DEMO_EPOCHS} x "
+                   f"{DEMO_STEPS} steps)")
+    p.add_argument("--max-steps", type=int, help="total steps (instead of --epochs)")
+    p.add_argument("--steps-per-epoch", type=int,
+                   help="steps per epoch (default: one pass over the dataset)")
+    p.add_argument("--batch-size", type=int, help="global batch size (default: the config's)")
     p.add_argument("--output", help=f"model directory to write (default {DEMO_OUTPUT})")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an --output folder that holds a different model")
+    p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+                   help="checkpoint every this many steps (default: every epoch, and at least "
+                   "every 30 minutes)")
+    p.add_argument("--keep-checkpoints", type=int, default=3, metavar="K",
+                   help="keep the newest K checkpoints (default 3)")
+    p.add_argument("--skip-bad-images", action="store_true",
+                   help="skip unreadable images with a warning instead of stopping")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the val split after")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--verbose", type=int, default=2, help="Keras fit verbosity (0, 1, 2)")
+    p.add_argument("--seed", type=int, default=0, help="seeds weights, data and samplers")
+    p.add_argument("--deterministic", action="store_true",
+                   help="TF op determinism too (bit-identical reruns on one machine)")
+    p.add_argument("--precision", default="float32",
+                   choices=("float32", "mixed_float16", "mixed_bfloat16", "auto"),
+                   help="auto: mixed_bfloat16 where the CPU/GPU runs bf16 natively")
+    p.add_argument("--jit-compile", default="auto", choices=("auto", "on", "off"),
+                   help="XLA for the training step (auto: on with a GPU)")
+    p.add_argument("--strategy", default="auto",
+                   choices=("auto", "one_device", "mirrored", "multi_worker"),
+                   help="tf.distribute strategy (multi_worker reads TF_CONFIG)")
+    p.add_argument("--cpu-devices", type=int,
+                   help="split the CPU into N logical devices (to run --strategy mirrored "
+                   "without GPUs)")
+    p.add_argument("--log-every", type=int, metavar="STEPS", help="progress line interval")
+    p.add_argument("--verbose", type=int, default=2, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="COCO bbox/segm AP of a model directory")
     _add_dataset_args(p)
     p.add_argument("--model", required=True, help="model directory")
-    p.add_argument("--json", help="write the metrics here")
+    p.add_argument("--json", help="write the metrics here: the 12 COCO numbers and a "
+                   "'per_class' {name: {AP, AP50, AP75}} table per iou type (null: no ground "
+                   "truth)")
+    p.add_argument("--pr-curves", metavar="PATH.png",
+                   help="draw precision-recall curves (IoU 0.50, 0.75, mean over 0.50:0.95; all "
+                   "classes averaged, area all, maxDets 100) as this PNG, one panel per iou type "
+                   "(default: not drawn)")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--max-images", type=int)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="draw detections and write predictions.json")
     p.add_argument("--model", required=True, help="model directory")
-    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument("--no-draw", action="store_true", help="only write predictions.json")
+    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                   help="refuse images with more pixels than this (default %(default)s)")
     p.set_defaults(func=cmd_predict)
 
     for module_name in _SUBCOMMAND_MODULES:
@@ -203,10 +283,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class UserError(Exception):
+    """A mistake in the command line or its inputs: printed as one line, exit code 2."""
+
+
+def user_errors():
+    """Exception types printed as one line (with exit code) instead of a traceback."""
+    from keras_maskrcnn.training import TrainingDiverged, TrainingError
+
+    return ((TrainingDiverged, 3), (TrainingError, 2), (UserError, 2), (FileNotFoundError, 2),
+            (ValueError, 2), (RuntimeError, 2))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("keras-maskrcnn: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - user mistakes get one line, bugs a traceback
+        for kind, code in user_errors():
+            if isinstance(err, kind) and args.log_level.upper() != "DEBUG":
+                message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+                print(f"keras-maskrcnn {args.command}: error: {message}", file=sys.stderr)
+                return code
+        raise
 
 
 if __name__ == "__main__":

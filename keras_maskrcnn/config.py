@@ -11,11 +11,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-CONFIG_VERSION = 1
-BACKBONES = ("resnet50", "resnet101", "resnext101_32x8d", "resnet_tiny")
+CONFIG_VERSION = 2
+BACKBONES = ("resnet50", "resnet101", "resnext101_32x8d", "resnext50_32x4d", "resnet_tiny")
+# "fpn": FPN over C2..C5, RPN on P2..P6, per-level RoIAlign, box and mask heads on P2..P5.
+# "c4": the paper's ResNet-C4 (Detectron2 `Res5ROIHeads`): backbone up to res4, RPN on C4 only,
+# one RoIAlign on C4, res5 run per RoI shared by the box predictor and the mask branch.
+ARCHITECTURES = ("fpn", "c4")
+# Stride of C4 (res4) in input pixels: the C4 architecture's single feature map.
+C4_STRIDE = 16
 NORMS = ("frozen_bn", "bn", "gn")
 POOLERS = ("align", "pool")
 OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("step", "cosine")
+# Detectron2's 1x schedule: x0.1 at 60k and 80k of 90k iterations (3x: 210k, 250k of 270k).
+DECAY_FRACTIONS_1X = (2.0 / 3.0, 8.0 / 9.0)
 MASK_PASTES = ("exact", "torchvision")
 HEAD_NORMS = ("none", "bn")
 
@@ -52,7 +61,9 @@ class MaskRCNNConfig:
     max_instances: int = 100
     gt_mask_size: int = 56
 
-    # Backbone and FPN.
+    # Backbone and FPN. `architecture` "c4" uses the backbone up to res4 and res5 as the RoI head
+    # (the FPN fields are then unused).
+    architecture: str = "fpn"
     backbone: str = "resnet50"
     backbone_norm: str = "frozen_bn"
     stride_in_1x1: bool = False
@@ -64,7 +75,8 @@ class MaskRCNNConfig:
     # have no bias: torchvision's maskrcnn_resnet50_fpn_v2).
     fpn_norm: str = "none"
 
-    # Anchors, one size per level P2..P6.
+    # Anchors, one size per level P2..P6 ("c4": every size on the single C4 level, each with
+    # every aspect ratio).
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     anchor_offset: float = 0.0
@@ -92,6 +104,8 @@ class MaskRCNNConfig:
     roi_positive_fraction: float = 0.25
     roi_foreground_iou: float = 0.5
     box_coder_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
+    # "c4" pools once, at `box_pool_size` (Detectron2 C4: 14) on C4, for both heads; its masks are
+    # `box_pool_size` x `box_pool_size` (res5 halves the pooled size, the mask deconv doubles it).
     pooler: str = "align"
     pooler_sampling_ratio: int = 0
     pooler_aligned: bool = True
@@ -121,22 +135,29 @@ class MaskRCNNConfig:
     # grid_sample) or "torchvision" (its integer-box resize, for parity with imported weights).
     mask_paste: str = "exact"
 
-    # Solver (learning rate for `batch_size` images per step).
+    # Solver (learning rate for `batch_size` images per step, scaled linearly with the actual
+    # global batch). The schedule is placed on the run (`solver.schedule_for_run`): x0.1 at each
+    # fraction of the total steps ("step"), or a cosine to 0 ("cosine"); warm-up in steps.
     optimizer: str = "sgd"
     learning_rate: float = 0.02
     batch_size: int = 16
     momentum: float = 0.9
     weight_decay: float = 1e-4
     warmup_steps: int = 1000
-    lr_decay_steps: tuple[int, ...] = (60000, 80000)
-    total_steps: int = 90000
+    lr_schedule: str = "step"
+    lr_decay_fractions: tuple[float, ...] = DECAY_FRACTIONS_1X
     clipnorm: float | None = None
 
     def __post_init__(self) -> None:
+        _check_choice("architecture", self.architecture, ARCHITECTURES)
         _check_choice("backbone", self.backbone, BACKBONES)
         _check_choice("backbone_norm", self.backbone_norm, NORMS)
         _check_choice("pooler", self.pooler, POOLERS)
         _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if any(not 0.0 < f < 1.0 for f in self.lr_decay_fractions):
+            raise ValueError("lr_decay_fractions must lie strictly between 0 and 1 (fractions "
+                             f"of the run), got {self.lr_decay_fractions}")
         _check_choice("canvas", self.canvas, ("fixed", "per_image"))
         _check_choice("mask_paste", self.mask_paste, MASK_PASTES)
         _check_choice("fpn_norm", self.fpn_norm, HEAD_NORMS)
@@ -158,8 +179,15 @@ class MaskRCNNConfig:
                 f"min_size={self.min_size}/max_size={self.max_size} do not fit the canvas "
                 f"image_size={self.image_size}: enlarge image_size or lower the sizes"
             )
-        if len(self.anchor_sizes) != 5:
+        if self.architecture == "fpn" and len(self.anchor_sizes) != 5:
             raise ValueError(f"anchor_sizes needs one size per level P2..P6, got {self.anchor_sizes}")
+        if self.architecture == "c4":
+            if not self.anchor_sizes:
+                raise ValueError("anchor_sizes needs at least one size for the C4 level")
+            if self.box_pool_size < 2 or self.box_pool_size % 2:
+                raise ValueError(
+                    "architecture 'c4' pools once at box_pool_size for the res5 head (stride 2) "
+                    f"and needs it even (Detectron2: 14), got {self.box_pool_size}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes}")
         if self.category_ids and len(self.category_ids) != self.num_classes:
@@ -175,12 +203,26 @@ class MaskRCNNConfig:
 
     @property
     def strides(self) -> tuple[int, ...]:
-        """Strides of the FPN levels P2..P6 in input pixels."""
+        """Strides of the RPN levels in input pixels: P2..P6 (FPN), or C4 alone ("c4")."""
+        if self.architecture == "c4":
+            return (C4_STRIDE,)
         return (4, 8, 16, 32, 64)
 
     @property
     def num_anchors_per_location(self) -> int:
+        """A: anchor shapes per feature-map location (FPN: one size per level x the ratios;
+        "c4": every size x every ratio on the one level, 15 for Detectron2's C4)."""
+        if self.architecture == "c4":
+            return len(self.anchor_sizes) * len(self.aspect_ratios)
         return len(self.aspect_ratios)
+
+    @property
+    def mask_resolution(self) -> int:
+        """Side of the predicted (and target) masks: 2 x `mask_pool_size` (FPN, 28), or
+        `box_pool_size` ("c4": the mask deconv doubles res5's P / 2 output, 14)."""
+        if self.architecture == "c4":
+            return self.box_pool_size
+        return 2 * self.mask_pool_size
 
     @property
     def label_to_category_id(self) -> dict[int, int]:
@@ -203,6 +245,7 @@ class MaskRCNNConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> MaskRCNNConfig:
+        values = migrate(values)
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
@@ -232,6 +275,24 @@ class MaskRCNNConfig:
         return cls.from_dict(values)
 
 
+def migrate(values: dict[str, Any]) -> dict[str, Any]:
+    """A config dict of an older version rewritten for this one (versioned rules, in order).
+
+    Version 1 -> 2: the absolute schedule `lr_decay_steps` of `total_steps` becomes
+    `lr_decay_fractions` (fractions of the run).
+    """
+    values = dict(values)
+    version = values.get("version", CONFIG_VERSION)
+    if version < 2:
+        total = values.pop("total_steps", 90000) or 90000
+        steps = values.pop("lr_decay_steps", None)
+        if steps is not None:
+            values["lr_decay_fractions"] = tuple(
+                s / total for s in steps if 0 < s < total)
+        values["version"] = 2
+    return values
+
+
 def _check_choice(field: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"config field {field}={value!r} is not one of {choices}")
@@ -247,6 +308,32 @@ def _coco_r101_fpn() -> MaskRCNNConfig:
 
 def _coco_x101_fpn() -> MaskRCNNConfig:
     return MaskRCNNConfig(name="coco_x101_32x8d_fpn", backbone="resnext101_32x8d")
+
+
+def _coco_x50_fpn() -> MaskRCNNConfig:
+    return MaskRCNNConfig(name="coco_x50_32x4d_fpn", backbone="resnext50_32x4d")
+
+
+def _coco_r50_c4() -> MaskRCNNConfig:
+    """Detectron2's `mask_rcnn_R_50_C4_1x` (Base-RCNN-C4.yaml over its defaults): RPN on C4 with
+    15 anchors per location (sizes 32..512 x ratios 0.5, 1, 2), pre-NMS top 12000 train / 6000
+    test, post-NMS 2000 train / 1000 test; RoIAlign 14x14 on C4 (sampling ratio 0, aligned);
+    res5 per RoI, average-pooled for the box predictor; mask head with no convs (2x2 deconv 256
+    + ReLU + 1x1 on res5's 7x7 output): 14x14 masks."""
+    return MaskRCNNConfig(
+        name="coco_r50_c4",
+        architecture="c4",
+        rpn_pre_nms_topk_train=12000,
+        rpn_pre_nms_topk_test=6000,
+        rpn_post_nms_topk_train=2000,
+        rpn_post_nms_topk_test=1000,
+        box_pool_size=14,
+        mask_head_convs=0,
+    )
+
+
+def _coco_r101_c4() -> MaskRCNNConfig:
+    return _coco_r50_c4().replace(name="coco_r101_c4", backbone="resnet101")
 
 
 def _shapes() -> MaskRCNNConfig:
@@ -286,8 +373,7 @@ def _shapes() -> MaskRCNNConfig:
         batch_size=8,
         weight_decay=1e-4,
         warmup_steps=50,
-        lr_decay_steps=(),
-        total_steps=1000,
+        lr_decay_fractions=(),
         clipnorm=10.0,
     )
 
@@ -335,6 +421,9 @@ PRESETS = {
     "coco_r50_fpn": _coco_r50_fpn,
     "coco_r101_fpn": _coco_r101_fpn,
     "coco_x101_32x8d_fpn": _coco_x101_fpn,
+    "coco_x50_32x4d_fpn": _coco_x50_fpn,
+    "coco_r50_c4": _coco_r50_c4,
+    "coco_r101_c4": _coco_r101_c4,
     "shapes": _shapes,
     "torchvision_r50_fpn": _torchvision_r50_fpn,
     "torchvision_r50_fpn_v2": _torchvision_r50_fpn_v2,

@@ -1,96 +1,508 @@
-"""Training: optimizer and learning-rate schedule from the config, and the `train` entry point."""
+"""Training a model directory: resumable, guarded, reproducible, on any `tf.distribute` strategy.
+
+`train(config, source, output_dir, ...)` owns the loop: it places the schedule on the run, builds
+the model and optimizer inside the strategy's scope, resumes from the newest complete checkpoint
+in `output_dir/checkpoints/` (weights, optimizer state with its iteration count, hence the LR
+position, and the data position by deterministic skip), checkpoints every epoch or
+`checkpoint_every` steps (and at least every `CHECKPOINT_MINUTES` minutes), stops on any
+non-finite loss, gradient norm or weight with the step and the quantity named, and writes the
+model directory atomically at the end.
+
+Reproducibility: the data order, the augmentation and the in-graph RPN / RoI samplers are all
+functions of `seed` and the image's position in the run (stateless per-image seeds), so a run
+killed and resumed takes the same steps as one never interrupted.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import math
+import re
+import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import h5py
 import keras
 import tensorflow as tf
 
+from keras_maskrcnn.atomic import (
+    DirectoryLock,
+    atomic_path,
+    atomic_write_json,
+    remove_stale_temporaries,
+)
 from keras_maskrcnn.config import MaskRCNNConfig
-from keras_maskrcnn.model import MaskRCNN, build_model, save_model_dir
+from keras_maskrcnn.model import (
+    CONFIG_FILE,
+    LOSS_NAMES,
+    MaskRCNN,
+    build_model,
+    read_model_config,
+    save_model_dir,
+    unpack_batch,
+)
+from keras_maskrcnn.runtime import RunEnvironment
+from keras_maskrcnn.solver import WarmupStepDecay, make_optimizer, schedule_for_run
+
+__all__ = ["TrainingError", "TrainingDiverged", "WarmupStepDecay", "make_optimizer", "train",
+           "latest_checkpoint"]
 
 logger = logging.getLogger("keras_maskrcnn")
 
-
-@keras.saving.register_keras_serializable(package="keras_maskrcnn")
-class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from `base_lr * warmup_factor` over `warmup_steps`, then x`gamma` at each of
-    `decay_steps` (Detectron2's WarmupMultiStepLR)."""
-
-    def __init__(self, base_lr: float, warmup_steps: int = 1000, decay_steps=(),
-                 gamma: float = 0.1, warmup_factor: float = 0.001):
-        self.base_lr = float(base_lr)
-        self.warmup_steps = int(warmup_steps)
-        self.decay_steps = tuple(int(s) for s in decay_steps)
-        self.gamma = float(gamma)
-        self.warmup_factor = float(warmup_factor)
-
-    def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        lr = tf.constant(self.base_lr, tf.float32)
-        for boundary in self.decay_steps:
-            lr = tf.where(step >= boundary, lr * self.gamma, lr)
-        if self.warmup_steps > 0:
-            alpha = tf.minimum(step / self.warmup_steps, 1.0)
-            lr = lr * (self.warmup_factor * (1.0 - alpha) + alpha)
-        return lr
-
-    def get_config(self):
-        return {"base_lr": self.base_lr, "warmup_steps": self.warmup_steps,
-                "decay_steps": self.decay_steps, "gamma": self.gamma,
-                "warmup_factor": self.warmup_factor}
+CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})\.ckpt\.weights\.h5$")
+CHECKPOINT_MINUTES = 30.0
+HISTORY_FILE = "history.json"
+BEST_DIR = "best"
+# Config fields that may differ between the run in a folder and a rerun without refusing it.
+RUN_ONLY_FIELDS = ("backbone_weights",)
 
 
-def make_optimizer(config: MaskRCNNConfig, batch_size: int | None = None) -> keras.optimizers.Optimizer:
-    """The config's optimizer. The learning rate is scaled linearly when `batch_size` differs from
-    `config.batch_size` (the linear scaling rule). Normalization weights get no weight decay."""
-    scale = (batch_size or config.batch_size) / config.batch_size
-    schedule = WarmupStepDecay(config.learning_rate * scale, config.warmup_steps,
-                               config.lr_decay_steps)
-    common = dict(learning_rate=schedule, weight_decay=config.weight_decay,
-                  clipnorm=config.clipnorm)
-    if config.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(momentum=config.momentum, **common)
-    else:
-        optimizer = keras.optimizers.AdamW(**common)
-    optimizer.exclude_from_weight_decay(var_names=["gamma", "beta"])
-    return optimizer
+class TrainingError(RuntimeError):
+    """A training run that cannot start or continue; the message says why and what to do."""
 
 
+class TrainingDiverged(TrainingError):
+    """Training produced a non-finite loss, gradient norm or weight."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: MaskRCNN
+    history: list[dict]
+    step: int
+    total_steps: int
+    resumed_from: int
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def checkpoint_path(output_dir: Path, step: int) -> Path:
+    return Path(output_dir) / CHECKPOINT_DIR / f"step_{step:08d}.ckpt.weights.h5"
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the complete checkpoints in `output_dir/checkpoints/`, oldest first."""
+    folder = Path(output_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = CHECKPOINT_PATTERN.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+def latest_checkpoint(output_dir: str | Path) -> tuple[int, Path] | None:
+    """The newest complete checkpoint (step, path), or None."""
+    found = list_checkpoints(output_dir)
+    return found[-1] if found else None
+
+
+def save_checkpoint(model: MaskRCNN, output_dir: Path, step: int, epoch: int, keep: int,
+                    run: dict) -> Path:
+    """Writes weights + optimizer state (+ step, epoch, run description) atomically, then
+    deletes all but the newest `keep` checkpoints."""
+    path = checkpoint_path(output_dir, step)
+    with atomic_path(path, suffix=".weights.h5") as tmp:
+        model.save_weights(str(tmp))
+        with h5py.File(tmp, "a") as f:
+            f.attrs["step"] = step
+            f.attrs["epoch"] = epoch
+            f.attrs["run"] = json.dumps(run)
+            f.attrs["config"] = model.config.to_json()
+    for _, old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def checkpoint_info(path: Path) -> dict:
+    with h5py.File(path, "r") as f:
+        return {"step": int(f.attrs["step"]), "epoch": int(f.attrs["epoch"]),
+                "run": json.loads(f.attrs["run"]),
+                "config": MaskRCNNConfig.from_dict(json.loads(f.attrs["config"]))}
+
+
+def restore_checkpoint(model: MaskRCNN, path: Path) -> None:
+    """Loads weights and optimizer state (the optimizer is built first so its slots exist)."""
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(str(path))
+
+
+# ------------------------------------------------------------------------------ folder checks
+def config_differences(a: MaskRCNNConfig, b: MaskRCNNConfig) -> list[str]:
+    """Fields whose values differ between two configs (`RUN_ONLY_FIELDS` ignored)."""
+    da, db = a.to_dict(), b.to_dict()
+    return [k for k in da if k not in RUN_ONLY_FIELDS and da[k] != db.get(k)]
+
+
+def existing_config(output_dir: Path) -> MaskRCNNConfig | None:
+    """The config of the model or run already in `output_dir`, if any."""
+    latest = latest_checkpoint(output_dir)
+    if latest is not None:
+        return checkpoint_info(latest[1])["config"]
+    if (output_dir / CONFIG_FILE).exists():
+        try:
+            return read_model_config(output_dir)
+        except (FileNotFoundError, ValueError):
+            return MaskRCNNConfig.from_json(output_dir / CONFIG_FILE)
+    return None
+
+
+def prepare_output(output_dir: Path, config: MaskRCNNConfig, overwrite: bool) -> None:
+    """Refuses a folder holding a different model unless `overwrite`; with `overwrite` clears
+    the previous run's checkpoints, logs and history (the previous model stays until the new
+    one replaces it)."""
+    remove_stale_temporaries(output_dir)
+    remove_stale_temporaries(output_dir / CHECKPOINT_DIR)
+    previous = existing_config(output_dir)
+    if previous is not None and not overwrite:
+        differing = config_differences(previous, config)
+        if differing:
+            shown = ", ".join(f"{k} ({getattr(previous, k)!r} -> {getattr(config, k)!r})"
+                              for k in differing[:6])
+            raise TrainingError(
+                f"{output_dir} holds a different model (config fields differ: {shown}); "
+                "use another --output, or --overwrite to replace it")
+    if overwrite:
+        for name in (CHECKPOINT_DIR, "logs", BEST_DIR):
+            shutil.rmtree(output_dir / name, ignore_errors=True)
+        (output_dir / HISTORY_FILE).unlink(missing_ok=True)
+
+
+def load_history(output_dir: Path, up_to_step: int) -> list[dict]:
+    path = output_dir / HISTORY_FILE
+    if not path.exists():
+        return []
+    try:
+        records = json.loads(path.read_text()).get("epochs", [])
+    except (json.JSONDecodeError, AttributeError):
+        return []
+    return [r for r in records if r.get("step", 0) <= up_to_step]
+
+
+# ------------------------------------------------------------------------------ the step
+def make_train_step(model: MaskRCNN, env: RunEnvironment) -> Callable:
+    """A `tf.function` running one optimizer step on a distributed batch.
+
+    Returns dict of float32 scalars: the five losses and `loss` (global-batch values), `grad_norm`
+    (norm of all replicas' gradients taken together), `finite_loss`, `finite_grads`,
+    `finite_weights` (1.0 / 0.0, over all replicas). A non-finite gradient is replaced by zeros
+    before it reaches the optimizer, so the step keeps the weights finite and the loop can stop
+    cleanly; loss scaling (mixed_float16) handles its own overflow steps.
+    """
+    strategy = env.strategy
+    optimizer = model.optimizer
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+
+    def replica_step(batch):
+        variables = model.trainable_variables
+        with tf.GradientTape() as tape:
+            losses = model.compute_losses(unpack_batch(batch), training=True)
+            scaled = optimizer.scale_loss(losses["loss"])
+        grads = tape.gradient(scaled, variables)
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables,
+                                                                       strict=True)]
+        ctx = tf.distribute.get_replica_context()
+        squared = tf.cast(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32)))
+                                    for g in grads]), tf.float32)
+        if loss_scaled:
+            squared = squared / tf.square(tf.cast(optimizer.scale_loss(tf.constant(1.0)),
+                                                  tf.float32))
+        norm = tf.sqrt(ctx.all_reduce(tf.distribute.ReduceOp.SUM, squared))
+        local_loss_ok = tf.reduce_all([tf.math.is_finite(losses[n])
+                                       for n in (*LOSS_NAMES, "loss")])
+        bad_loss = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                  1.0 - tf.cast(local_loss_ok, tf.float32))
+        finite_loss = bad_loss == 0.0
+        finite_grads = tf.math.is_finite(norm) | tf.constant(loss_scaled)
+        ok = finite_loss & finite_grads
+        grads = [tf.where(ok, g, tf.zeros_like(g)) for g in grads]
+        optimizer.apply_gradients(zip(grads, variables, strict=True))
+        local_weights_ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
+                                          for v in variables])
+        bad_weights = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
+                                     1.0 - tf.cast(local_weights_ok, tf.float32))
+        out = {k: tf.cast(v, tf.float32) for k, v in losses.items()}
+        out["grad_norm"] = norm
+        out["finite_loss"] = tf.cast(finite_loss, tf.float32)
+        out["finite_grads"] = tf.cast(finite_grads, tf.float32)
+        out["finite_weights"] = tf.cast(bad_weights == 0.0, tf.float32)
+        return out
+
+    def step(iterator):
+        out = strategy.run(replica_step, args=(next(iterator),))
+        if strategy.num_replicas_in_sync == 1:
+            return out
+        # Losses are per-replica shares of the global loss (sum); the rest is already reduced.
+        return {k: strategy.reduce(tf.distribute.ReduceOp.SUM if k in (*LOSS_NAMES, "loss")
+                                   else tf.distribute.ReduceOp.MEAN, v, axis=None)
+                for k, v in out.items()}
+
+    return tf.function(step, jit_compile=env.jit_compile, reduce_retracing=True)
+
+
+def divergence(out: dict[str, float], step: int) -> str | None:
+    """The message for a step whose outputs are not all finite, else None."""
+    if out["finite_loss"] < 1:
+        bad = [n for n in (*LOSS_NAMES, "loss") if not math.isfinite(out[n])]
+        return f"non-finite loss at step {step} ({', '.join(f'{n}={out[n]}' for n in bad)})"
+    if out["finite_grads"] < 1:
+        return f"non-finite gradient norm at step {step} (grad_norm={out['grad_norm']})"
+    if out["finite_weights"] < 1:
+        return f"non-finite weights after step {step} (loss {out['loss']:.4f} was finite)"
+    return None
+
+
+# ------------------------------------------------------------------------------ the loop
 def train(
     config: MaskRCNNConfig,
-    train_data: tf.data.Dataset,
+    source,
     output_dir: str | Path,
-    epochs: int = 1,
+    *,
+    epochs: int | None = None,
+    max_steps: int | None = None,
     steps_per_epoch: int | None = None,
-    val_data: tf.data.Dataset | None = None,
     batch_size: int | None = None,
-    model: MaskRCNN | None = None,
-    callbacks: list | None = None,
-    verbose: int | str = "auto",
-) -> tuple[MaskRCNN, keras.callbacks.History]:
-    """Trains with `model.fit` and writes `output_dir` as a model directory.
+    seed: int = 0,
+    deterministic: bool = False,
+    checkpoint_every: int | None = None,
+    keep_checkpoints: int = 3,
+    overwrite: bool = False,
+    init_from: str | Path | None = None,
+    val_source=None,
+    eval_every: int = 1,
+    env: RunEnvironment | None = None,
+    skip_bad_images: bool = False,
+    log_every: int | None = None,
+    callbacks: list[Callable[[dict], None]] | None = None,
+    print_fn: Callable[[str], None] = print,
+) -> TrainResult:
+    """Trains `config` on a dataset source and writes `output_dir` as a model directory.
 
-    `output_dir/checkpoints/` receives a weights checkpoint per epoch and `output_dir/logs/` the
-    TensorBoard logs; `output_dir/config.json` + `model.weights.h5` hold the final model.
+    Args:
+        config: the model (its class count must match `source`).
+        source: a dataset source (`CocoDataset`, `ShapesDataset`, ...).
+        output_dir: model directory; `checkpoints/`, `logs/` (TensorBoard), `history.json`
+            (strict JSON, one record per epoch) and, with validation, `best/` inside it.
+        epochs / max_steps: run length (one of them; `max_steps` wins). An epoch is
+            `steps_per_epoch` steps, by default one pass over the source (len // batch).
+        batch_size: global batch (default `config.batch_size`); the LR scales linearly with it.
+        seed: seeds Python, NumPy, TF and Keras initializers, the data order, the augmentation
+            and the in-graph samplers. `deterministic`: TF op determinism as well.
+        checkpoint_every: steps between checkpoints (default: each epoch), and at least every
+            `CHECKPOINT_MINUTES` minutes of work; `keep_checkpoints` newest are kept.
+        overwrite: replace a folder that holds a different model (default: refuse).
+        init_from: a model directory whose matching weights initialise the model (fine-tuning;
+            class-specific layers re-initialised when the class count differs).
+        val_source: evaluated (COCO AP) every `eval_every` epochs; the best segm AP is kept in
+            `output_dir/best/`.
+        env: strategy, precision and XLA choice (`runtime.RunEnvironment`; default: one device,
+            float32, no XLA).
+        skip_bad_images: skip unreadable images with a warning instead of stopping.
+
+    Raises:
+        TrainingError / TrainingDiverged with a one-line message; the previous model directory
+        and the last good checkpoint are left in place.
     """
+    from keras_maskrcnn.data import make_dataset, num_batches
+
+    env = env or RunEnvironment.create()
     output_dir = Path(output_dir)
-    (output_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    model = model or build_model(config)
-    model.compile(optimizer=make_optimizer(config, batch_size))
-    cbs = [
-        keras.callbacks.ModelCheckpoint(
-            str(output_dir / "checkpoints" / "epoch_{epoch:03d}.weights.h5"),
-            save_weights_only=True),
-        keras.callbacks.TensorBoard(str(output_dir / "logs"), write_graph=False,
-                                    update_freq="epoch"),
-        keras.callbacks.TerminateOnNaN(),
-        *(callbacks or []),
-    ]
-    history = model.fit(train_data, epochs=epochs, steps_per_epoch=steps_per_epoch,
-                        validation_data=val_data, callbacks=cbs, verbose=verbose)
-    save_model_dir(model, output_dir)
-    logger.info("model directory written to %s", output_dir)
-    return model, history
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+    batch = int(batch_size or config.batch_size)
+    if batch % env.strategy.num_replicas_in_sync:
+        raise TrainingError(f"--batch-size {batch} must be a multiple of the "
+                            f"{env.strategy.num_replicas_in_sync} replicas")
+    per_epoch = int(steps_per_epoch or num_batches(source, batch))
+    if per_epoch < 1:
+        raise TrainingError(f"the dataset has fewer images ({len(list(source.image_ids))}) "
+                            f"than one batch ({batch}): lower --batch-size")
+    total = int(max_steps) if max_steps else int(epochs or 1) * per_epoch
+    schedule = schedule_for_run(config, total, batch)
+    run = {"seed": seed, "batch_size": batch, "steps_per_epoch": per_epoch,
+           "total_steps": total}
+
+    lock = DirectoryLock(output_dir).acquire() if env.is_chief else None
+    try:
+        if env.is_chief:
+            prepare_output(output_dir, config, overwrite)
+        with env.strategy.scope():
+            model = build_model(config)
+            if init_from is not None:
+                from keras_maskrcnn.finetune import initialize_from
+
+                initialize_from(model, init_from, print_fn=print_fn)
+            model.compile(optimizer=make_optimizer(config, batch, total, env.precision))
+            model.optimizer.build(model.trainable_variables)
+        start = 0
+        latest = latest_checkpoint(output_dir)
+        if latest is not None and not overwrite:
+            start = checkpoint_info(latest[1])["step"]
+            restore_checkpoint(model, latest[1])
+            print_fn(f"resuming from step {start} of {total} ({latest[1].name})")
+        history = load_history(output_dir, start) if start else []
+        print_fn(f"schedule: {schedule.describe()}; {per_epoch} steps per epoch; "
+                 f"{env.describe()}")
+        if start >= total:
+            print_fn(f"already trained to step {start} of {total}: nothing to do")
+        else:
+            skipped: list[str] = []
+            data = make_dataset(source, config, training=True, batch_size=batch, seed=seed,
+                                skip_batches=start, skip_bad_images=skip_bad_images,
+                                skipped=skipped)
+            loop = _Loop(model, env, output_dir, run, per_epoch, total, checkpoint_every,
+                         keep_checkpoints, val_source, eval_every, log_every, history,
+                         callbacks or [], print_fn)
+            loop.run(data, start)
+            history = loop.history
+            if skipped:
+                unique = sorted(set(skipped))
+                print_fn(f"skipped {len(unique)} unreadable image(s) ({len(skipped)} times): "
+                         + ", ".join(unique[:5]))
+        if env.is_chief:
+            from keras_maskrcnn.model import require_finite_weights
+
+            try:
+                require_finite_weights(model, "trained model")
+            except ValueError as err:
+                raise TrainingDiverged(str(err)) from None
+            save_model_dir(model, output_dir)
+        return TrainResult(model, history, max(start, total), total, start)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+class _Loop:
+    """The step loop of `train` (state: step, epoch accumulators, checkpoint clock)."""
+
+    def __init__(self, model, env, output_dir, run, per_epoch, total, checkpoint_every, keep,
+                 val_source, eval_every, log_every, history, callbacks, print_fn):
+        self.model, self.env, self.output_dir, self.run_info = model, env, output_dir, run
+        self.per_epoch, self.total = per_epoch, total
+        self.checkpoint_every, self.keep = checkpoint_every, keep
+        self.val_source, self.eval_every = val_source, max(1, int(eval_every))
+        self.log_every = log_every or max(1, min(per_epoch, 50))
+        self.history, self.callbacks, self.print = history, callbacks, print_fn
+        self.writer = tf.summary.create_file_writer(str(output_dir / "logs")) \
+            if env.is_chief else None
+        self.best_ap = max((r.get("val_segm_AP") or -1.0 for r in history), default=-1.0)
+
+    def run(self, data, start: int) -> None:
+        iterator = iter(self.env.strategy.experimental_distribute_dataset(data))
+        step_fn = make_train_step(self.model, self.env)
+        sums: dict[str, float] = {}
+        count = 0
+        last_checkpoint = time.monotonic()
+        began, began_step = time.monotonic(), start
+        step = start
+        while step < self.total:
+            try:
+                out = {k: float(v) for k, v in step_fn(iterator).items()}
+            except (tf.errors.OpError, StopIteration) as err:
+                raise TrainingError(data_error_message(err)) from None
+            step += 1
+            problem = divergence(out, step)
+            if problem:
+                raise TrainingDiverged(
+                    f"training stopped: {problem}; the last good checkpoint and the previous "
+                    f"model directory in {self.output_dir} are kept (lower the learning rate "
+                    "or check the data)")
+            for key in (*LOSS_NAMES, "loss"):
+                sums[key] = sums.get(key, 0.0) + out[key]
+            count += 1
+            if step % self.log_every == 0 or step == self.total:
+                self.progress(step, out, began, began_step)
+            epoch_end = step % self.per_epoch == 0 or step == self.total
+            if epoch_end:
+                self.end_epoch(step, {k: v / max(count, 1) for k, v in sums.items()})
+                sums, count = {}, 0
+            due = (self.checkpoint_every and step % self.checkpoint_every == 0) or (
+                not self.checkpoint_every and epoch_end) or step == self.total or (
+                time.monotonic() - last_checkpoint > CHECKPOINT_MINUTES * 60)
+            if due:
+                self.checkpoint(step)
+                last_checkpoint = time.monotonic()
+
+    def progress(self, step: int, out: dict, began: float, began_step: int) -> None:
+        elapsed = time.monotonic() - began
+        rate = elapsed / max(step - began_step, 1)
+        eta = rate * (self.total - step)
+        lr = float(self.model.optimizer.learning_rate)
+        losses = " ".join(f"{k}={out[k]:.4f}" for k in ("loss", *LOSS_NAMES))
+        self.print(f"step {step}/{self.total} epoch {self.epoch_of(step)} {losses} "
+                   f"lr={lr:.3g} {rate:.2f}s/step eta {format_seconds(eta)}")
+        if self.writer is not None:
+            with self.writer.as_default(step=step):
+                for key in ("loss", *LOSS_NAMES, "grad_norm"):
+                    tf.summary.scalar(f"train/{key}", out[key])
+                tf.summary.scalar("train/learning_rate", lr)
+
+    def epoch_of(self, step: int) -> int:
+        return (step - 1) // self.per_epoch + 1
+
+    def end_epoch(self, step: int, means: dict[str, float]) -> None:
+        epoch = self.epoch_of(step)
+        record = {"epoch": epoch, "step": step, **means}
+        if self.val_source is not None and (epoch % self.eval_every == 0 or step == self.total):
+            record.update(self.validate(step))
+        self.history.append(record)
+        if self.env.is_chief:
+            atomic_write_json(self.output_dir / HISTORY_FILE,
+                              {"run": self.run_info, "epochs": self.history})
+        for callback in self.callbacks:
+            callback(record)
+
+    def validate(self, step: int) -> dict[str, float]:
+        from keras_maskrcnn.inference import evaluate
+
+        metrics = evaluate(self.model, self.val_source, verbose=False)
+        values = {f"val_{t}_{k}": float(m[k]) for t, m in metrics.items()
+                  for k in ("AP", "AP50", "AP75")}
+        self.print(f"validation at step {step}: " + " ".join(
+            f"{t} AP={metrics[t]['AP']:.4f}" for t in metrics))
+        if self.writer is not None:
+            with self.writer.as_default(step=step):
+                for key, value in values.items():
+                    tf.summary.scalar(key.replace("val_", "val/"), value)
+        segm = values.get("val_segm_AP", values.get("val_bbox_AP", -1.0))
+        if self.env.is_chief and segm > self.best_ap:
+            self.best_ap = segm
+            save_model_dir(self.model, self.output_dir / BEST_DIR)
+            self.print(f"best model so far (segm AP {segm:.4f}) written to "
+                       f"{self.output_dir / BEST_DIR}")
+        return values
+
+    def checkpoint(self, step: int) -> None:
+        if not self.env.is_chief:
+            return
+        started = time.monotonic()
+        path = save_checkpoint(self.model, self.output_dir, step, self.epoch_of(step),
+                               self.keep, self.run_info)
+        logger.info("checkpoint %s written in %.1f s", path.name, time.monotonic() - started)
+
+
+def data_error_message(err: Exception) -> str:
+    """One line naming the bad input behind an error raised by the input pipeline."""
+    text = getattr(err, "message", None) or str(err)
+    match = re.search(r"(bad image [^\n]*)", text)
+    if match:
+        return match.group(1).rstrip(". ") + " (fix or remove it, or pass --skip-bad-images)"
+    if isinstance(err, StopIteration) or "End of sequence" in text:
+        return "the training data ran out (every image was skipped as unreadable?)"
+    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return f"the input pipeline failed: {first[:300]}"
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"

@@ -57,9 +57,10 @@ def test_predict_writes_pngs_and_coco_records(coco_model_dir, coco10_dir, tmp_pa
     assert sizes <= {Image.open(p).size[::-1] for p in images}
 
 
-def test_missing_model_directory_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model directory"):
-        main(["predict", "--model", str(tmp_path), "x.jpg", "--output", str(tmp_path)])
+def test_missing_model_directory_is_a_clear_error(tmp_path, capsys):
+    code = main(["predict", "--model", str(tmp_path), "x.jpg", "--output", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "model directory" in err and len(err.strip().splitlines()) == 1
 
 
 def test_coco_dataset_needs_annotations(coco_model_dir):

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from reference_roi_align import roi_align_np
 
 from keras_maskrcnn.ops import custom_roi_align as cra
+from keras_maskrcnn.ops import roi_align
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -26,64 +27,9 @@ def op_built():
             pytest.fail(msg + " (a compiler is required in CI)")
         pytest.skip(msg)
     path = cra.build(verbose=False)
-    cra._reset_cache()
+    cra.reset_cache()
     assert cra.is_available(), cra.unavailable_reason()
     return path
-
-
-# --------------------------------------------------------------------------------------------
-# NumPy RoIAlign written from the definition (torchvision semantics, NHWC, yxyx boxes).
-
-
-def _sample(img: np.ndarray, y: np.float32, x: np.float32) -> np.ndarray:
-    """Bilinear read of img [H, W, C] at (y, x); zero more than one pixel outside."""
-    h, w = img.shape[:2]
-    if y < -1.0 or y > h or x < -1.0 or x > w:
-        return np.zeros(img.shape[2])
-    y, x = max(y, np.float32(0)), max(x, np.float32(0))
-    y0, x0 = int(y), int(x)
-    if y0 >= h - 1:
-        y0 = y1 = h - 1
-        y = np.float32(y0)
-    else:
-        y1 = y0 + 1
-    if x0 >= w - 1:
-        x0 = x1 = w - 1
-        x = np.float32(x0)
-    else:
-        x1 = x0 + 1
-    ly, lx = float(y) - y0, float(x) - x0
-    hy, hx = 1.0 - ly, 1.0 - lx
-    return hy * hx * img[y0, x0] + hy * lx * img[y0, x1] + ly * hx * img[y1, x0] + ly * lx * img[
-        y1, x1
-    ]
-
-
-def roi_align_np(features, boxes, box_indices, size, scale, sampling_ratio, aligned):
-    """features [B, H, W, C]; boxes [N, 4] (y1, x1, y2, x2) input pixels -> [N, PH, PW, C]."""
-    ph_n, pw_n = size
-    f32 = np.float32
-    out = np.zeros((len(boxes), ph_n, pw_n, features.shape[3]))
-    for n, box in enumerate(np.asarray(boxes, np.float32)):
-        img = features[box_indices[n]].astype(np.float64)
-        off = f32(0.5) if aligned else f32(0.0)
-        y1, x1, y2, x2 = (box * f32(scale) - off).astype(np.float32)
-        rh, rw = f32(y2 - y1), f32(x2 - x1)
-        if not aligned:
-            rh, rw = max(rh, f32(1)), max(rw, f32(1))
-        bh, bw = f32(rh / ph_n), f32(rw / pw_n)
-        gh = sampling_ratio if sampling_ratio > 0 else math.ceil(rh / ph_n)
-        gw = sampling_ratio if sampling_ratio > 0 else math.ceil(rw / pw_n)
-        for i in range(ph_n):
-            for j in range(pw_n):
-                acc = np.zeros(features.shape[3])
-                for iy in range(gh):
-                    y = f32(y1 + f32(i * bh) + f32(f32(iy + 0.5) * bh / f32(gh)))
-                    for ix in range(gw):
-                        x = f32(x1 + f32(j * bw) + f32(f32(ix + 0.5) * bw / f32(gw)))
-                        acc += _sample(img, y, x)
-                out[n, i, j] = acc / max(gh * gw, 1)
-    return out
 
 
 def _inputs(seed: int = 0):
@@ -123,7 +69,6 @@ def test_forward_matches_numpy(op_built, aligned, sampling_ratio):
 @pytest.mark.parametrize("aligned", [True, False])
 @pytest.mark.parametrize("sampling_ratio", [0, 2])
 def test_matches_gather_path(op_built, aligned, sampling_ratio):
-    gather = pytest.importorskip("keras_maskrcnn.ops.roi_align")
     features, boxes, idx = _inputs(1)
     features = tf.constant(features)
     kwargs = dict(spatial_scale=0.5, sampling_ratio=sampling_ratio, aligned=aligned)
@@ -131,7 +76,7 @@ def test_matches_gather_path(op_built, aligned, sampling_ratio):
     results = []
     for fn in (
         lambda f: cra.roi_align_custom(f, boxes, idx, (3, 4), **kwargs),
-        lambda f: gather.roi_align(f, boxes, idx, (3, 4), implementation="gather", **kwargs),
+        lambda f: roi_align(f, boxes, idx, (3, 4), implementation="gather", **kwargs),
     ):
         with tf.GradientTape() as tape:
             tape.watch(features)
@@ -264,6 +209,8 @@ def test_bad_input(op_built):
         cra.roi_align_custom(features, boxes, np.full(6, 2, np.int32), 2)
     with pytest.raises(ValueError, match="output_size"):
         cra.roi_align_custom(features, boxes, idx, (0, 2))
+    with pytest.raises(TypeError, match="output_size"):  # the same check as roi_align's
+        cra.roi_align_custom(features, boxes, idx, "7")
     with pytest.raises(ValueError, match="sampling_ratio"):
         cra.roi_align_custom(features, boxes, idx, 2, sampling_ratio=-1)
     with pytest.raises(ValueError, match="spatial_scale"):

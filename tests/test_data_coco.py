@@ -10,6 +10,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from keras_maskrcnn.data.coco import CocoDataset
+from keras_maskrcnn.data.images import BadImageError
 
 # pycocotools (numpy 2) warns about its RLE objects' __array__; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -134,7 +135,7 @@ def test_missing_image_file(tmp_path, coco10_dir, raw, ds):
     (images / ds.file_name(victim)).unlink()
     dataset = CocoDataset(ann, images)
     dataset.load_image(ds.image_ids[0])
-    with pytest.raises(FileNotFoundError, match="--images") as err:
+    with pytest.raises(BadImageError, match="file not found.*--images") as err:
         dataset.load_image(victim)
     assert str(images / ds.file_name(victim)) in str(err.value)
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_maskrcnn.config import get_config
 from keras_maskrcnn.data import (
     CocoDataset,
     ShapesDataset,
@@ -17,6 +18,7 @@ from keras_maskrcnn.data import (
     make_mini_masks,
     resize_and_pad_image,
 )
+from keras_maskrcnn.transform import boxes_to_input
 
 # pycocotools (numpy 2) warns about its RLE objects' __array__; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -34,6 +36,14 @@ KEYS = {
     "scale": (tf.float32, []),
     "original_shape": (tf.int32, [2]),
 }
+
+
+def pipeline_config(**overrides):
+    """The config the pipeline reads: canvas, resize rule, augmentation, G, M, B."""
+    values = dict(image_size=CANVAS, min_size=MIN_SIZE, max_size=MAX_SIZE, train_min_sizes=(),
+                  horizontal_flip=False, max_instances=32, gt_mask_size=M, batch_size=4)
+    values.update(overrides)
+    return get_config("shapes", **values)
 
 
 # ------------------------------------------------------------------------ numpy references
@@ -76,17 +86,28 @@ def bilinear_read(mask, y, x):
             + (m[y1, x0] * (1 - fx) + m[y1, x1] * fx) * fy)
 
 
-def ref_mini_mask(mask, box_in, scale, flipped, resized_w, size):
+def ref_forward_boxes(boxes, original_shape, image_shape):
+    """The per-axis forward map in float64: y * h' / h, x * w' / w, clipped to (h', w')."""
+    (h, w), (new_h, new_w) = original_shape, image_shape
+    boxes = np.clip(np.asarray(boxes, np.float64), 0, [h, w, h, w])
+    return np.clip(boxes * [new_h / h, new_w / w, new_h / h, new_w / w], 0,
+                   [new_h, new_w, new_h, new_w])
+
+
+def ref_mini_mask(mask, box_in, image_shape, flipped, size):
     """Definition in input pixels: sample the resized (and flipped) mask at the pixel-centre
-    points of the input-frame box; input index p reads original (p + 0.5) / scale - 0.5, and a
-    flipped column x reads unflipped column resized_w - 1 - x."""
+    points of the input-frame box; input index p reads original (p + 0.5) * h / h' - 0.5 per
+    axis (tf.image.resize, half-pixel centres), and a flipped column x reads unflipped column
+    w' - 1 - x."""
+    h, w = mask.shape
+    new_h, new_w = (float(v) for v in image_shape)
     y1, x1, y2, x2 = (float(v) for v in box_in)
     steps = (np.arange(size) + 0.5) / size
     ys = (y1 + steps * (y2 - y1) - 0.5)[:, None] * np.ones((1, size))
     xs = (x1 + steps * (x2 - x1) - 0.5)[None, :] * np.ones((size, 1))
     if flipped:
-        xs = resized_w - 1 - xs
-    return bilinear_read(mask, (ys + 0.5) / scale - 0.5, (xs + 0.5) / scale - 0.5)
+        xs = new_w - 1 - xs
+    return bilinear_read(mask, (ys + 0.5) * h / new_h - 0.5, (xs + 0.5) * w / new_w - 0.5)
 
 
 # ------------------------------------------------------------------------ helpers
@@ -129,14 +150,9 @@ def coco(coco10_dir):
     return CocoDataset(coco10_dir / "annotations.json", coco10_dir / "images")
 
 
-def _coco_dataset(coco, **kwargs):
-    return make_dataset(coco, canvas_size=CANVAS, min_size=MIN_SIZE, max_size=MAX_SIZE,
-                        max_instances=32, mask_size=M, batch_size=4, **kwargs)
-
-
 @pytest.fixture(scope="module")
 def coco_plain(coco):
-    dataset = _coco_dataset(coco)
+    dataset = make_dataset(coco, pipeline_config(), training=False)
     spec = dataset.element_spec[0]
     for key, (dtype, shape) in KEYS.items():
         assert spec[key].dtype == dtype, key
@@ -146,7 +162,9 @@ def coco_plain(coco):
 
 @pytest.fixture(scope="module")
 def coco_flip(coco):
-    return {e["image_id"]: e for e in collect(_coco_dataset(coco, horizontal_flip=True, seed=3))}
+    dataset = make_dataset(coco, pipeline_config(horizontal_flip=True), training=True,
+                           shuffle=False, repeat=False, drop_remainder=False, seed=3)
+    return {e["image_id"]: e for e in collect(dataset)}
 
 
 # ------------------------------------------------------------------------ resize rule
@@ -224,9 +242,8 @@ def test_coco_batch_contract(coco, coco_plain):
 
         ann = coco.load_annotations(image_id)
         g = len(ann["labels"])
-        boxes = np.clip(ann["boxes"], 0, [h, w, h, w]) * np.float32(s)
-        boxes = np.clip(boxes, 0, [new_h, new_w, new_h, new_w])
-        np.testing.assert_allclose(e["gt_boxes"][:g], boxes, atol=1e-3)
+        expected = ref_forward_boxes(ann["boxes"], (h, w), (new_h, new_w))
+        np.testing.assert_allclose(e["gt_boxes"][:g], expected, atol=1e-3)
         np.testing.assert_array_equal(e["gt_classes"][:g],
                                       np.where(ann["is_crowd"], -1, ann["labels"]))
         assert not e["gt_boxes"][g:].any() and not e["gt_classes"][g:].any()
@@ -239,16 +256,14 @@ def _check_mini_masks(coco, elements, flipped_ids):
     compared = 0
     for image_id, e in elements.items():
         ann = coco.load_annotations(image_id)
-        s, (new_h, new_w) = float(e["scale"]), e["image_shape"]
         for k, mask in enumerate(ann["masks"]):
-            h, w = mask.shape
-            unclipped = np.clip(ann["boxes"][k], 0, [h, w, h, w]) * np.float32(s)
-            if (unclipped > [new_h, new_w, new_h, new_w]).any():
-                continue  # box clipped to the resized image: frames differ by < 1 pixel
-            ref = ref_mini_mask(mask, e["gt_boxes"][k], s, image_id in flipped_ids, new_w, M)
+            # Every box, also those touching the image border: the per-axis box map and the
+            # image resize are one continuous map, so no box is clipped in the input frame.
+            ref = ref_mini_mask(mask, e["gt_boxes"][k], e["image_shape"],
+                                image_id in flipped_ids, M)
             np.testing.assert_allclose(e["gt_masks"][k], ref, atol=2e-3)
             compared += 1
-    assert compared > 50
+    assert compared == sum(len(coco.load_annotations(i)["labels"]) for i in elements)
 
 
 def test_mini_masks_follow_definition(coco, coco_plain):
@@ -275,13 +290,43 @@ def test_flip_coco(coco, coco_plain, coco_flip):
     _check_mini_masks(coco, coco_flip, flipped)
 
 
+def test_training_boxes_are_the_per_axis_forward_map(coco):
+    """Training batches (multi-scale) carry gt boxes = the per-axis forward map of the original
+    boxes, `y * h' / h` and `x * w' / w` (transform.boxes_to_input), not `box * scale`."""
+    config = pipeline_config(train_min_sizes=(192, 256))
+    elements = collect(make_dataset(coco, config, training=True, repeat=False,
+                                    drop_remainder=False, seed=5))
+    assert sorted(int(e["image_id"]) for e in elements) == coco.image_ids
+    sides = set()
+    for e in elements:
+        ann = coco.load_annotations(int(e["image_id"]))
+        g = len(ann["labels"])
+        h, w = (int(v) for v in e["original_shape"])
+        new_h, new_w = (int(v) for v in e["image_shape"])
+        sides.add(min(new_h, new_w))
+        clipped = np.clip(ann["boxes"], 0, [h, w, h, w]).astype(np.float32)
+        np.testing.assert_array_equal(e["gt_boxes"][:g],
+                                      boxes_to_input(clipped, (h, w), (new_h, new_w)))
+        np.testing.assert_allclose(e["gt_boxes"][:g],
+                                   ref_forward_boxes(ann["boxes"], (h, w), (new_h, new_w)),
+                                   atol=1e-3)
+    assert {192, 256} <= sides  # (a very elongated image is capped by max_size instead)
+
+
 # ------------------------------------------------------------------------ shapes batches
+def shapes_config(**overrides):
+    values = dict(image_size=(128, 128), min_size=128, max_size=128, max_instances=6,
+                  gt_mask_size=M, batch_size=3, train_min_sizes=(), horizontal_flip=True)
+    values.update(overrides)
+    return get_config("shapes", **values)
+
+
 def test_shapes_batch_and_flip_against_masks():
     source = ShapesDataset(8, image_size=128, seed=2)
-    common = dict(canvas_size=(128, 128), min_size=128, max_size=128, max_instances=6,
-                  mask_size=M, batch_size=3)
-    plain = collect(make_dataset(source, **common))
-    flip = collect(make_dataset(source, horizontal_flip=True, seed=1, **common))
+    config = shapes_config()
+    plain = collect(make_dataset(source, config, training=False))
+    flip = collect(make_dataset(source, config, training=True, shuffle=False, repeat=False,
+                                drop_remainder=False, seed=1))
     assert [e["image_id"] for e in plain] == source.image_ids
     n_flipped = 0
     for e, f in zip(plain, flip, strict=True):
@@ -310,11 +355,10 @@ def test_shapes_batch_and_flip_against_masks():
 
 def test_train_min_sizes_and_determinism():
     source = ShapesDataset(12, image_size=128, seed=4)
+    config = shapes_config(train_min_sizes=(64, 96, 128), batch_size=4)
 
     def run():
-        return collect(make_dataset(source, canvas_size=(128, 128), min_size=128, max_size=128,
-                                    train_min_sizes=(64, 96, 128), horizontal_flip=True,
-                                    shuffle=True, seed=7, mask_size=M, batch_size=4))
+        return collect(make_dataset(source, config, training=True, repeat=False, seed=7))
 
     first, second = run(), run()
     sides = set()
@@ -328,16 +372,57 @@ def test_train_min_sizes_and_determinism():
         widths = ann["boxes"][:, 3] - ann["boxes"][:, 1]
         g = len(widths)
         np.testing.assert_allclose(a["gt_boxes"][:g, 3] - a["gt_boxes"][:g, 1],
-                                   widths * a["scale"], atol=1e-3)
+                                   widths * a["image_shape"][1] / 128, atol=1e-3)
         assert not a["images"][side:].any()
     assert len(sides) >= 2 and sides <= {64, 96, 128}
     assert [int(e["image_id"]) for e in first] != source.image_ids  # shuffled
 
 
+def test_make_dataset_training_defaults():
+    """training=True: shuffled, repeated, static B, the config's multi-scale and flip;
+    training=False: one pass in order, partial last batch, min_size only, no flip."""
+    source = ShapesDataset(5, image_size=128, seed=6)
+    config = shapes_config(train_min_sizes=(64, 96), batch_size=2)
+    train = make_dataset(source, config, training=True, seed=0)
+    assert train.cardinality().numpy() == tf.data.INFINITE_CARDINALITY
+    assert train.element_spec[0]["images"].shape.as_list() == [2, 128, 128, 3]
+    first = collect(train.take(10))
+    epoch = [int(e["image_id"]) for e in first[:5]]
+    assert sorted(epoch) == source.image_ids and epoch != source.image_ids
+    assert {int(e["image_shape"][0]) for e in first} == {64, 96}
+    flipped = 0
+    for e in first:
+        image = source.load_image(int(e["image_id"]))
+        side = int(e["image_shape"][0])
+        resized = ref_resize(image, side, side)
+        view = e["images"][:side, :side]
+        if not np.allclose(view, resized, atol=1e-2):
+            np.testing.assert_allclose(view, resized[:, ::-1], atol=1e-2)
+            flipped += 1
+    assert 0 < flipped < len(first)
+
+    evaluation = make_dataset(source, config, training=False)
+    assert evaluation.cardinality().numpy() == 3  # 2 + 2 + 1
+    assert evaluation.element_spec[0]["images"].shape.as_list() == [None, 128, 128, 3]
+    elements = collect(evaluation)
+    assert [int(e["image_id"]) for e in elements] == source.image_ids
+    for e in elements:
+        assert e["image_shape"].tolist() == [128, 128]
+        np.testing.assert_allclose(e["images"], source.load_image(int(e["image_id"])),
+                                   atol=1e-4)
+    # explicit arguments override the defaults
+    once = make_dataset(source, config, training=True, repeat=False, drop_remainder=False,
+                        batch_size=5)
+    assert once.cardinality().numpy() == 1
+    assert make_dataset(source, config.replace(batch_size=3), training=False) \
+        .cardinality().numpy() == 2  # batch_size defaults to config.batch_size
+
+
 def test_image_without_annotations_flows_through():
-    (batch,) = next(iter(make_dataset(EmptySource(), canvas_size=(64, 64), min_size=40,
-                                      max_size=64, max_instances=5, mask_size=M,
-                                      horizontal_flip=True, seed=0, drop_remainder=True)))
+    config = get_config("shapes", image_size=(64, 64), min_size=40, max_size=64,
+                        max_instances=5, gt_mask_size=M, batch_size=2, horizontal_flip=True)
+    (batch,) = next(iter(make_dataset(EmptySource(), config, training=True, shuffle=False,
+                                      seed=0)))
     assert batch["gt_boxes"].shape == (2, 5, 4) and batch["gt_masks"].shape == (2, 5, M, M)
     assert not batch["gt_boxes"].numpy().any() and not batch["gt_classes"].numpy().any()
     assert not batch["gt_masks"].numpy().any()
@@ -347,8 +432,8 @@ def test_image_without_annotations_flows_through():
 
 def test_max_instances_keeps_largest_and_warns_once(coco, caplog):
     image_id = 193245
-    dataset = make_dataset(Subset(coco, [image_id]), canvas_size=CANVAS, min_size=MIN_SIZE,
-                           max_size=MAX_SIZE, max_instances=10, mask_size=M, batch_size=1,
+    config = pipeline_config(max_instances=10, batch_size=1)
+    dataset = make_dataset(Subset(coco, [image_id]), config, training=False,
                            repeat=True).take(2)
     with caplog.at_level(logging.WARNING, logger="keras_maskrcnn"):
         elements = collect(dataset)
@@ -360,8 +445,9 @@ def test_max_instances_keeps_largest_and_warns_once(coco, caplog):
     expected = np.where(ann["is_crowd"], -1, ann["labels"])[keep]
     for e in elements:
         np.testing.assert_array_equal(e["gt_classes"], expected)
-        s = np.float32(e["scale"])
-        np.testing.assert_allclose(e["gt_boxes"][:, 0], ann["boxes"][keep, 0] * s, atol=1e-3)
+        ratio = e["image_shape"][0] / e["original_shape"][0]
+        np.testing.assert_allclose(e["gt_boxes"][:, 0], ann["boxes"][keep, 0] * ratio,
+                                   atol=1e-3)
 
 
 # ------------------------------------------------------------------------ inference inputs
@@ -369,8 +455,11 @@ def test_make_inference_inputs():
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 256, (30, 50, 3), dtype=np.uint8),
               rng.integers(0, 256, (64, 20), dtype=np.uint8)]
-    out = make_inference_inputs(images, (64, 64), 32, 64)
+    config = get_config("shapes", image_size=(64, 64), min_size=32, max_size=64)
+    out = make_inference_inputs(images, config)
     assert out["images"].shape == (2, 64, 64, 3) and out["images"].dtype == np.float32
+    assert out["image_shape"].dtype == np.float32 and out["scale"].dtype == np.float32
+    assert out["original_shape"].dtype == np.int32 and out["scale"].shape == (2,)
     assert out["original_shape"].tolist() == [[30, 50], [64, 20]]
     for i, image in enumerate(images):
         if image.ndim == 2:
@@ -379,18 +468,28 @@ def test_make_inference_inputs():
         assert out["image_shape"][i].tolist() == [h, w]
         assert out["scale"][i] == np.float32(compute_resize_scale(*image.shape[:2], 32, 64))
         np.testing.assert_allclose(out["images"][i, :h, :w], ref_resize(image, h, w), atol=1e-3)
+    wide = make_inference_inputs(images, config, canvas=(64, 96))
+    assert wide["images"].shape == (2, 64, 96, 3)
+    np.testing.assert_array_equal(wide["images"][:, :, :64], out["images"])
     with pytest.raises(ValueError, match="images"):
-        make_inference_inputs([np.zeros((4, 4, 2), np.uint8)], (64, 64), 32, 64)
+        make_inference_inputs([np.zeros((4, 4, 2), np.uint8)], config)
     with pytest.raises(ValueError, match="canvas_size"):
-        make_inference_inputs(images, (60, 64), 32, 64)
+        make_inference_inputs(images, config, canvas=(60, 64))
+    with pytest.raises(TypeError, match="MaskRCNNConfig"):
+        make_inference_inputs(images, (64, 64))
 
 
 def test_make_dataset_argument_errors(coco):
-    with pytest.raises(ValueError, match="canvas_size"):
-        make_dataset(coco, canvas_size=(100, 352), min_size=64, max_size=100)
+    config = pipeline_config()
+    with pytest.raises(TypeError, match="MaskRCNNConfig"):
+        make_dataset(coco, {"image_size": CANVAS}, training=True)
+    with pytest.raises(TypeError, match="training"):
+        make_dataset(coco, config)
+    with pytest.raises(TypeError, match="training"):
+        make_dataset(coco, config, training="yes")
     with pytest.raises(TypeError, match="load_image"):
-        make_dataset(object(), canvas_size=CANVAS, min_size=64, max_size=100)
+        make_dataset(object(), config, training=True)
     with pytest.raises(ValueError, match="batch_size"):
-        make_dataset(coco, canvas_size=CANVAS, min_size=64, max_size=100, batch_size=0)
+        make_dataset(coco, config, training=True, batch_size=0)
     with pytest.raises(ValueError, match="train_min_sizes"):
-        make_dataset(coco, canvas_size=CANVAS, min_size=64, max_size=100, train_min_sizes=())
+        make_dataset(coco, pipeline_config(train_min_sizes=(0,)), training=True)

@@ -1,19 +1,32 @@
-"""Tests for keras_maskrcnn.evaluation.coco_eval on the ten real COCO val2017 images."""
+"""Tests for keras_maskrcnn.evaluation (coco_eval, report) on the ten real COCO val2017 images."""
 
+import contextlib
 import copy
+import io
 import json
+import logging
+import math
 
 import numpy as np
 import pytest
+from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from keras_maskrcnn.evaluation import (
     METRIC_NAMES,
+    PER_CLASS_METRICS,
+    CocoMetrics,
+    PrecisionRecall,
     detections_to_coco_results,
     encode_mask_rle,
     evaluate_coco,
+    format_per_class_table,
+    format_size_table,
+    print_per_class_table,
     save_metrics_json,
+    save_pr_curves,
 )
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
@@ -72,8 +85,8 @@ def test_ground_truth_against_itself_is_perfect(coco_gt, gt_results):
     metrics = evaluate_coco(coco_gt, gt_results, verbose=False)
     assert set(metrics) == {"bbox", "segm"}
     for iou_type in ("bbox", "segm"):
-        assert set(metrics[iou_type]) == set(METRIC_NAMES)
-        assert all(isinstance(v, float) for v in metrics[iou_type].values())
+        assert set(metrics[iou_type]) == {*METRIC_NAMES, "per_class"}
+        assert all(isinstance(metrics[iou_type][name], float) for name in METRIC_NAMES)
         for name in ("AP", "AP50", "AP75", "AR100"):
             assert metrics[iou_type][name] >= 0.999, (iou_type, name)
 
@@ -119,8 +132,12 @@ def test_dropping_half_the_detections_lowers_recall(coco_gt, gt_results):
 
 def test_empty_results_give_zeros(coco_gt):
     metrics = evaluate_coco(coco_gt, [], verbose=False)
+    present = _names_with_ground_truth(coco_gt)
     for iou_type in ("bbox", "segm"):
-        assert metrics[iou_type] == {name: 0.0 for name in METRIC_NAMES}
+        assert {k: metrics[iou_type][k] for k in METRIC_NAMES} == {n: 0.0 for n in METRIC_NAMES}
+        for name, row in metrics[iou_type]["per_class"].items():
+            for value in row.values():
+                assert value == 0.0 if name in present else math.isnan(value), (name, row)
 
 
 def test_image_ids_restrict_the_evaluation(coco_gt, gt_results):
@@ -312,10 +329,269 @@ def test_verbose_prints_summary(coco_gt, gt_results, capsys):
     assert "Average Precision  (AP) @[ IoU=0.50:0.95" in capsys.readouterr().out
 
 
+def _reject_constant(name):
+    raise ValueError(f"not strict JSON: {name}")
+
+
 def test_save_metrics_json(tmp_path, coco_gt):
     metrics = evaluate_coco(coco_gt, [], iou_types=("bbox",), verbose=False)
     path = tmp_path / "sub" / "metrics.json"
     save_metrics_json(metrics, path)
     text = path.read_text()
-    assert json.loads(text) == metrics
+    loaded = json.loads(text, parse_constant=_reject_constant)
+    assert {k: loaded["bbox"][k] for k in METRIC_NAMES} == {
+        k: metrics["bbox"][k] for k in METRIC_NAMES}
     assert '\n  "bbox"' in text  # indent 2
+    plain = {"bbox": {"AP": 0.5, "APl": -1.0}}
+    save_metrics_json(plain, path)
+    assert json.loads(path.read_text()) == plain
+
+
+# -- per-class AP, tables, PR curves, pycocotools output -----------------------------------------
+
+
+def _names_with_ground_truth(coco_gt):
+    """Category names with at least one non-crowd annotation, read off the annotations."""
+    ids = {a["category_id"] for a in coco_gt.dataset["annotations"] if not a["iscrowd"]}
+    return {coco_gt.cats[c]["name"] for c in ids}
+
+
+@pytest.fixture(scope="module")
+def mixed_results(coco_gt, gt_results):
+    """Imperfect detections: boxes and masks shifted by 0..40 % of their size, random scores,
+    every fifth ground truth missed, and false positives of two categories absent from the
+    ground truth (so that per-class APs spread over (0, 1) and some categories have no GT)."""
+    rng = np.random.default_rng(3)
+    results = []
+    for i, r in enumerate(gt_results):
+        if i % 5 == 4:
+            continue
+        shifted = _shift(r, coco_gt, (0.0, 0.1, 0.25, 0.4)[i % 4])
+        shifted["score"] = float(rng.uniform(0.05, 1.0))
+        results.append(shifted)
+    present_ids = {a["category_id"] for a in coco_gt.dataset["annotations"]}
+    absent_ids = [c for c in sorted(coco_gt.getCatIds()) if c not in present_ids][:2]
+    for j, cat_id in enumerate(absent_ids):
+        fp = dict(gt_results[j], category_id=cat_id, score=0.99)
+        results.append(fp)
+    return results
+
+
+@pytest.fixture(scope="module")
+def mixed_metrics(coco_gt, mixed_results):
+    return evaluate_coco(coco_gt, mixed_results, verbose=False)
+
+
+def _single_category_stats(coco_gt, results, iou_type, cat_id):
+    """AP, AP50, AP75 from a COCOeval of one category alone (`params.catIds = [cat_id]`)."""
+    key = "bbox" if iou_type == "bbox" else "segmentation"
+    typed = [{"image_id": r["image_id"], "category_id": r["category_id"], "score": r["score"],
+              key: copy.deepcopy(r[key])} for r in results]
+    with contextlib.redirect_stdout(io.StringIO()):
+        evaluator = COCOeval(coco_gt, coco_gt.loadRes(typed), iouType=iou_type)
+        evaluator.params.catIds = [cat_id]
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return [float(v) for v in evaluator.stats[:3]]
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_per_class_ap_matches_cocoeval_run_per_category(coco_gt, mixed_results, mixed_metrics,
+                                                        iou_type):
+    per_class = mixed_metrics[iou_type]["per_class"]
+    assert list(per_class) == [coco_gt.cats[c]["name"] for c in sorted(coco_gt.getCatIds())]
+    present = _names_with_ground_truth(coco_gt)
+    fp_ids = {r["category_id"] for r in mixed_results} - {
+        a["category_id"] for a in coco_gt.dataset["annotations"]}
+    checked = 0
+    for cat_id in sorted(coco_gt.getCatIds()):
+        name = coco_gt.cats[cat_id]["name"]
+        if name not in present and cat_id not in fp_ids and checked > 20:
+            continue  # a sample of the categories that nothing mentions is enough
+        expected = _single_category_stats(coco_gt, mixed_results, iou_type, cat_id)
+        got = [per_class[name][m] for m in PER_CLASS_METRICS]
+        if name in present:
+            np.testing.assert_allclose(got, expected, atol=1e-12, err_msg=name)
+        else:  # pycocotools' -1: no ground truth (false positives or not)
+            assert expected == [-1.0, -1.0, -1.0] and all(math.isnan(v) for v in got), name
+        checked += 1
+    values = [per_class[n]["AP"] for n in present]
+    assert len({round(v, 6) for v in values}) >= 4, "the APs should differ between classes"
+    assert any(0.05 < v < 0.95 for v in values)
+
+
+def test_ground_truth_gives_one_for_each_present_class(coco_gt, gt_results):
+    metrics = evaluate_coco(coco_gt, gt_results, verbose=False)
+    present = _names_with_ground_truth(coco_gt)
+    assert len(present) >= 10
+    for iou_type in ("bbox", "segm"):
+        per_class = metrics[iou_type]["per_class"]
+        assert len(per_class) == len(coco_gt.getCatIds()) == 80
+        for name, row in per_class.items():
+            for metric in PER_CLASS_METRICS:
+                if name in present:
+                    assert row[metric] == pytest.approx(1.0, abs=1e-12), (iou_type, name)
+                else:
+                    assert math.isnan(row[metric]), (iou_type, name)
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_overall_ap_is_mean_of_per_class_and_of_pr_curves(mixed_metrics, iou_type):
+    metrics = mixed_metrics[iou_type]
+    for metric in PER_CLASS_METRICS:
+        values = [row[metric] for row in metrics["per_class"].values()]
+        np.testing.assert_allclose(np.nanmean(values), metrics[metric], atol=1e-12)
+    pr = mixed_metrics.precision_recall[iou_type]
+    assert isinstance(pr, PrecisionRecall)
+    assert pr.precision.shape == (10, 101, 80)
+    np.testing.assert_allclose(pr.recall, np.linspace(0.0, 1.0, 101))
+    np.testing.assert_allclose(pr.curve(0.5).mean(), metrics["AP50"], atol=1e-12)
+    np.testing.assert_allclose(pr.curve(0.75).mean(), metrics["AP75"], atol=1e-12)
+    np.testing.assert_allclose(pr.curve().mean(), metrics["AP"], atol=1e-12)
+    assert np.all(np.diff(pr.curve(0.5)) <= 1e-12)  # interpolated precision never rises
+    with pytest.raises(ValueError, match="IoU threshold"):
+        pr.curve(0.6001)
+
+
+def test_per_class_ap_by_hand_on_synthetic_gt():
+    """Two categories of one image: one perfect, one with half its objects found."""
+    coco, detections = _synthetic_gt(80.0, 0.0)
+    coco.dataset["categories"].append({"id": 9, "name": "other"})
+    coco.dataset["annotations"] += [
+        dict(a, id=a["id"] + 10, category_id=9) for a in coco.dataset["annotations"]]
+    coco.createIndex()
+    detections = detections + [dict(detections[0], category_id=9)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        metrics = evaluate_coco(coco, detections, iou_types=("bbox",), verbose=False)["bbox"]
+    assert metrics["per_class"]["thing"] == {"AP": 1.0, "AP50": 1.0, "AP75": 1.0}
+    for value in metrics["per_class"]["other"].values():  # recall 0.5 of 101 points
+        assert value == pytest.approx(51.0 / 101.0, abs=1e-12)
+
+
+def test_save_metrics_json_keeps_keys_and_adds_per_class(tmp_path, coco_gt, mixed_metrics):
+    path = tmp_path / "metrics.json"
+    save_metrics_json(mixed_metrics, path)
+    loaded = json.loads(path.read_text(), parse_constant=_reject_constant)
+    present = _names_with_ground_truth(coco_gt)
+    assert set(loaded) == {"bbox", "segm"}
+    for iou_type in ("bbox", "segm"):
+        assert set(loaded[iou_type]) == {*METRIC_NAMES, "per_class"}
+        for name in METRIC_NAMES:
+            assert loaded[iou_type][name] == mixed_metrics[iou_type][name]
+        per_class = loaded[iou_type]["per_class"]
+        assert list(per_class) == list(mixed_metrics[iou_type]["per_class"])
+        for name, row in per_class.items():
+            assert set(row) == set(PER_CLASS_METRICS)
+            if name in present:
+                assert row == mixed_metrics[iou_type]["per_class"][name]
+            else:
+                assert row == {"AP": None, "AP50": None, "AP75": None}
+
+
+def test_metrics_are_a_plain_dict_with_precision_arrays(coco_gt, mixed_metrics):
+    assert isinstance(mixed_metrics, CocoMetrics) and isinstance(mixed_metrics, dict)
+    assert set(mixed_metrics.precision_recall) == {"bbox", "segm"}
+    json.dumps(mixed_metrics)  # NaN allowed by json.dumps; strict JSON via save_metrics_json
+    assert copy.deepcopy(mixed_metrics).precision_recall.keys() == {"bbox", "segm"}
+
+
+def test_per_class_table(coco_gt, mixed_metrics, tmp_path, capsys):
+    table = format_per_class_table(mixed_metrics)
+    lines = table.splitlines()
+    assert "bbox" in lines[1] and "segm" in lines[1]
+    rows = {line.split("|")[0].strip(): line for line in lines[4:] if "|" in line}
+    present = _names_with_ground_truth(coco_gt)
+    assert set(rows) == set(mixed_metrics["bbox"]["per_class"]) | {"all"}
+    person = mixed_metrics["bbox"]["per_class"]["person"]
+    assert f"{person['AP']:.3f}" in rows["person"]
+    absent = next(n for n in rows if n not in present and n != "all")
+    assert rows[absent].split("|")[1].split() == ["-", "-", "-"]
+    assert rows["all"].split("|")[1].split() == [
+        f"{mixed_metrics['bbox'][m]:.3f}" for m in PER_CLASS_METRICS]
+    assert len({len(line) for line in lines[2:]}) == 1  # aligned columns
+    # The same table from the JSON file (null for missing values).
+    path = tmp_path / "m.json"
+    save_metrics_json(mixed_metrics, path)
+    assert format_per_class_table(json.loads(path.read_text())) == table
+    short = format_per_class_table(mixed_metrics, iou_types=("segm",), hide_missing=True)
+    names = {line.split("|")[0].strip() for line in short.splitlines()[4:] if "|" in line}
+    assert names == present | {"all"}
+    print_per_class_table(mixed_metrics, iou_types=("bbox",))
+    assert "person" in capsys.readouterr().out
+    with pytest.raises(KeyError, match="keypoints"):
+        format_per_class_table(mixed_metrics, iou_types=("keypoints",))
+
+
+def test_size_table(mixed_metrics):
+    lines = format_size_table(mixed_metrics).splitlines()
+    assert lines[1].split() == ["iou", "type", "|", "AP", "AP50", "AP75", "APs", "APm", "APl"]
+    bbox = lines[3].split("|")[1].split()
+    assert bbox == [f"{mixed_metrics['bbox'][m]:.3f}" for m in
+                    ("AP", "AP50", "AP75", "APs", "APm", "APl")]
+    assert format_size_table({"bbox": {"AP": 0.5, "APl": -1.0}}).splitlines()[3].split(
+        "|")[1].split() == ["0.500", "-", "-", "-", "-", "-"]
+
+
+def _color_pixels(image, color, tolerance=10):
+    pixels = np.asarray(image.convert("RGB")).astype(int)
+    return np.all(np.abs(pixels - np.array(color)) <= tolerance, axis=-1)
+
+
+def test_pr_curves_png_pillow(tmp_path, coco_gt, gt_results, mixed_metrics):
+    from keras_maskrcnn.evaluation import report
+
+    path = save_pr_curves(mixed_metrics, tmp_path / "sub" / "pr.png", backend="pillow")
+    image = Image.open(path)
+    assert image.format == "PNG" and image.size == (2 * report._PANEL_W, report._PANEL_H)
+    for color in report._CURVE_COLORS:
+        assert _color_pixels(image, color).sum() > 200, color
+    # Ground truth against itself: precision 1 at every recall, a horizontal line at y = 1 in
+    # each panel (the thinnest, last-drawn mean curve on top).
+    perfect = evaluate_coco(coco_gt, gt_results, verbose=False)
+    image = Image.open(save_pr_curves(perfect, tmp_path / "perfect.png", backend="pillow"))
+    green = _color_pixels(image, report._CURVE_COLORS[2])
+    for x0 in (0, report._PANEL_W):
+        x1, y1 = report._plot_xy(0.5, 1.0, x0)
+        assert green[int(round(y1)) - 1:int(round(y1)) + 2, int(x1)].any()
+        _, y_half = report._plot_xy(0.5, 0.5, x0)
+        assert not green[int(y_half), int(x1)]
+    # Only one iou type, from the precision arrays alone.
+    image = Image.open(save_pr_curves(perfect.precision_recall, tmp_path / "b.png",
+                                      iou_types=("bbox",), backend="pillow"))
+    assert image.size == (report._PANEL_W, report._PANEL_H)
+
+
+def test_pr_curves_need_the_precision_arrays(tmp_path, mixed_metrics):
+    with pytest.raises(ValueError, match="precision arrays"):
+        save_pr_curves(json.loads(json.dumps(mixed_metrics)), tmp_path / "pr.png")
+    with pytest.raises(ValueError, match="backend"):
+        save_pr_curves(mixed_metrics, tmp_path / "pr.png", backend="svg")
+
+
+def test_pr_curves_png_matplotlib(tmp_path, mixed_metrics):
+    pytest.importorskip("matplotlib")
+    path = save_pr_curves(mixed_metrics, tmp_path / "pr.png", backend="matplotlib")
+    assert Image.open(path).format == "PNG"
+
+
+_CHATTER = ("Loading and preparing results", "DONE (t=", "creating index", "index created",
+            "Running per image evaluation", "Accumulating evaluation results")
+
+
+@pytest.mark.parametrize("results", ["some", "none"])
+def test_pycocotools_chatter_goes_to_debug_log(coco_gt, gt_results, capsys, caplog, results):
+    results = gt_results[:5] if results == "some" else []
+    with caplog.at_level(logging.INFO, logger="keras_maskrcnn"):
+        evaluate_coco(coco_gt, results, verbose=True)
+    out = capsys.readouterr().out
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95" in out
+    assert "Evaluating segm" in out
+    for text in _CHATTER:
+        assert text not in out, text
+    assert not caplog.records
+    with caplog.at_level(logging.DEBUG, logger="keras_maskrcnn"):
+        evaluate_coco(coco_gt, results, iou_types=("bbox",), verbose=False)
+    assert capsys.readouterr().out == ""
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "index created" in logged and "Accumulating evaluation results" in logged

@@ -191,9 +191,7 @@ def test_serving_default_masks_match_keras_28x28(exported):
     from keras_maskrcnn.inference import run_model
 
     model, outputs = exported["model"], exported["outputs"]
-    c = model.config
-    keras_out = run_model(model, make_inference_inputs(exported["images"][:1], c.image_size,
-                                                        c.min_size, c.max_size))
+    keras_out = run_model(model, make_inference_inputs(exported["images"][:1], model.config))
     n = int(keras_out["num_detections"][0])
     ref = exported["reference"][0]
     order = _match(ref["boxes"], ref["labels"], outputs["default_detection_boxes"][0][:n],

@@ -10,7 +10,7 @@ import tensorflow as tf
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.data import ShapesDataset, make_dataset
 from keras_maskrcnn.inference import predict_images
-from keras_maskrcnn.model import LOSS_NAMES, build_model, load_model_dir, save_model_dir
+from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, build_model, load_model_dir, save_model_dir
 from keras_maskrcnn.training import make_optimizer
 
 
@@ -27,11 +27,7 @@ def tiny_config(**overrides):
 
 
 def _dataset(config, source, batch_size=4):
-    return make_dataset(source, canvas_size=config.image_size, min_size=config.min_size,
-                        max_size=config.max_size, horizontal_flip=True,
-                        max_instances=config.max_instances, mask_size=config.gt_mask_size,
-                        batch_size=batch_size, shuffle=True, repeat=True, seed=0,
-                        drop_remainder=True)
+    return make_dataset(source, config, training=True, batch_size=batch_size, seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -148,10 +144,33 @@ def test_per_image_canvas_pads_each_image_to_a_multiple_of_32():
     image = np.random.default_rng(0).integers(0, 255, (50, 90, 3), dtype=np.uint8)
     det = predict_images(model, [image])[0]
     # 50 x 90 -> scale min(64/50, 100/90) = 1.111 -> 55 x 100 -> canvas 64 x 128.
-    assert (64, 128) in model._kmr_canvas_models
+    assert model.rebuilt(image_size=(64, 128), min_size=64, max_size=100) is \
+        model.rebuilt(image_size=(64, 128), min_size=64, max_size=100)  # cached
     fixed = MaskRCNN(config.replace(image_size=(64, 128), canvas="fixed"))
     fixed.inference_model.set_weights(model.inference_model.get_weights())
     expected = predict_images(fixed, [image])[0]
     np.testing.assert_allclose(det["boxes"], expected["boxes"], atol=1e-4)
     np.testing.assert_allclose(det["scores"], expected["scores"], atol=1e-6)
     assert model_for_canvas(model, (128, 128)) is model
+
+
+def test_rebuilt_is_cached_bounded_and_resynced(tmp_path):
+    from keras_maskrcnn.model import REBUILT_CACHE_SIZE, save_model_dir
+
+    config = tiny_config()
+    model = MaskRCNN(config)
+    assert model.rebuilt() is model and model.training_model is None  # inference only
+    first = model.rebuilt(roi_align_implementation="gather")
+    assert model.rebuilt(roi_align_implementation="gather") is first
+    for k in range(REBUILT_CACHE_SIZE):
+        model.rebuilt(detections_per_image=5 + k)
+    assert model.rebuilt(roi_align_implementation="gather") is not first  # evicted
+    # New weights reach a cached rebuild.
+    other = MaskRCNN(config)
+    save_model_dir(other, tmp_path / "m")
+    cached = model.rebuilt(detections_per_image=99)
+    model.load_weights(str(tmp_path / "m" / "model.weights.h5"))
+    again = model.rebuilt(detections_per_image=99)
+    assert again is cached
+    for a, b in zip(again.inference_model.weights, other.inference_model.weights, strict=True):
+        np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import tensorflow as tf
+from reference_roi_align import bilinear, roi_align_np
 
 from keras_maskrcnn.ops.masks import (
     crop_mask_targets,
@@ -17,42 +18,6 @@ F32 = np.float32
 
 
 # --------------------------------------------------------------------------- numpy references
-
-
-def np_bilinear(image, y, x):
-    """RoIAlign's bilinear read of image [H, W] (border: clamp within 1 pixel, else 0)."""
-    height, width = image.shape
-    if y < -1.0 or y > height or x < -1.0 or x > width:
-        return 0.0
-    y, x = max(y, 0.0), max(x, 0.0)
-    y0, x0 = min(int(y), height - 1), min(int(x), width - 1)
-    y = y if int(y) < height - 1 else float(y0)
-    x = x if int(x) < width - 1 else float(x0)
-    y1, x1 = min(y0 + 1, height - 1), min(x0 + 1, width - 1)
-    ly, lx = y - y0, x - x0
-    return (
-        (1 - ly) * (1 - lx) * image[y0, x0]
-        + (1 - ly) * lx * image[y0, x1]
-        + ly * (1 - lx) * image[y1, x0]
-        + ly * lx * image[y1, x1]
-    )
-
-
-def np_roi_align_aligned(image, box, size, ratio):
-    """RoIAlign (aligned=True, fixed sampling ratio) of one box on image [H, W]."""
-    y1, x1, y2, x2 = (F32(v) - F32(0.5) for v in box)
-    bin_h, bin_w = (y2 - y1) / F32(size), (x2 - x1) / F32(size)
-    out = np.zeros((size, size))
-    for p in range(size):
-        for q in range(size):
-            total = 0.0
-            for iy in range(ratio):
-                y = y1 + F32(p) * bin_h + F32(iy + 0.5) * bin_h / F32(ratio)
-                for ix in range(ratio):
-                    x = x1 + F32(q) * bin_w + F32(ix + 0.5) * bin_w / F32(ratio)
-                    total += np_bilinear(image, float(y), float(x))
-            out[p, q] = total / ratio**2
-    return out
 
 
 def np_mask_targets(gt_masks, gt_boxes, rois, matched, size):
@@ -74,7 +39,8 @@ def np_mask_targets(gt_masks, gt_boxes, rois, matched, size):
                 (rx2 - gx1) * (F32(mask_size) / gw) + 1,
             ]
             padded = np.pad(gt_masks[b, g], 1)
-            out[b, r] = np_roi_align_aligned(padded, mapped, size, 2) >= 0.5
+            pooled = roi_align_np(padded[None, :, :, None], [mapped], [0], (size, size), 1.0, 2, True)
+            out[b, r] = pooled[0, :, :, 0] >= 0.5
     return out
 
 
@@ -231,9 +197,7 @@ def test_masks_to_mini_masks_rectangle():
     h, w = 13.7 - 3.3, 19.4 - 5.1
     want = [
         [
-            np_bilinear(
-                mask[0].astype(float), 3.3 + (i + 0.5) * h / 5 - 0.5, 5.1 + (j + 0.5) * w / 5 - 0.5
-            )
+            bilinear(mask[0, :, :, None], 3.3 + (i + 0.5) * h / 5 - 0.5, 5.1 + (j + 0.5) * w / 5 - 0.5)[0]
             for j in range(5)
         ]
         for i in range(5)

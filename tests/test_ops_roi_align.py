@@ -1,78 +1,27 @@
 """RoIAlign / RoIPool / FPN level assignment / multi-level pooling vs numpy references.
 
-The references below are written from the definitions (torchvision's CPU kernels): loops over
+The references are written from the definitions (torchvision's CPU kernels): loops over
 boxes, bins and sample points, with the sample coordinates computed in float32 like the kernel.
+RoIAlign's is shared with the custom-op tests (tests/reference_roi_align.py).
 """
 
-import importlib
 import math
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
+from reference_roi_align import roi_align_np
 
-# The package re-exports the function `roi_align` under the module's name: fetch the module.
-ra = importlib.import_module("keras_maskrcnn.ops.roi_align")
-rp = importlib.import_module("keras_maskrcnn.ops.roi_pool")
-pl = importlib.import_module("keras_maskrcnn.ops.poolers")
+from keras_maskrcnn.ops import custom_roi_align
+from keras_maskrcnn.ops import poolers as pl
+from keras_maskrcnn.ops import roi_align_ops as ra
+from keras_maskrcnn.ops import roi_pool_ops as rp
 
 F32 = np.float32
 
 
 # --------------------------------------------------------------------------- numpy references
-
-
-def np_bilinear(image, y, x):
-    """RoIAlign's bilinear read of image [H, W, C] at (y, x) with the kernel's border rules."""
-    height, width = image.shape[:2]
-    if y < -1.0 or y > height or x < -1.0 or x > width:
-        return np.zeros(image.shape[2])
-    y, x = max(y, 0.0), max(x, 0.0)
-    y_lo, x_lo = int(y), int(x)
-    if y_lo >= height - 1:
-        y_lo = y_hi = height - 1
-        y = float(y_lo)
-    else:
-        y_hi = y_lo + 1
-    if x_lo >= width - 1:
-        x_lo = x_hi = width - 1
-        x = float(x_lo)
-    else:
-        x_hi = x_lo + 1
-    ly, lx = y - y_lo, x - x_lo
-    hy, hx = 1.0 - ly, 1.0 - lx
-    return (
-        hy * hx * image[y_lo, x_lo]
-        + hy * lx * image[y_lo, x_hi]
-        + ly * hx * image[y_hi, x_lo]
-        + ly * lx * image[y_hi, x_hi]
-    )
-
-
-def np_roi_align(features, boxes, box_indices, output_size, scale, sampling_ratio, aligned):
-    """RoIAlign from its definition; features [B, H, W, C], boxes [N, 4] (y1, x1, y2, x2)."""
-    ph, pw = output_size
-    out = np.zeros((len(boxes), ph, pw, features.shape[3]))
-    offset = F32(0.5) if aligned else F32(0.0)
-    for n, (box, b) in enumerate(zip(boxes, box_indices, strict=True)):
-        y1, x1, y2, x2 = (F32(v) * F32(scale) - offset for v in box)
-        roi_h, roi_w = y2 - y1, x2 - x1
-        if not aligned:
-            roi_h, roi_w = max(roi_h, F32(1)), max(roi_w, F32(1))
-        bin_h, bin_w = roi_h / F32(ph), roi_w / F32(pw)
-        grid_h = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_h / F32(ph)))
-        grid_w = sampling_ratio if sampling_ratio > 0 else int(math.ceil(roi_w / F32(pw)))
-        count = max(grid_h * grid_w, 1)
-        for p in range(ph):
-            for q in range(pw):
-                acc = np.zeros(features.shape[3])
-                for iy in range(grid_h):
-                    y = y1 + F32(p) * bin_h + F32(iy + 0.5) * bin_h / F32(grid_h)
-                    for ix in range(grid_w):
-                        x = x1 + F32(q) * bin_w + F32(ix + 0.5) * bin_w / F32(grid_w)
-                        acc += np_bilinear(features[b], float(y), float(x))
-                out[n, p, q] = acc / count
-    return out
 
 
 def np_round(value):
@@ -158,7 +107,7 @@ def _run(
 @pytest.mark.parametrize("sampling_ratio", [0, 1, 2])
 def test_roi_align_matches_reference(aligned, sampling_ratio):
     features = _features()
-    want = np_roi_align(features, BOXES, BOX_INDICES, (2, 3), 0.5, sampling_ratio, aligned)
+    want = roi_align_np(features, BOXES, BOX_INDICES, (2, 3), 0.5, sampling_ratio, aligned)
     got = _run(features, sampling_ratio=sampling_ratio, aligned=aligned)
     assert got.shape == (len(BOXES), 2, 3, 3) and got.dtype == np.float32
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
@@ -172,7 +121,7 @@ def test_roi_align_adaptive_large_boxes_and_square_output():
     )
     indices = np.zeros(4, np.int32)
     for aligned in (True, False):
-        want = np_roi_align(features, boxes, indices, (4, 4), 1.0, 0, aligned)
+        want = roi_align_np(features, boxes, indices, (4, 4), 1.0, 0, aligned)
         got = _run(features, boxes, indices, 4, 1.0, 0, aligned)
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
@@ -215,7 +164,7 @@ def test_roi_align_gradient_matches_reference_jacobian(sampling_ratio):
     # The op is linear in the features: column j of the reference Jacobian is ref(e_j).
     size = features.size
     basis = np.eye(size).reshape(size, *features.shape)
-    jacobian = np.stack([np_roi_align(e, *args).ravel() for e in basis], axis=1)
+    jacobian = np.stack([roi_align_np(e, *args).ravel() for e in basis], axis=1)
     cotangent = np.random.default_rng(2).normal(size=(2, 2, 2, 2))
     x = tf.constant(features)
     with tf.GradientTape() as tape:
@@ -227,8 +176,8 @@ def test_roi_align_gradient_matches_reference_jacobian(sampling_ratio):
     # and a finite-difference check of the reference itself along one direction
     step = np.random.default_rng(3).normal(size=features.shape)
     eps = 1e-3
-    plus = np_roi_align(features + eps * step, *args)
-    minus = np_roi_align(features - eps * step, *args)
+    plus = roi_align_np(features + eps * step, *args)
+    minus = roi_align_np(features - eps * step, *args)
     fd = np.sum((plus - minus) * cotangent) / (2 * eps)
     np.testing.assert_allclose(fd, grad @ step.ravel(), rtol=1e-6)
 
@@ -254,7 +203,7 @@ def test_roi_align_no_boxes():
 
     assert pool(tf.zeros([0, 4]), tf.zeros([0], tf.int32)).shape == (0, 2, 3, 3)
     got = pool(tf.constant(BOXES), tf.constant(BOX_INDICES)).numpy()
-    want = np_roi_align(features, BOXES, BOX_INDICES, (2, 3), 0.5, 0, True)
+    want = roi_align_np(features, BOXES, BOX_INDICES, (2, 3), 0.5, 0, True)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
 
 
@@ -264,7 +213,7 @@ def test_roi_align_xla_static_shapes():
         lambda f, b, i: ra.roi_align(f, b, i, (2, 3), 0.5, 2, False, "gather"), jit_compile=True
     )
     got = fn(tf.constant(features), tf.constant(BOXES), tf.constant(BOX_INDICES)).numpy()
-    want = np_roi_align(features, BOXES, BOX_INDICES, (2, 3), 0.5, 2, False)
+    want = roi_align_np(features, BOXES, BOX_INDICES, (2, 3), 0.5, 2, False)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
     static = tf.function(
         lambda b: ra.roi_align(features, b, BOX_INDICES, (2, 3), 0.5, 2, True, "gather")
@@ -279,7 +228,7 @@ def test_roi_align_half_precision(dtype, sampling_ratio):
     half = tf.cast(features, dtype)
     got = ra.roi_align(half, BOXES, BOX_INDICES, (2, 3), 0.5, sampling_ratio, True, "gather")
     assert got.dtype == dtype
-    want = np_roi_align(features, BOXES, BOX_INDICES, (2, 3), 0.5, sampling_ratio, True)
+    want = roi_align_np(features, BOXES, BOX_INDICES, (2, 3), 0.5, sampling_ratio, True)
     np.testing.assert_allclose(tf.cast(got, tf.float32).numpy(), want, atol=0.06)
 
 
@@ -300,7 +249,8 @@ def test_crop_and_resize_rejects_adaptive_ratio():
 
 
 def test_custom_op_missing(monkeypatch):
-    monkeypatch.setattr(ra, "_CUSTOM_MODULE", "keras_maskrcnn.ops._no_such_module")
+    # An unimportable custom-op module: "auto" falls back to gather, "custom_op" says how to build.
+    monkeypatch.setitem(sys.modules, custom_roi_align.__name__, None)
     features = _features()
     auto = _run(features, implementation="auto")
     np.testing.assert_array_equal(auto, _run(features))
@@ -309,12 +259,8 @@ def test_custom_op_missing(monkeypatch):
 
 
 def test_auto_and_custom_op_when_available():
-    try:
-        from keras_maskrcnn.ops import custom_roi_align
-    except ImportError:
-        pytest.skip("custom op module not present")
     features = _features()
-    want = np_roi_align(features, BOXES, BOX_INDICES, (2, 3), 0.5, 2, True)
+    want = roi_align_np(features, BOXES, BOX_INDICES, (2, 3), 0.5, 2, True)
     np.testing.assert_allclose(_run(features, implementation="auto"), want, atol=1e-5)
     if not custom_roi_align.is_available():
         with pytest.raises(RuntimeError, match="--build"):
@@ -431,7 +377,7 @@ def _np_multilevel(features, boxes, output_size, sampling_ratio, aligned, method
         if method == "pool":
             out[n] = np_roi_pool(*args)[0]
         else:
-            out[n] = np_roi_align(*args, sampling_ratio, aligned)[0]
+            out[n] = roi_align_np(*args, sampling_ratio, aligned)[0]
     assert len(set(levels.tolist())) == 3  # the boxes exercise every level
     return out.reshape(batch, num, *out.shape[1:])
 

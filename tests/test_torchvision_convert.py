@@ -337,58 +337,47 @@ def test_convert_rejects_missing_extra_and_mismatched_weights(converted, tmp_pat
 
 
 def test_v2_heads_shapes_serialization_and_batchnorm():
-    import keras
     import tensorflow as tf
 
-    from keras_maskrcnn.heads.conv_heads import ConvFCBoxHead, ConvRPNHead, NormMaskHead
+    from keras_maskrcnn.heads import BoxHead, MaskHead, RPNHead
 
     rng = np.random.default_rng(RNG_SEED + 5)
     pooled = tf.constant(rng.normal(size=(2, 5, 7, 7, 4)), tf.float32)
-    box_head = ConvFCBoxHead(3, conv_dim=8, num_convs=2, fc_dim=16, num_fcs=1, norm="bn")
+    box_head = BoxHead(3, conv_dim=8, num_convs=2, fc_dim=16, num_fcs=1, norm="bn")
     logits, deltas = box_head(pooled)
     assert logits.shape == (2, 5, 4) and deltas.shape == (2, 5, 3, 4)
     assert len(box_head.weights) == 2 * 1 + 2 * 4 + 3 * 2  # 2 convs, 2 BNs, 3 dense layers
     trained, _ = box_head(pooled, training=True)  # batch statistics instead of moving ones
     assert np.abs(np.asarray(trained) - np.asarray(logits)).max() > 1e-6
-    clone = ConvFCBoxHead.from_config(box_head.get_config())
+    clone = BoxHead.from_config(box_head.get_config())
     clone(pooled)
     clone.set_weights(box_head.get_weights())
     np.testing.assert_allclose(np.asarray(clone(pooled)[0]), np.asarray(box_head(pooled)[0]),
                                atol=1e-6)  # (the training call moved the BN statistics)
 
-    mask_head = NormMaskHead(3, conv_dim=8, num_convs=2, norm="bn")
+    mask_head = MaskHead(3, conv_dim=8, num_convs=2, norm="bn")
     assert mask_head(pooled).shape == (2, 5, 14, 14, 3)
-    rpn = ConvRPNHead(3, channels=4, num_convs=2)
+    rpn = RPNHead(3, channels=4, num_convs=2)
     features = [tf.zeros((2, 8, 8, 4)), tf.zeros((2, 4, 4, 4))]
     rpn_logits, rpn_deltas = rpn(features)
     assert rpn_logits.shape == (2, 3 * 80) and rpn_deltas.shape == (2, 3 * 80, 4)
     with pytest.raises(ValueError, match="norm"):
-        ConvFCBoxHead(3, norm="gn")
-    assert isinstance(keras.saving.get_registered_object("keras_maskrcnn>NormMaskHead"), type)
+        BoxHead(3, norm="gn")
 
 
 def test_head_factories_follow_the_config():
     import keras
 
-    from keras_maskrcnn.backbones.fpn_norm import build_fpn_with_norm
+    from keras_maskrcnn.backbones.fpn import build_fpn
     from keras_maskrcnn.config import get_config
-    from keras_maskrcnn.heads import BoxHead, MaskHead, RPNHead
-    from keras_maskrcnn.heads.conv_heads import (
-        ConvFCBoxHead,
-        ConvRPNHead,
-        NormMaskHead,
-        box_head_from_config,
-        mask_head_from_config,
-        rpn_head_from_config,
-    )
+    from keras_maskrcnn.heads import box_head_from_config, mask_head_from_config, rpn_head_from_config
 
     v1, v2 = get_config("torchvision_r50_fpn"), get_config("torchvision_r50_fpn_v2")
-    assert isinstance(rpn_head_from_config(v1), RPNHead)
-    assert isinstance(box_head_from_config(v1), BoxHead)
-    assert isinstance(mask_head_from_config(v1), MaskHead)
-    assert isinstance(rpn_head_from_config(v2), ConvRPNHead)
-    assert isinstance(box_head_from_config(v2), ConvFCBoxHead)
-    assert isinstance(mask_head_from_config(v2), NormMaskHead)
+    assert rpn_head_from_config(v1).num_convs == 1 and rpn_head_from_config(v2).num_convs == 2
+    box1, box2 = box_head_from_config(v1), box_head_from_config(v2)
+    assert (box1.num_convs, box1.num_fcs, box1.norm) == (0, 2, "none")
+    assert (box2.num_convs, box2.num_fcs, box2.norm) == (4, 1, "bn")
+    assert mask_head_from_config(v1).norm == "none" and mask_head_from_config(v2).norm == "bn"
     with pytest.raises(ValueError, match="rpn_head_convs"):
         v1.replace(rpn_head_convs=0)
     with pytest.raises(ValueError, match="mask_paste"):
@@ -396,7 +385,7 @@ def test_head_factories_follow_the_config():
 
     image = keras.Input((64, 64, 3))
     c_feats = [keras.layers.Conv2D(8, 1, strides=s)(image) for s in (4, 8, 16, 32)]
-    fpn = build_fpn_with_norm(keras.Model(image, c_feats), channels=8)
+    fpn = build_fpn(keras.Model(image, c_feats), channels=8, norm="bn")
     names = {layer.name for layer in fpn.layers}
     assert {"fpn_lateral2", "fpn_lateral2_norm", "fpn_output5", "fpn_output5_norm"} <= names
     assert [tuple(o.shape[1:3]) for o in fpn.outputs] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]

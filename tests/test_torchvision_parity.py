@@ -441,7 +441,7 @@ def _build_model(canvas, v2: bool):
     return MaskRCNN(config)
 
 
-def _inputs_like_torchvision(images, tv_sizes, canvas):
+def _inputs_like_torchvision(images, tv_sizes, config):
     """Our batch from the package pipeline; an image whose resized size differs from
     torchvision's (see `test_resize_rule_matches_torchvision`) is resized to torchvision's size
     with the pipeline's own resize op, so that the model comparison sees the same input."""
@@ -449,7 +449,8 @@ def _inputs_like_torchvision(images, tv_sizes, canvas):
 
     from keras_maskrcnn.data.pipeline import make_inference_inputs
 
-    batch = make_inference_inputs(images, canvas, MIN_SIZE, MAX_SIZE)
+    assert (config.min_size, config.max_size) == (MIN_SIZE, MAX_SIZE)
+    batch = make_inference_inputs(images, config)
     for i, (image, size) in enumerate(zip(images, tv_sizes, strict=True)):
         if tuple(batch["image_shape"][i].astype(int)) != tuple(size):
             resized = tf.image.resize(tf.cast(image, tf.float32), tuple(int(s) for s in size),
@@ -474,7 +475,7 @@ def _run_ours(model, reference, end_to_end: bool) -> dict:
     # v1: a legacy-named .pth checkpoint, read by torch in a subprocess; v2: an .npz
     load_torchvision_weights(model, load_state_dict(reference["state_path"]))
     images = reference["images"]
-    batch = _inputs_like_torchvision(images, reference["tv_image_sizes"], canvas)
+    batch = _inputs_like_torchvision(images, reference["tv_image_sizes"], config)
     out = {"model": model, "batch": batch, "pipeline_shapes": _pipeline_shapes(images)}
     image_shape = tf.constant(batch["image_shape"])
     out["normalized"] = model.normalize(tf.constant(batch["images"]), image_shape).numpy()
@@ -484,7 +485,7 @@ def _run_ours(model, reference, end_to_end: bool) -> dict:
     out["rpn_logits"], out["rpn_deltas"] = logits.numpy(), deltas.numpy()
     anchors = model.anchor_generator(tf.constant(batch["images"]))
     out["anchors"] = anchors.numpy()
-    proposals, _, num = model.test_proposals(logits, deltas, anchors, image_shape)
+    proposals, num = model.test_proposals(logits, deltas, anchors, image_shape)
     out["proposals"], out["num_proposals"] = proposals.numpy(), num.numpy()
 
     tv_props = tf.constant(reference["tv_proposals"])

@@ -8,6 +8,8 @@ BN(z + b) = gamma * (z - (mu - b)) / sqrt(var + eps) + beta.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
@@ -50,9 +52,12 @@ def copy_keras_applications_resnet(source: keras.Model, backbone: keras.Model,
 
 
 def load_backbone_weights(backbone: keras.Model, config) -> None:
-    """Loads `config.backbone_weights` ("imagenet" or a .weights.h5 path) into `backbone`."""
+    """Loads `config.backbone_weights` into `backbone`: "imagenet" (keras.applications, downloaded
+    on first use), or a file: a keras.applications ResNet weights file (e.g. a copy of the
+    download, for machines offline) when the config has `imagenet_config_overrides()`
+    (`bgr_input`), else a `.weights.h5` of our own backbone."""
     weights = config.backbone_weights
-    if weights != "imagenet":
+    if weights != "imagenet" and not config.bgr_input:
         backbone.load_weights(weights)
         return
     if config.backbone not in _APPS:
@@ -65,7 +70,9 @@ def load_backbone_weights(backbone: keras.Model, config) -> None:
             "Caffe pixel mean/std: use config.replace(**imagenet_config_overrides())")
     from keras_maskrcnn.backbones.resnet import RESNET_SPECS
 
+    if weights != "imagenet" and not Path(weights).is_file():
+        raise FileNotFoundError(f"backbone weights file not found: {weights}")
     app = getattr(keras.applications, _APPS[config.backbone])(include_top=False,
-                                                               weights="imagenet")
+                                                               weights=weights)
     copy_keras_applications_resnet(app, backbone, RESNET_SPECS[config.backbone].blocks)
 

@@ -1,4 +1,5 @@
-"""ResNet / ResNeXt bottleneck backbones returning the C2..C5 feature maps.
+"""ResNet / ResNeXt bottleneck backbones returning the C2..C5 feature maps (C2..C4 for the C4
+architecture, whose res5 stage runs per RoI: `build_res5_head`).
 
 Layer names follow the torchvision module paths (`res2_0_conv1` = `layer1.0.conv1`) so that weight
 converters can map parameters one to one. Every strided convolution pads explicitly and
@@ -29,6 +30,8 @@ RESNET_SPECS = {
     "resnet50": ResNetSpec(blocks=(3, 4, 6, 3)),
     "resnet101": ResNetSpec(blocks=(3, 4, 23, 3)),
     "resnext101_32x8d": ResNetSpec(blocks=(3, 4, 23, 3), groups=32, width_per_group=8),
+    # torchvision's resnext50_32x4d (Xie et al. 2017): ResNet-50 depths, 32 groups of width 4.
+    "resnext50_32x4d": ResNetSpec(blocks=(3, 4, 6, 3), groups=32, width_per_group=4),
 }
 
 
@@ -92,40 +95,77 @@ def _bottleneck(x, spec: ResNetSpec, planes: int, stride: int, name: str, norm: 
     return layers.ReLU(name=f"{name}_out")(layers.Add(name=f"{name}_add")([y, shortcut]))
 
 
+def stage_channels(spec: ResNetSpec, level: int) -> int:
+    """Output channels of stage res{level} (level 2..5): `widths[level - 2] * expansion`."""
+    return spec.widths[level - 2] * spec.expansion
+
+
+def resnet_stage(x, spec: ResNetSpec, level: int, norm: str = "frozen_bn",
+                 stride_in_1x1: bool = False, trainable: bool = True):
+    """Applies stage res{level} (level 2..5) of `spec` to `x` `[N, H, W, C]`: `spec.blocks[level
+    - 2]` bottlenecks of `spec.widths[level - 2]` planes, the first with stride 2 (level > 2) and
+    a projection shortcut. Layers are named `res{level}_{block}_...` (torchvision's
+    `layer{level - 1}.{block}`). Returns `[N, H / s, W / s, stage_channels(spec, level)]`."""
+    if not 2 <= level <= 5:
+        raise ValueError(f"ResNet stages are res2..res5, got res{level}")
+    for block in range(spec.blocks[level - 2]):
+        stride = 2 if block == 0 and level > 2 else 1
+        x = _bottleneck(x, spec, spec.widths[level - 2], stride, f"res{level}_{block}", norm,
+                        stride_in_1x1, trainable)
+    return x
+
+
 def build_resnet(
     spec: ResNetSpec,
     norm: str = "frozen_bn",
     stride_in_1x1: bool = False,
     freeze_at: int = 0,
     name: str = "backbone",
+    last_stage: int = 5,
 ) -> keras.Model:
-    """A ResNet as a Keras model: `[B, H, W, 3]` normalized image -> `[C2, C3, C4, C5]`.
+    """A ResNet as a Keras model: `[B, H, W, 3]` normalized image -> `[C2, ..., C{last_stage}]`
+    (default `[C2, C3, C4, C5]`; `last_stage=4` stops after res4, as the C4 architecture's
+    backbone, whose res5 is the RoI head `build_res5_head`).
 
     C_k has stride 2**k and `spec.widths[k-2] * spec.expansion` channels. `freeze_at` makes the
     stem (1) and the first `freeze_at - 1` stages non-trainable, as Detectron2's FREEZE_AT.
     `stride_in_1x1` puts the stride of each first bottleneck on its 1x1 conv (the original MSRA
     ResNet, Detectron2's STRIDE_IN_1X1, keras.applications) instead of its 3x3 conv (v1.5).
     """
+    if last_stage not in (4, 5):
+        raise ValueError(f"last_stage must be 4 or 5, got {last_stage}")
     image = keras.Input((None, None, 3), name="image")
     x = _conv(image, spec.stem_width, 7, 2, "stem_conv1", trainable=freeze_at < 1)
     x = layers.ReLU(name="stem_relu")(make_norm(norm, "stem_norm1", freeze_at < 1, spec.stem_width)(x))
     x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
     x = layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
     features = []
-    for stage, (blocks, planes) in enumerate(zip(spec.blocks, spec.widths, strict=True)):
-        level = stage + 2
-        trainable = freeze_at < level
-        for block in range(blocks):
-            stride = 2 if block == 0 and stage > 0 else 1
-            x = _bottleneck(x, spec, planes, stride, f"res{level}_{block}", norm, stride_in_1x1,
-                            trainable)
+    for level in range(2, last_stage + 1):
+        x = resnet_stage(x, spec, level, norm, stride_in_1x1, trainable=freeze_at < level)
         features.append(x)
     return keras.Model(image, features, name=name)
 
 
+def build_res5_head(spec: ResNetSpec, norm: str = "frozen_bn", stride_in_1x1: bool = False,
+                    trainable: bool = True, name: str = "res5") -> keras.Model:
+    """Stage res5 of `spec` as a per-RoI head (Detectron2's `Res5ROIHeads._build_res5_block`):
+    `[N, P, P, C4 channels]` pooled RoI features -> `[N, P / 2, P / 2, C5 channels]` (e.g. 14x14x1024
+    -> 7x7x2048 for ResNet-50). The same bottlenecks and layer names (`res5_{block}_...`) as the
+    res5 of `build_resnet`, so backbone weights map one to one."""
+    pooled = keras.Input((None, None, stage_channels(spec, 4)), name="pooled")
+    return keras.Model(pooled, resnet_stage(pooled, spec, 5, norm, stride_in_1x1, trainable),
+                       name=name)
+
+
+def resnet_spec_from_config(config) -> ResNetSpec:
+    """The `ResNetSpec` named by a `MaskRCNNConfig`'s `backbone` (`tiny_widths` for resnet_tiny)."""
+    if config.backbone == "resnet_tiny":
+        return tiny_spec(config.tiny_widths)
+    return RESNET_SPECS[config.backbone]
+
+
 def resnet_from_config(config) -> keras.Model:
-    """The backbone named by a `MaskRCNNConfig`."""
-    spec = tiny_spec(config.tiny_widths) if config.backbone == "resnet_tiny" else (
-        RESNET_SPECS[config.backbone]
-    )
-    return build_resnet(spec, config.backbone_norm, config.stride_in_1x1, config.freeze_at)
+    """The backbone named by a `MaskRCNNConfig`: C2..C5, or C2..C4 for `architecture` "c4"."""
+    last_stage = 4 if config.architecture == "c4" else 5
+    return build_resnet(resnet_spec_from_config(config), config.backbone_norm,
+                        config.stride_in_1x1, config.freeze_at, last_stage=last_stage)

@@ -408,9 +408,8 @@ def _fpn_assignments(model, reader: _StateReader, norm: bool):
 
 def _rpn_assignments(model, reader: _StateReader):
     head = model.rpn_head
-    convs = getattr(head, "convs", None) or [head.conv]
     out = [(conv, reader.conv(f"rpn.head.conv.{i}.0"), f"rpn.head.conv.{i}")
-           for i, conv in enumerate(convs)]
+           for i, conv in enumerate(head.convs)]
     out.append((head.objectness, reader.conv("rpn.head.cls_logits"), "rpn.head.cls_logits"))
     num_anchors = head.num_anchors
     rows = delta_rows(num_anchors)
@@ -424,21 +423,21 @@ def _box_head_assignments(model, reader: _StateReader):
     head = model.box_head
     c = model.config
     size, channels = c.box_pool_size, c.fpn_channels
+    norm = head.norm == "bn"
     out = []
-    if c.box_head_convs:  # v2: FastRCNNConvFCHead = convs (+BN) + Flatten + Linear
-        norm = c.head_norm == "bn"
-        for i in range(c.box_head_convs):
-            prefix = f"roi_heads.box_head.{i}"
-            out.append((head.convs[i], reader.conv(f"{prefix}.0", bias=not norm), prefix))
-            if norm:
-                out.append((head.norms[i], reader.bn(f"{prefix}.1"), prefix))
-        channels = c.box_head_conv_dim
-        first = c.box_head_convs + 1  # index of the first Linear after Flatten
-        fc_keys = [f"roi_heads.box_head.{first + 2 * j}" for j in range(c.box_head_fcs)]
+    # v2: FastRCNNConvFCHead = convs (+BN) + Flatten + Linear; v1: TwoMLPHead fc6, fc7.
+    for i, conv in enumerate(head.convs):
+        prefix = f"roi_heads.box_head.{i}"
+        out.append((conv, reader.conv(f"{prefix}.0", bias=not norm), prefix))
+        if norm:
+            out.append((head.norms[i], reader.bn(f"{prefix}.1"), prefix))
+    if head.convs:
+        channels = head.conv_dim
+        first = len(head.convs) + 1  # index of the first Linear after Flatten
+        fc_keys = [f"roi_heads.box_head.{first + 2 * j}" for j in range(len(head.fcs))]
     else:
-        fc_keys = ["roi_heads.box_head.fc6", "roi_heads.box_head.fc7"][:c.box_head_fcs]
-    fcs = getattr(head, "fcs", None) or [head.fc1, head.fc2]
-    for j, (layer, prefix) in enumerate(zip(fcs, fc_keys, strict=True)):
+        fc_keys = ["roi_heads.box_head.fc6", "roi_heads.box_head.fc7"][:len(head.fcs)]
+    for j, (layer, prefix) in enumerate(zip(head.fcs, fc_keys, strict=True)):
         weight = reader.get(f"{prefix}.weight")
         if j == 0:
             kernel = chw_flatten_to_hwc(weight, channels, size, size)
@@ -449,7 +448,7 @@ def _box_head_assignments(model, reader: _StateReader):
     out.append((head.class_logits, [dense_kernel(reader.get(f"{cls}.weight")),
                                     reader.get(f"{cls}.bias")], cls))
     box = "roi_heads.box_predictor.bbox_pred"
-    rows = delta_rows(c.num_classes + 1, skip_groups=1)
+    rows = delta_rows(head.num_classes + 1, skip_groups=1)
     out.append((head.box_deltas, [dense_kernel(reader.get(f"{box}.weight")[rows]),
                                   reader.get(f"{box}.bias")[rows]], box))
     return out
@@ -457,7 +456,7 @@ def _box_head_assignments(model, reader: _StateReader):
 
 def _mask_head_assignments(model, reader: _StateReader):
     head = model.mask_head
-    norm = model.config.head_norm == "bn"
+    norm = head.norm == "bn"
     out = []
     for i, conv in enumerate(head.convs):
         prefix = f"roi_heads.mask_head.{i}"

@@ -1,17 +1,24 @@
 """Dataset sources (COCO files, synthetic shapes) and the tf.data input pipeline."""
 
 from keras_maskrcnn.data.coco import CocoDataset
+from keras_maskrcnn.data.images import BadImageError, load_rgb_image
 from keras_maskrcnn.data.pipeline import (
-    compute_resize_scale,
-    compute_resized_shape,
     make_dataset,
     make_inference_inputs,
     make_mini_masks,
-    resize_and_pad_image,
+    num_batches,
 )
 from keras_maskrcnn.data.shapes import ShapesDataset
 
+# The resize rule lives in keras_maskrcnn.transform; re-exported here for compatibility.
+from keras_maskrcnn.transform import (
+    compute_resize_scale,
+    compute_resized_shape,
+    resize_and_pad_image,
+)
+
 __all__ = [
+    "BadImageError",
     "CocoDataset",
     "ShapesDataset",
     "compute_resize_scale",
@@ -19,5 +26,7 @@ __all__ = [
     "make_dataset",
     "make_inference_inputs",
     "make_mini_masks",
+    "num_batches",
+    "load_rgb_image",
     "resize_and_pad_image",
 ]

@@ -16,19 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pycocotools.coco import COCO
+
+from keras_maskrcnn.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_rgb_image
 
 logger = logging.getLogger("keras_maskrcnn")
 
 _REQUIRED_FIELDS = ("images", "annotations", "categories")
 _MAX_IDS_IN_MESSAGE = 5
-
-
-def load_rgb_image(path: Path) -> np.ndarray:
-    """Reads an image file as uint8 RGB `[h, w, 3]` (grayscale, palette, RGBA, CMYK converted)."""
-    with Image.open(path) as img:
-        return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def coco_bbox_to_yxyx(bbox: Any) -> np.ndarray:
@@ -67,8 +62,12 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _build_coco(data: dict) -> COCO:
-    """A pycocotools COCO from an in-memory dict, without its progress prints."""
+def build_coco_index(data: dict) -> COCO:
+    """A pycocotools `COCO` indexed from an in-memory COCO-format dict, without its prints.
+
+    `data` needs "images", "annotations" and "categories"; it becomes `coco.dataset` (not
+    copied). Used for file-backed (`CocoDataset`) and generated (`ShapesDataset`) ground truth.
+    """
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
@@ -112,19 +111,24 @@ class CocoDataset:
         annotations: str | Path,
         images_dir: str | Path,
         class_names: list | None = None,
+        max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
     ) -> None:
         self.annotations_path = Path(annotations)
+        self.max_image_pixels = max_image_pixels
         self.images_dir = Path(images_dir)
         data = _read_json(self.annotations_path)
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"images folder not found: {self.images_dir}; check --images")
-        self.coco = _build_coco(data)
+        self.coco = build_coco_index(data)
         self._init_labels(data["categories"], class_names)
         self._images = {int(img["id"]): img for img in data["images"]}
         self.image_ids = sorted(self._images)
         self._anns_by_image = self._index_annotations(data["annotations"])
-        if self.image_ids:
-            self.image_path(self.image_ids[0])  # fail fast on a wrong images folder
+        first = self.image_ids[:20]
+        if first and not any((self.images_dir / self.file_name(i)).is_file() for i in first):
+            raise FileNotFoundError(  # fail fast on a wrong images folder
+                f"none of the first {len(first)} images of {self.annotations_path} is in "
+                f"{self.images_dir} (e.g. {self.file_name(first[0])}); check --images")
 
     # ----------------------------------------------------------------------------- set-up
     def _init_labels(self, categories: list, class_names: list | None) -> None:
@@ -202,18 +206,22 @@ class CocoDataset:
         return str(self.image_info(image_id)["file_name"])
 
     def image_path(self, image_id: int) -> Path:
-        """Full path of the image file; FileNotFoundError if it is not on disk."""
+        """Full path of the image file; BadImageError if it is not on disk."""
         path = self.images_dir / self.file_name(image_id)
         if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path} (image id {image_id}); check "
-                                    f"--images (the folder holding the images of "
-                                    f"{self.annotations_path.name})")
+            raise BadImageError(path, f"file not found (image id {image_id} of "
+                                f"{self.annotations_path}; check --images, the folder holding "
+                                "its images)")
         return path
 
     def load_image(self, image_id: int) -> np.ndarray:
         """The image as uint8 RGB `[h, w, 3]`; ValueError if its size differs from the JSON."""
         path = self.image_path(image_id)
-        image = load_rgb_image(path)
+        try:
+            image = load_rgb_image(path, self.max_image_pixels)
+        except BadImageError as err:
+            raise BadImageError(path, err.reason, f" (image id {image_id} of "
+                                f"{self.annotations_path})") from None
         info = self.image_info(image_id)
         expected = (int(info["height"]), int(info["width"]))
         if image.shape[:2] != expected:

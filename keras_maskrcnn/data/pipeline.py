@@ -1,158 +1,58 @@
-"""tf.data input pipeline and the image resize rule shared by training, predict and export.
+"""tf.data input pipeline: dataset sources -> the batches `model.fit` consumes, and the
+inference batches of `predict`.
 
 Shape glossary: B batch, G max ground-truth instances per image, M mini-mask size, (H, W) canvas,
 (h, w) original image, (h', w') resized image inside the canvas.
 
-Resize rule (torchvision `GeneralizedRCNNTransform`, Detectron2 `ResizeShortestEdge`):
-`scale = min(min_size / min(h, w), max_size / max(h, w))`, computed in Python floats (float64) as
-torchvision's eager transform does, and the resized size is `floor(h * scale)` x
-`floor(w * scale)` (torchvision calls `F.interpolate(scale_factor=scale,
-recompute_scale_factor=True)`, which floors). The image is
-resized bilinearly with half-pixel centres and no antialias, placed top-left on the canvas, and
-zero-padded bottom/right.
+The image transform (resize rule, canvas, box maps) is `keras_maskrcnn.transform`, shared with
+inference and export; `compute_resize_scale`, `compute_resized_shape` and
+`resize_and_pad_image` are re-exported here for compatibility. Ground-truth boxes map to input
+pixels per axis, `y * h' / h` and `x * w' / w` (`transform.boxes_to_input_tf`): the same
+continuous map as the resized image, so training and inference share one coordinate frame.
 
 Mini masks (docs/CONVENTIONS.md): `gt_masks[g, i, j]` is the bilinear sample of instance g's
 binary mask at the pixel-centre point `y = y1 + (i + 0.5) * (y2 - y1) / M - 0.5` (x likewise) of
-its box, reads clamped to the image. Boxes map to input pixels by `box * scale` and the mask by
-the same continuous transform (input coordinate `p` reads original `(p + 0.5) / scale - 0.5`),
-so the sample points are the same in both frames: the mini masks are computed once from the
-original-resolution mask (no full-size resized masks in the pipeline) and a horizontal flip
-simply reverses their columns.
+its box, reads clamped to the image. The points are box-relative, and the per-axis box map and
+the image resize (`tf.image.resize`, half-pixel centres: input index `p` reads original
+`(p + 0.5) * h / h' - 0.5`) are the same continuous map, so the sample points are the same in
+both frames: the mini masks are computed once from the original-resolution mask and box (no
+full-size resized masks in the pipeline), and a horizontal flip simply reverses their columns.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from keras_maskrcnn.config import MaskRCNNConfig
+from keras_maskrcnn.data.images import BadImageError
+from keras_maskrcnn.transform import (
+    SIZE_MULTIPLE,
+    boxes_to_input_tf,
+    check_canvas_size,
+    check_positive_int,
+    compute_resize_scale,
+    compute_resized_shape,
+    letterbox,
+    pad_to_canvas,
+    resize_and_pad_image,
+    resize_image_tf,
+)
+
+__all__ = [
+    "compute_resize_scale",
+    "compute_resized_shape",
+    "make_dataset",
+    "make_inference_inputs",
+    "make_mini_masks",
+    "resize_and_pad_image",
+]
+
 logger = logging.getLogger("keras_maskrcnn")
-
-_SIZE_MULTIPLE = 32
-
-
-# --------------------------------------------------------------------------------- checks
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
-    return int(value)
-
-
-def _check_canvas(canvas_size, multiple: int = 1) -> tuple[int, int]:
-    if not isinstance(canvas_size, (tuple, list)) or len(canvas_size) != 2:
-        raise ValueError(f"canvas_size must be a (height, width) pair, got {canvas_size!r}")
-    hw = tuple(_check_positive_int("canvas_size", v) for v in canvas_size)
-    if any(v % multiple for v in hw):
-        raise ValueError(f"canvas_size must be multiples of {multiple}, got {hw}")
-    return hw
-
-
-def _check_sizes(min_size, max_size) -> None:
-    for name, value in (("min_size", min_size), ("max_size", max_size)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-            raise TypeError(f"{name} must be a number, got {value!r}")
-        if value <= 0:
-            raise ValueError(f"{name} must be > 0, got {value}")
-
-
-# --------------------------------------------------------------------------------- resize rule
-def compute_resize_scale(height: int, width: int, min_size: float, max_size: float) -> float:
-    """Scale (input pixels / original pixels) that brings the short side to `min_size`, reduced
-    so that the long side is at most `max_size`. Python (float64) arithmetic, as torchvision's
-    eager transform computes it."""
-    _check_sizes(min_size, max_size)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"height and width must be > 0, got {height} x {width}")
-    short, long = float(min(height, width)), float(max(height, width))
-    return min(float(min_size) / short, float(max_size) / long)
-
-
-def compute_resized_shape(height: int, width: int, min_size: float,
-                          max_size: float) -> tuple[int, int]:
-    """(h', w') = (floor(height * scale), floor(width * scale)) with `compute_resize_scale`."""
-    scale = compute_resize_scale(height, width, min_size, max_size)
-    return math.floor(height * scale), math.floor(width * scale)
-
-
-def _resize_scale_tf(hw: tf.Tensor, min_size, max_size) -> tf.Tensor:
-    """float64 scalar scale for `hw [2] int32`; the same arithmetic as `compute_resize_scale`."""
-    hw = tf.cast(hw, tf.float64)
-    short, long = tf.reduce_min(hw), tf.reduce_max(hw)
-    return tf.minimum(tf.cast(min_size, tf.float64) / short, tf.cast(max_size, tf.float64) / long)
-
-
-def _resize(image: tf.Tensor, min_size, max_size) -> tuple[tf.Tensor, tf.Tensor]:
-    """Resized image `[h', w', 3]` float32 and its scale (float32)."""
-    hw = tf.shape(image)[:2]
-    scale = _resize_scale_tf(hw, min_size, max_size)
-    new_hw = tf.cast(tf.floor(tf.cast(hw, tf.float64) * scale), tf.int32)
-    new_hw = tf.maximum(new_hw, 1)
-    resized = tf.image.resize(tf.cast(image, tf.float32), new_hw, method="bilinear",
-                              antialias=False)
-    return resized, tf.cast(scale, tf.float32)
-
-
-def _pad_to_canvas(image: tf.Tensor, canvas: tuple[int, int]) -> tf.Tensor:
-    """Zero-pads `[h', w', 3]` bottom/right to `[H, W, 3]`; clear error if it does not fit."""
-    hw = tf.shape(image)[:2]
-    message = (f"the resized image does not fit the canvas {canvas} (height, width); enlarge "
-               "canvas_size or lower min_size/max_size")
-    static_hw = tf.get_static_value(hw)  # known eagerly, and in graphs of static-shape inputs
-    if static_hw is not None:
-        h, w = (int(v) for v in static_hw)
-        if h > canvas[0] or w > canvas[1]:
-            raise ValueError(f"{message} (resized image {h} x {w})")
-        checks = []
-    else:
-        checks = [tf.debugging.assert_less_equal(hw, tf.constant(canvas, tf.int32),
-                                                 message=message)]
-    with tf.control_dependencies(checks):
-        padded = tf.pad(image, [[0, canvas[0] - hw[0]], [0, canvas[1] - hw[1]], [0, 0]])
-    padded.set_shape([canvas[0], canvas[1], image.shape[-1]])
-    return padded
-
-
-def _check_image_tensor(image) -> tf.Tensor:
-    image = tf.convert_to_tensor(image)
-    rank = image.shape.rank
-    if rank is not None and (rank != 3 or image.shape[-1] not in (3, None)):
-        raise ValueError(f"image must be [height, width, 3], got shape {image.shape}")
-    if not (image.dtype.is_integer or image.dtype.is_floating):
-        raise TypeError(f"image must be uint8 or float, got {image.dtype.name}")
-    return image
-
-
-def resize_and_pad_image(
-    image, canvas_size: tuple[int, int], min_size, max_size
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Resizes an image by the resize rule and zero-pads it onto the canvas.
-
-    Works eagerly and inside `tf.function` / `tf.data` (then a too-small canvas fails a
-    `tf.debugging` assertion instead of the eager ValueError).
-
-    Args:
-        image: `[h, w, 3]` uint8 or float RGB, 0..255.
-        canvas_size: (H, W) ints.
-        min_size, max_size: target short side and cap on the long side (numbers or scalar
-            tensors).
-
-    Returns:
-        padded `[H, W, 3]` float32 0..255, image_shape `[2]` float32 (h', w') of the resized
-        image, scale float32 scalar (input pixels / original pixels).
-    """
-    canvas = _check_canvas(canvas_size)
-    if not isinstance(min_size, tf.Tensor) and not isinstance(max_size, tf.Tensor):
-        _check_sizes(min_size, max_size)
-    image = _check_image_tensor(image)
-    resized, scale = _resize(image, min_size, max_size)
-    image_shape = tf.cast(tf.shape(resized)[:2], tf.float32)
-    return _pad_to_canvas(resized, canvas), image_shape, scale
 
 
 # --------------------------------------------------------------------------------- ground truth
@@ -204,15 +104,33 @@ class _Loader:
     shape `[2]` int32.
     """
 
-    def __init__(self, source, max_instances: int, mask_size: int) -> None:
+    def __init__(self, source, max_instances: int, mask_size: int,
+                 skip_bad_images: bool = False) -> None:
         self.source = source
         self.max_instances = max_instances
         self.mask_size = mask_size
+        self.skip_bad_images = skip_bad_images
+        self.skipped: list[str] = []
         self._warned: set[int] = set()
         self._lock = threading.Lock()
 
     def __call__(self, image_id) -> tuple[np.ndarray, ...]:
-        image_id = int(image_id)
+        """The example of `image_id` and True; with `skip_bad_images`, for a bad image file a
+        placeholder and False (warned, counted in `skipped`)."""
+        try:
+            return (*self.load(int(image_id)), np.bool_(True))
+        except BadImageError as err:
+            if not self.skip_bad_images:
+                raise
+            with self._lock:
+                self.skipped.append(err.path)
+            logger.warning("skipping %s", err)
+            m, g = self.mask_size, self.max_instances
+            return (np.zeros((1, 1, 3), np.uint8), np.zeros((g, 4), np.float32),
+                    np.zeros((g,), np.int32), np.zeros((g, m, m), np.float32),
+                    np.ones((2,), np.int32), np.bool_(False))
+
+    def load(self, image_id: int) -> tuple[np.ndarray, ...]:
         image = np.asarray(self.source.load_image(image_id))
         if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
             raise ValueError(f"load_image({image_id}) must return uint8 [h, w, 3], got "
@@ -273,15 +191,20 @@ def _check_source(source) -> list[int]:
     return ids
 
 
+def _check_config(config) -> MaskRCNNConfig:
+    if not isinstance(config, MaskRCNNConfig):
+        raise TypeError(f"config must be a MaskRCNNConfig, got {type(config).__name__}")
+    return config
+
+
 def _check_min_sizes(train_min_sizes) -> tuple[int, ...] | None:
-    if train_min_sizes is None:
-        return None
+    """The config's multi-scale short sides as ints, or None when empty (one scale)."""
     if isinstance(train_min_sizes, (int, np.integer)) or not isinstance(train_min_sizes,
                                                                           Sequence):
         raise TypeError(f"train_min_sizes must be a tuple of ints, got {train_min_sizes!r}")
     if not train_min_sizes:
-        raise ValueError("train_min_sizes must not be empty (use None)")
-    return tuple(_check_positive_int("train_min_sizes", v) for v in train_min_sizes)
+        return None
+    return tuple(check_positive_int("train_min_sizes", v) for v in train_min_sizes)
 
 
 def _flip(image: tf.Tensor, boxes: tf.Tensor, mini: tf.Tensor):
@@ -293,7 +216,8 @@ def _flip(image: tf.Tensor, boxes: tf.Tensor, mini: tf.Tensor):
 
 
 def _make_transform(canvas, min_size, max_size, train_min_sizes, horizontal_flip):
-    """The per-image tf map: random short side, resize, flip, pad, boxes to input pixels."""
+    """The per-image tf map: random short side, resize, boxes to input pixels (per axis), flip,
+    pad."""
 
     def transform(image, boxes, classes, mini, image_id, original_shape, seeds):
         if train_min_sizes is not None:
@@ -301,17 +225,16 @@ def _make_transform(canvas, min_size, max_size, train_min_sizes, horizontal_flip
             short = tf.gather(tf.constant(train_min_sizes, tf.int32), index)
         else:
             short = min_size
-        resized, scale = _resize(image, short, max_size)
+        resized, scale = resize_image_tf(image, short, max_size)
         image_shape = tf.cast(tf.shape(resized)[:2], tf.float32)
-        limits = tf.tile(image_shape, [2])
-        boxes = tf.clip_by_value(boxes * scale, 0.0, limits)
+        boxes = boxes_to_input_tf(boxes, original_shape, image_shape)
         if horizontal_flip:
-            do_flip = tf.random.stateless_uniform([], seeds[2:]) < 0.5
+            do_flip = tf.random.stateless_uniform([], seeds[2:4]) < 0.5
             resized, boxes, mini = tf.cond(do_flip, lambda: _flip(resized, boxes, mini),
                                            lambda: (resized, boxes, mini))
         valid = tf.cast(tf.not_equal(classes, 0), tf.float32)[:, None]
         inputs = {
-            "images": _pad_to_canvas(resized, canvas),
+            "images": pad_to_canvas(resized, canvas),
             "image_shape": image_shape,
             "gt_boxes": boxes * valid,
             "gt_classes": classes,
@@ -319,6 +242,8 @@ def _make_transform(canvas, min_size, max_size, train_min_sizes, horizontal_flip
             "image_id": image_id,
             "scale": scale,
             "original_shape": original_shape,
+            # The in-graph RPN / RoI samplers' per-image stateless seed (ops.sampling).
+            "sample_seed": tf.cast(seeds[4:6] % (2**31 - 1), tf.int32),
         }
         return (inputs,)
 
@@ -327,117 +252,143 @@ def _make_transform(canvas, min_size, max_size, train_min_sizes, horizontal_flip
 
 def _load_fn(loader: _Loader, max_instances: int, mask_size: int):
     def load(image_id, seeds):
-        image, boxes, classes, mini, shape = tf.numpy_function(
-            loader, [image_id], [tf.uint8, tf.float32, tf.int32, tf.float32, tf.int32],
+        image, boxes, classes, mini, shape, ok = tf.numpy_function(
+            loader, [image_id], [tf.uint8, tf.float32, tf.int32, tf.float32, tf.int32, tf.bool],
             stateful=False)
+        ok.set_shape([])
         image.set_shape([None, None, 3])
         boxes.set_shape([max_instances, 4])
         classes.set_shape([max_instances])
         mini.set_shape([max_instances, mask_size, mask_size])
         shape.set_shape([2])
-        return image, boxes, classes, mini, image_id, shape, seeds
+        return image, boxes, classes, mini, image_id, shape, seeds, ok
 
     return load
 
 
+def _drop_flag(*example):
+    return example[:-1]
+
+
+def num_batches(source, batch_size: int) -> int:
+    """Full batches in one pass over `source` (an epoch of `make_dataset(training=True)`)."""
+    return len(list(source.image_ids)) // int(batch_size)
+
+
 def make_dataset(
     source,
+    config: MaskRCNNConfig,
     *,
-    canvas_size: tuple[int, int],
-    min_size: int,
-    max_size: int,
-    train_min_sizes: tuple[int, ...] | None = None,
-    horizontal_flip: bool = False,
-    max_instances: int = 100,
-    mask_size: int = 28,
-    batch_size: int = 2,
-    shuffle: bool = False,
-    repeat: bool = False,
+    training: bool,
+    batch_size: int | None = None,
+    shuffle: bool | None = None,
+    repeat: bool | None = None,
     seed: int | None = None,
-    drop_remainder: bool = False,
+    drop_remainder: bool | None = None,
+    skip_batches: int = 0,
+    skip_bad_images: bool = False,
+    skipped: list | None = None,
 ) -> tf.data.Dataset:
     """Batches `(inputs,)` for `model.fit` (docs/CONVENTIONS.md) from a dataset source.
 
+    Everything about the input comes from `config`: the canvas `image_size`, the resize rule
+    (`min_size`, `max_size`), `max_instances` (G; images with more instances keep the G largest
+    by mask area and log a warning naming the image id, once per id) and `gt_mask_size` (M).
+    With `training=True` the augmentation of the config applies too: each image's short side is
+    drawn uniformly from `train_min_sizes` when not empty (Detectron2 multi-scale training,
+    instead of `min_size`), and images are mirrored with probability 0.5 when
+    `horizontal_flip`. With `training=False` there is neither (one scale, no flip).
+
     Args:
         source: a dataset source (`CocoDataset`, `ShapesDataset`, ...).
-        canvas_size: (H, W), multiples of 32.
-        min_size, max_size: resize rule (see the module docstring).
-        train_min_sizes: when given, each image's short side is drawn uniformly from these
-            (Detectron2 multi-scale training) instead of `min_size`.
-        horizontal_flip: mirror each image with probability 0.5.
-        max_instances: G; images with more instances keep the G largest (mask area) and log a
-            warning naming the image id (once per image id).
-        mask_size: M of the mini masks.
-        batch_size, drop_remainder: batching (drop_remainder=True makes B static).
-        shuffle: shuffle the image ids every epoch; repeat: repeat forever.
+        config: the model's `MaskRCNNConfig`.
+        training: training batches (augmented, and by default shuffled, repeated, fixed B) or
+            evaluation batches (plain, one pass in order).
+        batch_size: B (default `config.batch_size`).
+        shuffle: shuffle the image ids every epoch (default: `training`).
+        repeat: repeat forever (default: `training`).
         seed: makes shuffling and augmentation reproducible (None: random).
+        drop_remainder: drop the last partial batch, making B static (default: `training`).
+        skip_batches: start after this many batches of the stream (resuming a run at that
+            step: the order, augmentation and sampler seeds of what follows are unchanged).
+        skip_bad_images: images that cannot be read (`BadImageError`) are left out with a
+            warning naming them, instead of failing the iteration with that message; their
+            paths are appended to `skipped` when given.
 
     Returns:
         A dataset of `(inputs,)` with images `[B, H, W, 3]` float32 0..255, image_shape `[B, 2]`
-        float32, gt_boxes `[B, G, 4]` float32 input pixels (clipped to image_shape, mirrored
-        when flipped; zeros on padding), gt_classes `[B, G]` int32 (0 pad, -1 crowd, 1..K),
-        gt_masks `[B, G, M, M]` float32, image_id `[B]` int64, scale `[B]` float32,
-        original_shape `[B, 2]` int32.
+        float32 (h', w'), gt_boxes `[B, G, 4]` float32 input pixels (the per-axis map
+        `transform.boxes_to_input` of the original boxes, mirrored when flipped; zeros on
+        padding), gt_classes `[B, G]` int32 (0 pad, -1 crowd, 1..K), gt_masks `[B, G, M, M]`
+        float32, image_id `[B]` int64, scale `[B]` float32 (the resize rule's scale),
+        original_shape `[B, 2]` int32 (h, w).
     """
+    config = _check_config(config)
+    if not isinstance(training, bool):
+        raise TypeError(f"training must be a bool, got {training!r}")
     ids = _check_source(source)
-    canvas = _check_canvas(canvas_size, _SIZE_MULTIPLE)
-    _check_sizes(min_size, max_size)
-    train_min_sizes = _check_min_sizes(train_min_sizes)
-    max_instances = _check_positive_int("max_instances", max_instances)
-    mask_size = _check_positive_int("mask_size", mask_size)
-    batch_size = _check_positive_int("batch_size", batch_size)
+    canvas = check_canvas_size(config.image_size, SIZE_MULTIPLE)
+    train_min_sizes = _check_min_sizes(config.train_min_sizes) if training else None
+    horizontal_flip = training and bool(config.horizontal_flip)
+    max_instances = check_positive_int("max_instances", config.max_instances)
+    mask_size = check_positive_int("gt_mask_size", config.gt_mask_size)
+    batch_size = check_positive_int(
+        "batch_size", config.batch_size if batch_size is None else batch_size)
+    shuffle = training if shuffle is None else bool(shuffle)
+    repeat = training if repeat is None else bool(repeat)
+    drop_remainder = training if drop_remainder is None else bool(drop_remainder)
 
     dataset = tf.data.Dataset.from_tensor_slices(np.array(ids, np.int64))
     if shuffle:
         dataset = dataset.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(4)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(6)
     dataset = tf.data.Dataset.zip(dataset, seeds)
-    loader = _Loader(source, max_instances, mask_size)
+    if skip_batches:  # resume: the same stream, without loading what was already trained on
+        dataset = dataset.skip(int(skip_batches) * batch_size)
+    loader = _Loader(source, max_instances, mask_size, skip_bad_images)
+    if skipped is not None:
+        loader.skipped = skipped
     dataset = dataset.map(_load_fn(loader, max_instances, mask_size),
                           num_parallel_calls=tf.data.AUTOTUNE)
-    transform = _make_transform(canvas, min_size, max_size, train_min_sizes,
-                                bool(horizontal_flip))
+    if skip_bad_images:
+        dataset = dataset.filter(lambda *example: example[-1])
+    dataset = dataset.map(_drop_flag)
+    transform = _make_transform(canvas, config.min_size, config.max_size, train_min_sizes,
+                                horizontal_flip)
     dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def make_inference_inputs(
-    images: Sequence[np.ndarray], canvas_size: tuple[int, int], min_size: int, max_size: int
+    images: Sequence[np.ndarray], config: MaskRCNNConfig,
+    canvas: tuple[int, int] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Resizes and pads a list of images into one batch for `predict`.
+    """Resizes and pads a list of images into one batch for `predict` (`transform.letterbox`
+    with the config's resize rule).
 
     Args:
         images: B arrays `[h, w, 3]` (or `[h, w]` grayscale) RGB, uint8 (or float 0..255).
-        canvas_size: (H, W), multiples of 32, large enough for every resized image.
+        config: the model's `MaskRCNNConfig` (`min_size`, `max_size`, `image_size`).
+        canvas: (H, W), multiples of 32, large enough for every resized image (default
+            `config.image_size`; `transform.canvas_for` gives the per-image canvas).
 
     Returns:
         dict of numpy arrays: images `[B, H, W, 3]` float32, image_shape `[B, 2]` float32,
         scale `[B]` float32, original_shape `[B, 2]` int32.
     """
-    canvas = _check_canvas(canvas_size, _SIZE_MULTIPLE)
-    _check_sizes(min_size, max_size)
+    config = _check_config(config)
+    canvas = check_canvas_size(config.image_size if canvas is None else canvas, SIZE_MULTIPLE)
     if (isinstance(images, np.ndarray) and images.ndim in (2, 3)) or not len(images):
         raise ValueError("images must be a non-empty list of [h, w, 3] arrays")
-    out = {"images": [], "image_shape": [], "scale": [], "original_shape": []}
+    out = []
     for i, image in enumerate(images):
         image = np.asarray(image)
-        if image.ndim == 2:
-            image = np.repeat(image[:, :, None], 3, axis=2)
-        if image.ndim != 3 or image.shape[-1] != 3:
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
             raise ValueError(f"images[{i}] must be [h, w, 3] RGB, got shape {image.shape}")
         if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
             raise TypeError(f"images[{i}] must be uint8 or float, got {image.dtype}")
-        padded, image_shape, scale = resize_and_pad_image(image, canvas, min_size, max_size)
-        out["images"].append(padded.numpy())
-        out["image_shape"].append(image_shape.numpy())
-        out["scale"].append(scale.numpy())
-        out["original_shape"].append(np.array(image.shape[:2], np.int32))
-    return {
-        "images": np.stack(out["images"]).astype(np.float32),
-        "image_shape": np.stack(out["image_shape"]).astype(np.float32),
-        "scale": np.array(out["scale"], np.float32),
-        "original_shape": np.stack(out["original_shape"]).astype(np.int32),
-    }
+        out.append(letterbox(image, canvas, config.min_size, config.max_size))
+    return {key: np.stack([o[key] for o in out]) for key in out[0]}

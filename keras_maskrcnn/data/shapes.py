@@ -15,7 +15,7 @@ import threading
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from keras_maskrcnn.data.coco import _build_coco, empty_annotations
+from keras_maskrcnn.data.coco import build_coco_index, empty_annotations
 
 CLASS_NAMES = ["background", "square", "circle", "triangle"]
 MIN_VISIBLE_FRACTION = 0.3
@@ -203,7 +203,7 @@ class ShapesDataset:
         images once): segmentation as compressed RLE (counts str), area, bbox [x, y, w, h]."""
         with self._coco_lock:
             if self._coco is None:
-                self._coco = _build_coco(self._coco_dict())
+                self._coco = build_coco_index(self._coco_dict())
         return self._coco
 
     def _coco_dict(self) -> dict:

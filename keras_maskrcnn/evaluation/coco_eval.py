@@ -6,7 +6,14 @@ category ids, masks as compressed RLE) and scored with `pycocotools.cocoeval.COC
 
 Metric convention: pycocotools reports `-1` for a metric that has no ground truth to measure
 (e.g. `APl` when no ground-truth object is large). `evaluate_coco` keeps that value as `-1.0`
-rather than converting it to NaN, so the numbers match the printed COCO tables exactly.
+in the twelve summary metrics rather than converting it to NaN, so the numbers match the printed
+COCO tables exactly. The per-class table (`"per_class"`) instead holds NaN for a category without
+ground truth on the evaluated images; `save_metrics_json` writes every non-finite value as `null`
+(strict JSON).
+
+pycocotools' progress prints ("Loading and preparing results...", "creating index...",
+"Accumulating evaluation results...") never reach stdout: they go to the `keras_maskrcnn` logger
+at DEBUG level. With `verbose=True` only the AP/AR summary table is printed.
 """
 
 from __future__ import annotations
@@ -15,14 +22,19 @@ import contextlib
 import copy
 import io
 import json
+import logging
+import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+
+logger = logging.getLogger("keras_maskrcnn")
 
 IOU_TYPES = ("bbox", "segm")
 
@@ -41,6 +53,80 @@ METRIC_NAMES = (
     "ARm",
     "ARl",
 )
+
+# Metrics of each category in `metrics[iou_type]["per_class"][name]` (area "all", maxDets 100).
+PER_CLASS_METRICS = ("AP", "AP50", "AP75")
+
+
+@dataclass(frozen=True)
+class PrecisionRecall:
+    """COCOeval's interpolated precision at its recall points, area "all", maxDets 100.
+
+    Attributes:
+        iou_thresholds: `[T]` IoU thresholds (0.50, 0.55, ..., 0.95).
+        recall: `[R]` recall points (0.00, 0.01, ..., 1.00).
+        precision: `[T, R, K]` precision per IoU threshold, recall point and category; NaN for a
+            category without ground truth on the evaluated images.
+        category_ids: `K` dataset category ids, the order of the last axis.
+        category_names: `K` category names.
+    """
+
+    iou_thresholds: np.ndarray
+    recall: np.ndarray
+    precision: np.ndarray
+    category_ids: tuple[int, ...]
+    category_names: tuple[str, ...]
+
+    def curve(self, iou_threshold: float | None = None) -> np.ndarray:
+        """`[R]` precision averaged over the categories that have ground truth, at one IoU
+        threshold, or also averaged over all thresholds (0.50:0.95) when `iou_threshold` is None.
+        Its mean over the recall points is AP50 / AP75 / AP. All NaN without any ground truth."""
+        if iou_threshold is None:
+            values = self.precision
+        else:
+            values = self.precision[self._iou_index(iou_threshold)][None]
+        # [T', R, K] -> [R]: mean over the thresholds and the categories with ground truth.
+        values = np.moveaxis(values, 1, 0).reshape(len(self.recall), -1)
+        return np.array([_nanmean(row) for row in values])
+
+    def _iou_index(self, iou_threshold: float) -> int:
+        matches = np.flatnonzero(np.isclose(self.iou_thresholds, iou_threshold))
+        if not len(matches):
+            raise ValueError(f"IoU threshold {iou_threshold} is not one of "
+                             f"{[round(float(t), 2) for t in self.iou_thresholds]}")
+        return int(matches[0])
+
+
+class CocoMetrics(dict):
+    """What `evaluate_coco` returns: a plain `{iou_type: {metric: value}}` dict (JSON-friendly
+    content, compared and serialized like any dict) that also carries, as the attribute
+    `precision_recall`, the `{iou_type: PrecisionRecall}` arrays behind the numbers (for
+    `save_pr_curves`). The attribute is not part of the dict, so it is not written to JSON."""
+
+    def __init__(self, *args, precision_recall: Mapping[str, PrecisionRecall] | None = None,
+                 **kwargs):
+        super().__init__(*args, **kwargs)
+        self.precision_recall: dict[str, PrecisionRecall] = dict(precision_recall or {})
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """Mean of the finite values; NaN when there are none (without numpy's warning)."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
+@contextlib.contextmanager
+def pycocotools_output_to_debug_log() -> Iterator[None]:
+    """Capture what pycocotools prints inside the block and log it at DEBUG level instead."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer):
+            yield
+    finally:
+        text = buffer.getvalue().strip()
+        if text:
+            logger.debug("pycocotools: %s", text)
 
 
 def encode_mask_rle(mask: np.ndarray) -> dict:
@@ -205,16 +291,61 @@ def _load_results(coco_gt: COCO, results: list[dict]) -> COCO:
     return coco_dt
 
 
+def _category_names(coco_gt: COCO, category_ids: Sequence[int]) -> list[str]:
+    """Category names for the per-class table; a name used by several ids gets its id added."""
+    names = [str(coco_gt.cats[c].get("name", c)) for c in category_ids]
+    return [f"{n} (id {c})" if names.count(n) > 1 else n
+            for n, c in zip(names, category_ids, strict=True)]
+
+
+def _precision_recall(coco_gt: COCO, evaluator: COCOeval) -> PrecisionRecall:
+    p = evaluator.params
+    precision = evaluator.eval["precision"]  # [T, R, K, A, M], -1 where there is no ground truth
+    area = list(p.areaRngLbl).index("all")
+    max_dets = list(p.maxDets).index(100)  # what the AP / AP50 / AP75 summary lines use
+    values = np.asarray(precision[:, :, :, area, max_dets], dtype=np.float64)
+    category_ids = tuple(int(c) for c in p.catIds)
+    return PrecisionRecall(
+        iou_thresholds=np.asarray(p.iouThrs, dtype=np.float64),
+        recall=np.asarray(p.recThrs, dtype=np.float64),
+        precision=np.where(values > -1, values, np.nan),
+        category_ids=category_ids,
+        category_names=tuple(_category_names(coco_gt, category_ids)),
+    )
+
+
+def per_class_metrics(pr: PrecisionRecall) -> dict[str, dict[str, float]]:
+    """`{category name: {"AP", "AP50", "AP75"}}` from the precision array, in category-id order;
+    NaN for a category without ground truth. Each equals COCOeval's summary AP / AP50 / AP75 when
+    only that category is evaluated (`params.catIds = [id]`)."""
+    t50, t75 = pr._iou_index(0.5), pr._iou_index(0.75)
+    table = {}
+    for k, name in enumerate(pr.category_names):
+        values = pr.precision[:, :, k]  # [T, R]
+        table[name] = {"AP": _nanmean(values), "AP50": _nanmean(values[t50]),
+                       "AP75": _nanmean(values[t75])}
+    return table
+
+
 def _run_cocoeval(
-    coco_gt: COCO, results: list[dict], iou_type: str, image_ids: list[int]
-) -> dict[str, float]:
-    coco_dt = _load_results(coco_gt, results)
-    evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
-    evaluator.params.imgIds = image_ids
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return {name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats, strict=True)}
+    coco_gt: COCO, results: list[dict], iou_type: str, image_ids: list[int], verbose: bool
+) -> tuple[dict[str, Any], PrecisionRecall]:
+    with pycocotools_output_to_debug_log():
+        coco_dt = _load_results(coco_gt, results)
+        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
+        evaluator.params.imgIds = image_ids
+        evaluator.evaluate()
+        evaluator.accumulate()
+    if verbose:
+        evaluator.summarize()
+    else:
+        with contextlib.redirect_stdout(io.StringIO()):
+            evaluator.summarize()
+    metrics: dict[str, Any] = {
+        name: float(v) for name, v in zip(METRIC_NAMES, evaluator.stats, strict=True)}
+    pr = _precision_recall(coco_gt, evaluator)
+    metrics["per_class"] = per_class_metrics(pr)
+    return metrics, pr
 
 
 def evaluate_coco(
@@ -223,7 +354,7 @@ def evaluate_coco(
     iou_types: Sequence[str] = IOU_TYPES,
     image_ids: list[int] | None = None,
     verbose: bool = True,
-) -> dict[str, dict[str, float]]:
+) -> CocoMetrics:
     """Score COCO result dicts against ground truth with pycocotools' COCOeval.
 
     Args:
@@ -233,12 +364,17 @@ def evaluate_coco(
         iou_types: any of "bbox", "segm".
         image_ids: images to evaluate on (default: all images of `coco_gt`); results on other
             images are ignored.
-        verbose: print pycocotools' progress and summary tables.
+        verbose: print a header line and pycocotools' AP/AR summary table per iou type (its
+            progress prints go to the DEBUG log either way).
 
     Returns:
-        `{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs",
-        "ARm", "ARl"}}` as floats in [0, 1]; `-1.0` where pycocotools has no ground truth to
-        measure (e.g. no large objects). Empty `results` give 0.0 wherever ground truth exists.
+        A `CocoMetrics` dict `{iou_type: {"AP", "AP50", "AP75", "APs", "APm", "APl", "AR1",
+        "AR10", "AR100", "ARs", "ARm", "ARl", "per_class"}}`: the twelve summary metrics as
+        floats in [0, 1] (`-1.0` where pycocotools has no ground truth to measure, e.g. no
+        large objects; `APs`/`APm`/`APl` are AP by object size), and `"per_class"`:
+        `{category name: {"AP", "AP50", "AP75"}}` in category-id order, NaN for a category
+        without ground truth. Empty `results` give 0.0 wherever ground truth exists. Its
+        `precision_recall` attribute holds `{iou_type: PrecisionRecall}`.
     """
     if isinstance(iou_types, str):
         iou_types = (iou_types,)
@@ -253,24 +389,40 @@ def evaluate_coco(
         raise ValueError(f"image_ids {sorted(set(image_ids) - gt_ids)} are not in coco_gt")
     _check_results(coco_gt, results, iou_types)
 
-    metrics = {}
+    metrics = CocoMetrics()
     for iou_type in iou_types:
         typed = _results_for(coco_gt, results, iou_type)
         if verbose:
             print(f"Evaluating {iou_type} on {len(image_ids)} images, {len(typed)} results")
-            metrics[iou_type] = _run_cocoeval(coco_gt, typed, iou_type, image_ids)
-        else:
-            with contextlib.redirect_stdout(io.StringIO()):
-                metrics[iou_type] = _run_cocoeval(coco_gt, typed, iou_type, image_ids)
+        metrics[iou_type], metrics.precision_recall[iou_type] = _run_cocoeval(
+            coco_gt, typed, iou_type, image_ids, verbose)
     return metrics
 
 
+def _json_safe(value: Any) -> Any:
+    """Plain JSON types; NaN / inf become None (null)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_safe(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value
+
+
 def save_metrics_json(metrics: Mapping[str, Any], path: str | os.PathLike) -> None:
-    """Write `metrics` (e.g. the output of `evaluate_coco`) as JSON with indent 2."""
+    """Write `metrics` (e.g. the output of `evaluate_coco`, per-class table included) as strict
+    JSON with indent 2: NaN (a category without ground truth) is written as `null`."""
     path = os.fspath(path)
     parent = os.path.dirname(path)
     if parent:
         os.makedirs(parent, exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(metrics, f, indent=2)
+        json.dump(_json_safe(metrics), f, indent=2, allow_nan=False)
         f.write("\n")

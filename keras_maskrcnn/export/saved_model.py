@@ -1,6 +1,6 @@
 """SavedModel export for TF Serving: raw images in, detections in original pixels out.
 
-The exported `tf.Module` has two signatures; the resize rule (`keras_maskrcnn.data.pipeline`),
+The exported `tf.Module` has two signatures; the resize rule (`keras_maskrcnn.transform`),
 normalization, padding and anchors all run inside the graph, so a client sends plain pixels:
 
 - `serving_default(images)`: `images [B, H, W, 3]` uint8 RGB, any H and W (one size per batch).
@@ -8,8 +8,9 @@ normalization, padding and anchors all run inside the graph, so a client sends p
   GIF (first frame); images may differ in size.
 
 Outputs (dict, D = `config.detections_per_image`, rows past `num_detections` are zeros):
-`detection_boxes [B, D, 4]` float32 (y1, x1, y2, x2) in original-image pixels (rescaled per axis
-by original / resized size and clipped to the image, as `inference.postprocess` does),
+`detection_boxes [B, D, 4]` float32 (y1, x1, y2, x2) in original-image pixels (the inverse box
+map `transform.boxes_to_original_tf`: per axis by original / resized size, clipped to the image,
+as `inference.postprocess` does),
 `detection_scores [B, D]` float32, `detection_classes [B, D]` int32 (1..K, 0 on padding),
 `num_detections [B]` int32, `detection_masks [B, D, 28, 28]` float32 probabilities of the
 detected class inside its box, `original_shape [B, 2]` int32 (h, w) of each input image, and
@@ -29,10 +30,11 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from keras_maskrcnn.atomic import atomic_path
 from keras_maskrcnn.config import MaskRCNNConfig
-from keras_maskrcnn.data.pipeline import resize_and_pad_image
-from keras_maskrcnn.model import CONFIG_FILE, WEIGHTS_FILE, MaskRCNN
+from keras_maskrcnn.model import CONFIG_FILE, MaskRCNN, load_model_dir, read_model_config
 from keras_maskrcnn.ops.masks import paste_masks_tf
+from keras_maskrcnn.transform import boxes_to_original_tf, resize_and_pad_image
 
 SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"
@@ -53,26 +55,13 @@ def export_ready_model(model_or_dir: MaskRCNN | str | Path, **config_changes) ->
         same weights.
     """
     if isinstance(model_or_dir, MaskRCNN):
-        config = model_or_dir.config.replace(**config_changes)
-        if model_or_dir.roi_align_implementation == EXPORT_ROI_ALIGN \
-                and config == model_or_dir.config:
-            return model_or_dir
-        model = MaskRCNN(config, roi_align_implementation=EXPORT_ROI_ALIGN)
-        model.inference_model.set_weights(model_or_dir.inference_model.get_weights())
-        return model
+        return model_or_dir.rebuilt(roi_align_implementation=EXPORT_ROI_ALIGN, **config_changes)
     if not isinstance(model_or_dir, str | Path):
         raise TypeError(
             "model_or_dir must be a MaskRCNN or the path of a model directory, "
             f"got {type(model_or_dir).__name__}")
-    directory = Path(model_or_dir)
-    for path in (directory / CONFIG_FILE, directory / WEIGHTS_FILE):
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} not found: a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE}")
-    config = MaskRCNNConfig.from_json(directory / CONFIG_FILE).replace(**config_changes)
-    model = MaskRCNN(config, roi_align_implementation=EXPORT_ROI_ALIGN)
-    model.load_weights(str(directory / WEIGHTS_FILE))
-    return model
+    config = read_model_config(model_or_dir).replace(**config_changes)
+    return load_model_dir(model_or_dir, roi_align_implementation=EXPORT_ROI_ALIGN, config=config)
 
 
 def require_portable(model: MaskRCNN) -> MaskRCNN:
@@ -141,11 +130,9 @@ def _decode_fn(config: MaskRCNNConfig):
 
 
 def _to_original_pixels(boxes, image_shape, original_shape):
-    """boxes [B, D, 4] input pixels -> original pixels: per-axis ratio, clipped to the image."""
-    hw = tf.cast(original_shape, tf.float32)
-    ratio = tf.tile(hw / image_shape, [1, 2])[:, None, :]
-    limit = tf.tile(hw, [1, 2])[:, None, :]
-    return tf.minimum(tf.maximum(boxes * ratio, 0.0), limit)
+    """boxes [B, D, 4] input pixels -> original pixels (`transform.boxes_to_original_tf`: the
+    per-axis inverse map, clipped to the image); image_shape [B, 2], original_shape [B, 2]."""
+    return boxes_to_original_tf(boxes, image_shape[:, None, :], original_shape[:, None, :])
 
 
 def _full_image_masks(masks, boxes, original_shape, threshold: float):
@@ -237,8 +224,9 @@ def export_saved_model(
     model = export_ready_model(model_or_dir)
     module, signatures = build_serving_module(model, full_image_masks)
     output = Path(output)
-    tf.saved_model.save(module, str(output), signatures=signatures)
-    extra = output / "assets.extra"
-    extra.mkdir(exist_ok=True)
-    model.config.to_json(extra / CONFIG_FILE)
+    with atomic_path(output) as tmp:  # written aside, then renamed over `output`
+        tf.saved_model.save(module, str(tmp), signatures=signatures)
+        extra = tmp / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        model.config.to_json(extra / CONFIG_FILE)
     return output

@@ -9,10 +9,10 @@ rest) and the pure-TF RoIAlign. Signature `serving_default`:
   antialias, `floor(side * scale)`); `image_shape [1, 2]` float32, the (h', w') of the resized
   image inside the canvas (the padding is zeroed and boxes clipped to it inside the model).
 - outputs (fixed size, D = `config.detections_per_image`): `detection_boxes [1, D, 4]` float32
-  (y1, x1, y2, x2) in canvas pixels (divide by the per-axis ratio resized / original to get
-  original pixels), `detection_scores [1, D]`, `detection_classes [1, D]` int32 (1..K, 0 on
-  padding), `num_detections [1]` int32 (rows past it are zeros), `detection_masks [1, D, 28, 28]`
-  float32 probabilities inside each box.
+  (y1, x1, y2, x2) in canvas pixels (`keras_maskrcnn.transform.boxes_to_original` maps them to
+  original pixels: per axis by original / resized size, clipped), `detection_scores [1, D]`,
+  `detection_classes [1, D]` int32 (1..K, 0 on padding), `num_detections [1]` int32 (rows past
+  it are zeros), `detection_masks [1, D, 28, 28]` float32 probabilities inside each box.
 
 Both RoIAlign sampling modes convert: a fixed `pooler_sampling_ratio` gives static shapes; the
 adaptive ratio (0, Detectron2's default) gives data-dependent shapes inside the graph (ONE_HOT,
@@ -24,34 +24,33 @@ Quantization: "none" (float32), "float16" (weights stored as float16, dequantize
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from keras_maskrcnn.data.pipeline import make_inference_inputs
+from keras_maskrcnn.atomic import atomic_path, atomic_write_json
 from keras_maskrcnn.export.saved_model import (
     export_ready_model,
     model_variables,
     require_portable,
 )
 from keras_maskrcnn.model import MaskRCNN
+from keras_maskrcnn.transform import SIZE_MULTIPLE, letterbox
 
 QUANTIZE_OPTIONS = ("none", "float16", "dynamic-int8")
 TFLITE_SIGNATURE = "serving_default"
 TFLITE_INPUTS = ("images", "image_shape")
 TFLITE_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
                   "detection_masks")
-_SIZE_MULTIPLE = 32
 
 
 def _check_input_size(input_size) -> int:
     if isinstance(input_size, bool) or not isinstance(input_size, int | np.integer):
         raise TypeError(f"input_size must be an int, got {input_size!r}")
-    if input_size <= 0 or input_size % _SIZE_MULTIPLE:
+    if input_size <= 0 or input_size % SIZE_MULTIPLE:
         raise ValueError(
-            f"input_size must be a positive multiple of {_SIZE_MULTIPLE}, got {input_size}")
+            f"input_size must be a positive multiple of {SIZE_MULTIPLE}, got {input_size}")
     return int(input_size)
 
 
@@ -142,7 +141,8 @@ def export_tflite(
     data = convert_tflite(model, quantize)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_bytes(data)
+    with atomic_path(output) as tmp:
+        tmp.write_bytes(data)
     config = model.config
     names = list(config.class_names) or [
         "background", *(f"class_{i}" for i in range(1, config.num_classes + 1))]
@@ -150,7 +150,7 @@ def export_tflite(
                 "num_classes": config.num_classes, "mask_threshold": config.mask_threshold,
                 "signature": TFLITE_SIGNATURE, "inputs": list(TFLITE_INPUTS),
                 "outputs": list(TFLITE_OUTPUTS)}
-    metadata_path(output).write_text(json.dumps(metadata, indent=2) + "\n")
+    atomic_write_json(metadata_path(output), metadata)
     return output
 
 
@@ -161,13 +161,14 @@ def metadata_path(tflite_path: str | Path) -> Path:
 
 
 def letterbox_image(image: np.ndarray, input_size: int) -> dict[str, np.ndarray]:
-    """The TFLite inputs for one RGB image `[h, w, 3]` (uint8 or float 0..255).
+    """The TFLite inputs for one RGB image `[h, w, 3]` (uint8 or float 0..255): the resize rule
+    with min_size = max_size = S on the S x S canvas (`transform.letterbox`).
 
     Returns dict: `images [1, S, S, 3]` float32, `image_shape [1, 2]` float32 (h', w'),
     `scale [1]` float32 (canvas pixels / original pixels), `original_shape [1, 2]` int32.
     """
     size = _check_input_size(input_size)
-    return make_inference_inputs([image], (size, size), size, size)
+    return {key: value[None] for key, value in letterbox(image, (size, size), size, size).items()}
 
 
 def _schema():

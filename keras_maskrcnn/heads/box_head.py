@@ -1,10 +1,18 @@
-"""Box head: two fully connected layers, class logits and class-specific box deltas."""
+"""Box head: optional 3x3 convs (+ BatchNorm), fully connected layers, then class logits and
+class-specific box deltas."""
 
 from __future__ import annotations
 
 import keras
 import tensorflow as tf
 from keras import layers
+
+from keras_maskrcnn.heads.common import (
+    apply_conv_norm_stack,
+    build_conv_norm_stack,
+    check_norm,
+    conv_norm_stack,
+)
 
 
 def box_predictors(num_classes: int) -> tuple[layers.Dense, layers.Dense]:
@@ -21,37 +29,70 @@ def box_predictors(num_classes: int) -> tuple[layers.Dense, layers.Dense]:
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
 class BoxHead(layers.Layer):
-    """Call: pooled `[B, R, P, P, C]` -> `(class_logits [B, R, K + 1], deltas [B, R, K, 4])`.
+    """Call: pooled `[B, R, P, P, C]` -> `(class_logits [B, R, K + 1], deltas [B, R, K, 4])` in
+    the input's dtype.
 
-    The pooled features are flattened in (y, x, channel) order, then fc `fc_dim` + ReLU twice.
-    Logit 0 is background; deltas are (dy, dx, dh, dw) per object class 1..K, to be decoded with
-    the box-coder weights (10, 10, 5, 5).
+    `num_convs` x (3x3 conv `conv_dim` [+ BatchNorm] + ReLU), flatten in (y, x, channel) order,
+    `num_fcs` x (fc `fc_dim` + ReLU), then class logits (0 = background) and class-specific
+    deltas (dy, dx, dh, dw) for classes 1..K, decoded with the box-coder weights (10, 10, 5, 5).
+    Detectron2 / torchvision v1: no convs, two fcs; torchvision's v2: four convs with BatchNorm,
+    one fc. `training` switches the BatchNorms to batch statistics.
+
+    Weights: `convs`, `norms` (None entries for norm "none"), `fcs` (also attributes `fc1`,
+    `fc2`, ..., through which weight files address them), `class_logits`, `box_deltas`.
     """
 
-    def __init__(self, num_classes: int, fc_dim: int = 1024, **kwargs):
+    def __init__(self, num_classes: int, conv_dim: int = 256, num_convs: int = 0,
+                 fc_dim: int = 1024, num_fcs: int = 2, norm: str = "none", **kwargs):
         super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.fc_dim = fc_dim
-        self.fc1 = layers.Dense(fc_dim, activation="relu", name="fc1")
-        self.fc2 = layers.Dense(fc_dim, activation="relu", name="fc2")
-        self.class_logits, self.box_deltas = box_predictors(num_classes)
+        if num_convs < 0 or num_fcs < 1:
+            raise ValueError(f"BoxHead needs num_convs >= 0 and num_fcs >= 1, got {num_convs} "
+                             f"and {num_fcs}")
+        self.num_classes = int(num_classes)
+        self.conv_dim = int(conv_dim)
+        self.num_convs = int(num_convs)
+        self.fc_dim = int(fc_dim)
+        self.num_fcs = int(num_fcs)
+        self.norm = check_norm(norm)
+        self.convs, self.norms = conv_norm_stack(self.num_convs, self.conv_dim, self.norm)
+        self.fcs = [layers.Dense(self.fc_dim, activation="relu", name=f"fc{i + 1}")
+                    for i in range(self.num_fcs)]
+        # Weight files address the fcs as `fc1`, `fc2`, ... (saved before the `fcs` list).
+        for i, fc in enumerate(self.fcs):
+            setattr(self, f"fc{i + 1}", fc)
+        self.class_logits, self.box_deltas = box_predictors(self.num_classes)
 
     def build(self, input_shape):
-        flat = input_shape[2] * input_shape[3] * input_shape[4]
-        self.fc1.build((None, flat))
-        self.fc2.build((None, self.fc_dim))
-        self.class_logits.build((None, self.fc_dim))
-        self.box_deltas.build((None, self.fc_dim))
+        size_y, size_x = input_shape[2], input_shape[3]
+        channels = build_conv_norm_stack(self.convs, self.norms, input_shape[4])
+        width = size_y * size_x * channels
+        for fc in self.fcs:
+            fc.build((None, width))
+            width = self.fc_dim
+        self.class_logits.build((None, width))
+        self.box_deltas.build((None, width))
 
-    def call(self, pooled):
+    def call(self, pooled, training=None):
         shape = tf.shape(pooled)
         batch, rois = shape[0], shape[1]
-        flat_dim = pooled.shape[2] * pooled.shape[3] * pooled.shape[4]
-        x = tf.reshape(pooled, [batch * rois, flat_dim])
-        x = self.fc2(self.fc1(x))
+        size_y, size_x, channels = pooled.shape[2], pooled.shape[3], pooled.shape[4]
+        x = tf.reshape(pooled, [batch * rois, size_y, size_x, channels])
+        x = apply_conv_norm_stack(x, self.convs, self.norms, training)
+        x = tf.reshape(x, [batch * rois, size_y * size_x * x.shape[-1]])
+        for fc in self.fcs:
+            x = fc(x)
         logits = tf.reshape(self.class_logits(x), [batch, rois, self.num_classes + 1])
         deltas = tf.reshape(self.box_deltas(x), [batch, rois, self.num_classes, 4])
         return logits, deltas
 
     def get_config(self):
-        return {**super().get_config(), "num_classes": self.num_classes, "fc_dim": self.fc_dim}
+        return {**super().get_config(), "num_classes": self.num_classes,
+                "conv_dim": self.conv_dim, "num_convs": self.num_convs, "fc_dim": self.fc_dim,
+                "num_fcs": self.num_fcs, "norm": self.norm}
+
+
+def box_head_from_config(config, name: str = "box_head") -> BoxHead:
+    """The box head of a `MaskRCNNConfig`: `box_head_convs` convs of `box_head_conv_dim`,
+    `box_head_fcs` fcs of `box_head_dim`, normalization `head_norm`."""
+    return BoxHead(config.num_classes, config.box_head_conv_dim, config.box_head_convs,
+                   config.box_head_dim, config.box_head_fcs, config.head_norm, name=name)

@@ -6,50 +6,61 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from keras_maskrcnn.heads.common import (
+    apply_conv_norm_stack,
+    build_conv_norm_stack,
+    check_norm,
+    conv_norm_stack,
+    msra_init,
+)
+
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
 class MaskHead(layers.Layer):
-    """Call: pooled `[B, R, P, P, C]` -> mask logits `[B, R, 2P, 2P, K]`.
+    """Call: pooled `[B, R, P, P, C]` -> mask logits `[B, R, 2P, 2P, K]` in the input's dtype.
 
-    `num_convs` x (3x3 conv `conv_dim` + ReLU), a 2x2 stride-2 transposed conv + ReLU, and a 1x1
-    conv to one logit map per object class 1..K (channel k-1 is class k).
+    `num_convs` x (3x3 conv `conv_dim` [+ BatchNorm] + ReLU), a 2x2 stride-2 transposed conv +
+    ReLU, and a 1x1 conv to one logit map per object class 1..K (channel k-1 is class k).
+    torchvision's v2 adds BatchNorm (norm "bn"); `training` switches it to batch statistics.
+
+    Weights: `convs`, `norms` (None entries for norm "none"), `upsample`, `predictor`.
     """
 
-    def __init__(self, num_classes: int, conv_dim: int = 256, num_convs: int = 4, **kwargs):
+    def __init__(self, num_classes: int, conv_dim: int = 256, num_convs: int = 4,
+                 norm: str = "none", **kwargs):
         super().__init__(**kwargs)
-        self.num_classes = num_classes
-        self.conv_dim = conv_dim
-        self.num_convs = num_convs
-        msra = keras.initializers.VarianceScaling(2.0, "fan_out", "untruncated_normal")
-        self.convs = [
-            layers.Conv2D(conv_dim, 3, padding="same", activation="relu", kernel_initializer=msra,
-                          name=f"conv{i + 1}")
-            for i in range(num_convs)
-        ]
-        self.upsample = layers.Conv2DTranspose(conv_dim, 2, strides=2, activation="relu",
-                                               kernel_initializer=msra, name="upsample")
+        self.num_classes = int(num_classes)
+        self.conv_dim = int(conv_dim)
+        self.num_convs = int(num_convs)
+        self.norm = check_norm(norm)
+        self.convs, self.norms = conv_norm_stack(self.num_convs, self.conv_dim, self.norm)
+        self.upsample = layers.Conv2DTranspose(self.conv_dim, 2, strides=2, activation="relu",
+                                               kernel_initializer=msra_init(), name="upsample")
         self.predictor = layers.Conv2D(
-            num_classes, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
+            self.num_classes, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
             name="predictor")
 
     def build(self, input_shape):
-        channels = input_shape[-1]
-        for conv in self.convs:
-            conv.build((None, None, None, channels))
-            channels = self.conv_dim
+        channels = build_conv_norm_stack(self.convs, self.norms, input_shape[-1])
         self.upsample.build((None, None, None, channels))
         self.predictor.build((None, None, None, self.conv_dim))
 
-    def call(self, pooled):
+    def call(self, pooled, training=None):
         shape = tf.shape(pooled)
         batch, rois = shape[0], shape[1]
         size, channels = pooled.shape[2], pooled.shape[4]
         x = tf.reshape(pooled, [batch * rois, size, size, channels])
-        for conv in self.convs:
-            x = conv(x)
+        x = apply_conv_norm_stack(x, self.convs, self.norms, training)
         x = self.predictor(self.upsample(x))
         return tf.reshape(x, [batch, rois, 2 * size, 2 * size, self.num_classes])
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes,
-                "conv_dim": self.conv_dim, "num_convs": self.num_convs}
+                "conv_dim": self.conv_dim, "num_convs": self.num_convs, "norm": self.norm}
+
+
+def mask_head_from_config(config, name: str = "mask_head") -> MaskHead:
+    """The mask head of a `MaskRCNNConfig`: `mask_head_convs` convs of `mask_head_dim`,
+    normalization `head_norm`, `num_classes` logit maps."""
+    return MaskHead(config.num_classes, config.mask_head_dim, config.mask_head_convs,
+                    config.head_norm, name=name)

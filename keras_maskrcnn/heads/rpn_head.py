@@ -6,40 +6,61 @@ import keras
 import tensorflow as tf
 from keras import layers
 
+from keras_maskrcnn.heads.common import apply_conv_norm_stack, build_conv_norm_stack, conv_norm_stack
+
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
 class RPNHead(layers.Layer):
-    """3x3 conv + ReLU, then 1x1 objectness (A) and 1x1 box deltas (4A), on every level.
+    """`num_convs` x (3x3 conv `channels` + ReLU), then a 1x1 objectness conv (A maps) and a 1x1
+    box-delta conv (4A maps), on every level (v1: one conv, torchvision's v2: two).
 
-    Call: `features` list of `[B, H_l, W_l, C]` -> `(logits [B, N], deltas [B, N, 4])`, where the
-    anchors of all levels are concatenated in level order, location-major, then anchor; deltas are
-    (dy, dx, dh, dw) as `ops.boxes.encode_boxes` with weights (1, 1, 1, 1).
+    Call: `features` list of `[B, H_l, W_l, C]` -> `(logits [B, N], deltas [B, N, 4])` in the
+    features' dtype, where the anchors of all levels are concatenated in level order,
+    location-major, then anchor; deltas are (dy, dx, dh, dw) as `ops.boxes.encode_boxes` with
+    weights (1, 1, 1, 1).
+
+    Weights: `convs` (the 3x3 convs; `conv` is `convs[0]`, the attribute through which
+    single-conv weight files address it), `objectness`, `deltas`.
     """
 
-    def __init__(self, num_anchors: int, channels: int = 256, **kwargs):
+    def __init__(self, num_anchors: int, channels: int = 256, num_convs: int = 1, **kwargs):
         super().__init__(**kwargs)
-        self.num_anchors = num_anchors
-        self.channels = channels
+        if num_convs < 1:
+            raise ValueError(f"RPNHead needs num_convs >= 1, got {num_convs}")
+        self.num_anchors = int(num_anchors)
+        self.channels = int(channels)
+        self.num_convs = int(num_convs)
         init = keras.initializers.RandomNormal(stddev=0.01)
-        self.conv = layers.Conv2D(channels, 3, padding="same", activation="relu",
-                                  kernel_initializer=init, name="conv")
-        self.objectness = layers.Conv2D(num_anchors, 1, kernel_initializer=init, name="objectness")
-        self.deltas = layers.Conv2D(4 * num_anchors, 1, kernel_initializer=init, name="deltas")
+        self.convs, self._norms = conv_norm_stack(self.num_convs, self.channels, "none",
+                                                  kernel_initializer=init)
+        # Weight files address the first conv as `conv` (saved before the `convs` list).
+        self.conv = self.convs[0]
+        self.objectness = layers.Conv2D(self.num_anchors, 1, kernel_initializer=init,
+                                        name="objectness")
+        self.deltas = layers.Conv2D(4 * self.num_anchors, 1, kernel_initializer=init,
+                                    name="deltas")
 
     def build(self, input_shape):
-        channels_in = input_shape[0][-1]
-        self.conv.build((None, None, None, channels_in))
-        self.objectness.build((None, None, None, self.channels))
-        self.deltas.build((None, None, None, self.channels))
+        channels = build_conv_norm_stack(self.convs, self._norms, input_shape[0][-1])
+        self.objectness.build((None, None, None, channels))
+        self.deltas.build((None, None, None, channels))
 
     def call(self, features):
         logits, deltas = [], []
         for feature in features:
-            x = self.conv(feature)
+            x = apply_conv_norm_stack(feature, self.convs, self._norms)
             batch = tf.shape(x)[0]
             logits.append(tf.reshape(self.objectness(x), [batch, -1]))
             deltas.append(tf.reshape(self.deltas(x), [batch, -1, 4]))
         return tf.concat(logits, axis=1), tf.concat(deltas, axis=1)
 
     def get_config(self):
-        return {**super().get_config(), "num_anchors": self.num_anchors, "channels": self.channels}
+        return {**super().get_config(), "num_anchors": self.num_anchors,
+                "channels": self.channels, "num_convs": self.num_convs}
+
+
+def rpn_head_from_config(config, name: str = "rpn_head") -> RPNHead:
+    """The RPN head of a `MaskRCNNConfig`: `rpn_head_convs` convs of `fpn_channels`, one
+    objectness and one delta map per anchor shape (`num_anchors_per_location`)."""
+    return RPNHead(config.num_anchors_per_location, config.fpn_channels, config.rpn_head_convs,
+                   name=name)

@@ -54,3 +54,46 @@ class AnchorGenerator(layers.Layer):
         return {**super().get_config(), "strides": self.strides, "sizes": self.sizes,
                 "aspect_ratios": self.aspect_ratios, "offset": self.offset,
                 "round_base": self.round_base, "stride_from_grid": self.stride_from_grid}
+
+
+@keras.saving.register_keras_serializable(package="keras_maskrcnn")
+class SingleLevelAnchorGenerator(AnchorGenerator):
+    """Every anchor size on one feature map (the C4 architecture's RPN on res4, Detectron2's
+    `DefaultAnchorGenerator` with SIZES [[32, 64, 128, 256, 512]]).
+
+    Call: `images [B, H, W, 3]` -> anchors `[N, 4]`, N = ceil(H / s) * ceil(W / s) * A with
+    A = len(sizes) * len(aspect_ratios) (15); order: location (row-major), then size, then aspect
+    ratio, as Detectron2's cell anchors and the RPN head's A output maps. `strides` is the
+    one stride `(stride,)`; `level_sizes` is `(N,)`.
+    """
+
+    def __init__(self, stride: int = 16, sizes=(32, 64, 128, 256, 512),
+                 aspect_ratios=(0.5, 1.0, 2.0), offset: float = 0.0, round_base: bool = False,
+                 stride_from_grid: bool = False, **kwargs):
+        kwargs.pop("strides", None)  # from get_config: always (stride,)
+        super().__init__((int(stride),), sizes, aspect_ratios, offset, round_base,
+                         stride_from_grid, **kwargs)
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        return len(self.sizes) * len(self.aspect_ratios)
+
+    def anchors(self, image_size: tuple[int, int]) -> np.ndarray:
+        # One single-size "level" per size on the same grid, interleaved per location.
+        per_size = anchor_ops.anchors_per_level(
+            tuple(image_size), strides=self.strides * len(self.sizes), sizes=self.sizes,
+            aspect_ratios=self.aspect_ratios, offset=self.offset, round_base=self.round_base,
+            stride_from_grid=self.stride_from_grid)
+        per_ratio = len(self.aspect_ratios)
+        stacked = np.concatenate([a.reshape(-1, per_ratio, 4) for a in per_size], axis=1)
+        return stacked.reshape(-1, 4)
+
+    def level_sizes(self, image_size: tuple[int, int]) -> tuple[int, ...]:
+        stride = self.strides[0]
+        cells = int(np.ceil(image_size[0] / stride) * np.ceil(image_size[1] / stride))
+        return (cells * self.num_anchors_per_location,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("strides")
+        return {**config, "stride": self.strides[0]}

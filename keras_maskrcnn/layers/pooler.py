@@ -1,6 +1,9 @@
-"""Multi-level RoI pooling over the FPN (RoIAlign, or RoIPool for the paper's ablation)."""
+"""Multi-level RoI pooling over the FPN (RoIAlign, or RoIPool for the paper's ablation), and the
+same layer on a single feature map (the C4 architecture's pooler on res4)."""
 
 from __future__ import annotations
+
+import math
 
 import keras
 import tensorflow as tf
@@ -17,7 +20,8 @@ class MultiLevelRoIAlign(layers.Layer):
     Each box is pooled from level floor(canonical_level + log2(sqrt(area) / canonical_size)),
     clamped to the available levels. `method` is "align" (RoIAlign) or "pool" (quantized RoIPool).
     `implementation` picks the RoIAlign kernel ("auto", "gather", "custom_op", ...); exported
-    models use "gather".
+    models use "gather". With one level (`features` = `[C4]`, `min_level` = 4; see
+    `single_level_roi_pooler`) every box is pooled from that map at scale 2**-min_level.
     """
 
     def __init__(self, output_size: int = 7, sampling_ratio: int = 0, aligned: bool = True,
@@ -49,3 +53,13 @@ class MultiLevelRoIAlign(layers.Layer):
                 "method": self.method, "min_level": self.min_level,
                 "canonical_size": self.canonical_size, "canonical_level": self.canonical_level,
                 "implementation": self.implementation}
+
+
+def single_level_roi_pooler(output_size: int, stride: int = 16, **kwargs) -> MultiLevelRoIAlign:
+    """`MultiLevelRoIAlign` for one feature map of stride `stride` (a power of two): call it with
+    `features=[C]`; every box is pooled from C at spatial scale 1 / stride (Detectron2's
+    single-scale `ROIPooler`, e.g. 14x14 on C4 at 1/16). `kwargs` as `MultiLevelRoIAlign`'s."""
+    level = int(round(math.log2(stride))) if stride > 0 else -1
+    if level < 0 or 2 ** level != stride:
+        raise ValueError(f"stride must be a power of two, got {stride}")
+    return MultiLevelRoIAlign(output_size, min_level=level, **kwargs)

@@ -17,8 +17,8 @@ class ProposalLayer(layers.Layer):
     """Per-level top-k, decode, clip, drop tiny boxes, per-level NMS, keep the best overall.
 
     Call: `logits [B, N]`, `deltas [B, N, 4]` (weights 1, 1, 1, 1), `anchors [N, 4]`,
-    `image_shape [B, 2]` -> `(proposals [B, R, 4] input pixels, scores [B, R] objectness
-    probabilities, num_valid [B] int32)` with `R = post_nms_topk`; rows past `num_valid` are zeros.
+    `image_shape [B, 2]` -> `(proposals [B, R, 4] input pixels, num_valid [B] int32)` with
+    `R = post_nms_topk`; rows past `num_valid` are zeros.
     `level_sizes` are the anchor counts of each level (`AnchorGenerator.level_sizes`).
     Proposals carry no gradient (as in Detectron2 and torchvision).
     """
@@ -64,8 +64,7 @@ class ProposalLayer(layers.Layer):
             iou_threshold=self.nms_threshold, score_threshold=-0.5)
         valid = tf.range(self.post_nms_topk)[None, :] < num_valid[:, None]
         proposals = tf.gather(boxes, indices, batch_dims=1) * tf.cast(valid, tf.float32)[..., None]
-        proposal_scores = tf.where(valid, tf.gather(scores, indices, batch_dims=1), 0.0)
-        return proposals, proposal_scores, num_valid
+        return proposals, num_valid
 
     def get_config(self):
         return {**super().get_config(), "level_sizes": self.level_sizes,

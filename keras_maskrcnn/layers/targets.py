@@ -38,11 +38,20 @@ def match_boxes(candidates: tf.Tensor, gt_boxes: tf.Tensor, gt_classes: tf.Tenso
     return iou, tf.reduce_max(iou, axis=2), tf.argmax(iou, axis=2, output_type=tf.int32), in_crowd
 
 
+def fold_seeds(seeds: tf.Tensor | None, salt: int) -> tf.Tensor | None:
+    """Per-image stateless seeds `[B, 2]` int32 for one sampler (`salt` tells samplers apart)."""
+    if seeds is None:
+        return None
+    return tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, salt),
+                     tf.cast(seeds, tf.int32), fn_output_signature=tf.int32)
+
+
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
 class AnchorTargetLayer(layers.Layer):
     """RPN targets: match anchors to ground truth and sample a balanced anchor set.
 
-    Call: `anchors [N, 4]`, `gt_boxes [B, G, 4]`, `gt_classes [B, G]` -> `(labels [B, N] int32:
+    Call: `anchors [N, 4]`, `gt_boxes [B, G, 4]`, `gt_classes [B, G]`, optional `seeds [B, 2]`
+    int32 (per-image stateless sampling seeds) -> `(labels [B, N] int32:
     1 sampled positive, 0 sampled negative, -1 ignored; box_targets [B, N, 4] deltas with weights
     (1, 1, 1, 1))`. IoU >= `positive_iou` is positive, < `negative_iou` negative, and each ground
     truth's best anchors (ties included) are positive too (Detectron2's low-quality matches).
@@ -56,14 +65,14 @@ class AnchorTargetLayer(layers.Layer):
         self.batch_per_image = int(batch_per_image)
         self.positive_fraction = float(positive_fraction)
 
-    def call(self, anchors, gt_boxes, gt_classes):
+    def call(self, anchors, gt_boxes, gt_classes, seeds=None):
         iou, max_iou, matched, in_crowd = match_boxes(anchors, gt_boxes, gt_classes)
         best_per_gt = tf.reduce_max(iou, axis=1, keepdims=True)  # [B, 1, G]
         is_best = tf.reduce_any((iou == best_per_gt) & (best_per_gt > 0.0), axis=2)
         positive = (max_iou >= self.positive_iou) | is_best
         negative = (max_iou < self.negative_iou) & ~positive & ~in_crowd
         pos, neg = sampling.subsample_labels(positive, negative, self.batch_per_image,
-                                             self.positive_fraction)
+                                             self.positive_fraction, fold_seeds(seeds, 1))
         labels = tf.where(pos, 1, tf.where(neg, 0, -1))
         matched_boxes = tf.gather(gt_boxes, matched, batch_dims=1)
         box_targets = box_ops.encode_boxes(matched_boxes, anchors[None], weights=(1.0, 1.0, 1.0, 1.0))
@@ -81,7 +90,7 @@ class DetectionTargetLayer(layers.Layer):
     """Samples RoIs from proposals + ground truth and builds their class, box and mask targets.
 
     Call: `proposals [B, R, 4]`, `num_proposals [B]`, `gt_boxes [B, G, 4]`, `gt_classes [B, G]`,
-    `gt_masks [B, G, M, M]` -> dict:
+    `gt_masks [B, G, M, M]`, optional `seeds [B, 2]` int32 (per-image sampling seeds) -> dict:
       `rois [B, S, 4]`, `class_targets [B, S]` int32 (0 background), `box_targets [B, S, 4]`
       (weights `box_coder_weights`), `weights [B, S]` float32 (1 for sampled slots),
       `mask_rois [B, F, 4]`, `mask_classes [B, F]` int32, `mask_targets [B, F, P, P]` in {0, 1},
@@ -103,7 +112,7 @@ class DetectionTargetLayer(layers.Layer):
     def num_foreground(self) -> int:
         return int(round(self.batch_per_image * self.positive_fraction))
 
-    def call(self, proposals, num_proposals, gt_boxes, gt_classes, gt_masks):
+    def call(self, proposals, num_proposals, gt_boxes, gt_classes, gt_masks, seeds=None):
         proposals = tf.stop_gradient(proposals)
         num_rois = proposals.shape[1]
         candidates = tf.concat([proposals, gt_boxes], axis=1)
@@ -115,7 +124,7 @@ class DetectionTargetLayer(layers.Layer):
         total = candidates.shape[1]
         num_samples = min(self.batch_per_image, total)
         pos, neg = sampling.subsample_labels(positive, negative, num_samples,
-                                             self.positive_fraction)
+                                             self.positive_fraction, fold_seeds(seeds, 2))
         indices, slot_valid, slot_positive = sampling.sampled_indices(pos, neg, num_samples)
 
         rois = tf.gather(candidates, indices, batch_dims=1)

@@ -1,8 +1,9 @@
 """Pure tensor functions: boxes, anchors, NMS, RoIAlign / RoIPool, poolers, masks, sampling.
 
-`keras_maskrcnn.ops.roi_align` is the RoIAlign function (the module of the same name is
-`keras_maskrcnn.ops.roi_align` in `sys.modules`; import its other names with
-`from keras_maskrcnn.ops.roi_align import ...`).
+`keras_maskrcnn.ops.roi_align` and `keras_maskrcnn.ops.roi_pool` are the functions; their
+modules are `ops.roi_align_ops` and `ops.roi_pool_ops` (named apart so that no module is
+shadowed by a function). `ops.roi_common` is internal (argument checks and helpers shared by
+the RoI ops).
 """
 
 from keras_maskrcnn.ops.anchors import anchors_per_level, generate_anchors
@@ -17,8 +18,8 @@ from keras_maskrcnn.ops.boxes import (
 from keras_maskrcnn.ops.masks import crop_mask_targets, paste_masks
 from keras_maskrcnn.ops.nms import batched_nms_padded, grouped_nms_padded, nms_padded
 from keras_maskrcnn.ops.poolers import assign_fpn_levels, multilevel_roi_align
-from keras_maskrcnn.ops.roi_align import roi_align
-from keras_maskrcnn.ops.roi_pool import roi_pool
+from keras_maskrcnn.ops.roi_align_ops import roi_align
+from keras_maskrcnn.ops.roi_pool_ops import roi_pool
 
 __all__ = [
     "anchors_per_level",

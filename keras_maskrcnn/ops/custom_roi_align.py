@@ -35,13 +35,18 @@ from typing import Any
 
 import tensorflow as tf
 
+from keras_maskrcnn.ops.roi_common import check_sampling_ratio, check_scale, pair
+
 __all__ = [
     "build",
-    "is_available",
     "implementation_in_use",
+    "is_available",
     "library_path",
     "multilevel_roi_align_custom",
+    "reset_cache",
     "roi_align_custom",
+    "source_path",
+    "unavailable_reason",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -211,7 +216,7 @@ def _load() -> Any | None:
         return _state["module"]
 
 
-def _reset_cache() -> None:
+def reset_cache() -> None:
     """Forget the cached load result (tests, or after building in the same process)."""
     with _lock:
         _state.update(checked=False, module=None, reason="")
@@ -238,32 +243,6 @@ def implementation_in_use() -> str:
 
 # --------------------------------------------------------------------------------------------
 # The op.
-
-
-def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(output_size, int) and not isinstance(output_size, bool):
-        size = (output_size, output_size)
-    elif (
-        isinstance(output_size, Sequence)
-        and len(output_size) == 2
-        and all(isinstance(s, int) and not isinstance(s, bool) for s in output_size)
-    ):
-        size = (int(output_size[0]), int(output_size[1]))
-    else:
-        raise ValueError(f"output_size must be an int or a pair of ints, got {output_size!r}")
-    if min(size) < 1:
-        raise ValueError(f"output_size must be >= 1, got {output_size!r}")
-    return size
-
-
-def _check_args(spatial_scale: float, sampling_ratio: int) -> None:
-    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
-        raise TypeError(f"sampling_ratio must be an int, got {sampling_ratio!r}")
-    if sampling_ratio < 0:
-        raise ValueError(f"sampling_ratio must be >= 0 (0 = adaptive), got {sampling_ratio}")
-    scale = float(spatial_scale)
-    if not (scale > 0.0 and scale != float("inf")):
-        raise ValueError(f"spatial_scale must be a positive finite float, got {spatial_scale!r}")
 
 
 def roi_align_custom(
@@ -293,8 +272,9 @@ def roi_align_custom(
     Raises:
         RuntimeError: the op library is not available (see ``unavailable_reason()``).
     """
-    pooled_h, pooled_w = _pair(output_size)
-    _check_args(spatial_scale, sampling_ratio)
+    pooled_h, pooled_w = pair(output_size)
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
+    spatial_scale = check_scale(spatial_scale)
     features = tf.convert_to_tensor(features)
     if features.dtype not in _SUPPORTED_DTYPES:
         raise TypeError(f"features must be float32, bfloat16 or float16, got {features.dtype.name}")
@@ -344,7 +324,7 @@ def multilevel_roi_align_custom(
     Returns:
         [N, PH, PW, C] in the features' dtype; differentiable w.r.t. every map.
     """
-    pooled_h, pooled_w = _pair(output_size)
+    pooled_h, pooled_w = pair(output_size)
     maps = [tf.convert_to_tensor(f) for f in features]
     scales = [float(s) for s in spatial_scales]
     if not maps:
@@ -353,8 +333,8 @@ def multilevel_roi_align_custom(
         raise ValueError(
             f"spatial_scales must have one entry per feature map ({len(maps)}), got {len(scales)}"
         )
-    for scale in scales:
-        _check_args(scale, sampling_ratio)
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
+    scales = [check_scale(s) for s in scales]
     if maps[0].dtype not in _SUPPORTED_DTYPES or any(f.dtype != maps[0].dtype for f in maps):
         raise TypeError(
             "features must share one dtype among float32, bfloat16 and float16, got "
@@ -450,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.build or args.force:
         print(build(verbose=True, force=args.force))
     if args.check:
-        _reset_cache()
+        reset_cache()
         ok = is_available()
         print("custom_op available" if ok else f"custom_op unavailable: {unavailable_reason()}")
         return 0 if ok else 1

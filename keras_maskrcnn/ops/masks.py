@@ -16,10 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_maskrcnn.ops.roi_align import roi_align
-
-_no_autograph = tf.autograph.experimental.do_not_convert
-
+from keras_maskrcnn.ops.roi_align_ops import roi_align
+from keras_maskrcnn.ops.roi_common import no_autograph
 
 # --------------------------------------------------------------------------- TensorFlow
 
@@ -37,7 +35,7 @@ def _check_size(size: int, name: str) -> int:
     return size
 
 
-@_no_autograph
+@no_autograph
 def masks_to_mini_masks(masks: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Tensor:
     """Crops full-image instance masks to their boxes and resizes them to ``size x size``.
 
@@ -72,7 +70,7 @@ def masks_to_mini_masks(masks: tf.Tensor, boxes: tf.Tensor, size: int) -> tf.Ten
     return mini[..., 0]
 
 
-@_no_autograph
+@no_autograph
 def crop_mask_targets(
     gt_masks: tf.Tensor,
     gt_boxes: tf.Tensor,
@@ -164,7 +162,7 @@ def _grid_weights_tf(start, end, length, count, size):
     return tf.where(ok[:, None, None], weights, 0.0)
 
 
-@_no_autograph
+@no_autograph
 def paste_masks_tf(
     masks: tf.Tensor,
     boxes: tf.Tensor,

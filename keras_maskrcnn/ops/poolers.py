@@ -12,22 +12,23 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from keras_maskrcnn.ops.roi_align import (
-    _check_boxes,
-    _check_features,
-    _check_implementation,
-    _check_sampling_ratio,
-    _custom_module,
-    _no_autograph,
-    _pair,
-    _resolve_implementation,
-    _roi_align_flat,
-    roi_align,
+from keras_maskrcnn.ops.roi_align_ops import roi_align, roi_align_flat
+from keras_maskrcnn.ops.roi_common import (
+    check_boxes,
+    check_features,
+    check_implementation,
+    check_max_bin_size,
+    check_max_samples,
+    check_sampling_ratio,
+    custom_module,
+    no_autograph,
+    pair,
+    resolve_implementation,
 )
-from keras_maskrcnn.ops.roi_pool import _check_max_bin_size, _roi_pool_flat, roi_pool
+from keras_maskrcnn.ops.roi_pool_ops import roi_pool, roi_pool_flat
 
 
-@_no_autograph
+@no_autograph
 def assign_fpn_levels(
     boxes: tf.Tensor,
     min_level: int = 2,
@@ -73,7 +74,7 @@ def assign_fpn_levels(
 def _check_levels(features: Sequence[tf.Tensor]) -> list[tf.Tensor]:
     if isinstance(features, tf.Tensor) or not isinstance(features, Sequence) or not features:
         raise TypeError("`features` must be a non-empty list of [B, H_l, W_l, C] tensors")
-    levels = [_check_features(f, name=f"features[{i}]") for i, f in enumerate(features)]
+    levels = [check_features(f, name=f"features[{i}]") for i, f in enumerate(features)]
     dtypes = {f.dtype for f in levels}
     channels = {f.shape[3] for f in levels if f.shape[3] is not None}
     if len(dtypes) > 1 or len(channels) > 1:
@@ -111,12 +112,12 @@ def _multilevel_flat(levels: list[tf.Tensor], level_index: tf.Tensor, image: tf.
     return flat, base, height, width, channels
 
 
-@_no_autograph
+@no_autograph
 def _multilevel_custom_op(
     levels, boxes, output_size, min_level, canonical_size, canonical_level, sampling_ratio, aligned
 ):
     """All levels in one call of the compiled multi-level op."""
-    custom = _custom_module(required=True)
+    custom = custom_module(required=True)
     flat_boxes, image, batch, num = _flatten_rois(boxes)
     max_level = min_level + len(levels) - 1
     level = assign_fpn_levels(flat_boxes, min_level, max_level, canonical_size, canonical_level)
@@ -141,6 +142,7 @@ def multilevel_roi_align(
     method: str = "align",
     implementation: str = "auto",
     max_bin_size: int | None = None,
+    max_samples: int | None = None,
 ) -> tf.Tensor:
     """Pools every box from its FPN level (torchvision ``MultiScaleRoIAlign``).
 
@@ -148,13 +150,18 @@ def multilevel_roi_align(
     pooled from that level with ``spatial_scale = 2 ** -level``. The "gather" path flattens and
     concatenates all levels and reads every box with one gather (per-box base offset and map
     bounds): no per-level loop, static shapes for a fixed R when sampling_ratio > 0; B may be
-    dynamic. "custom_op" / "crop_and_resize" run per level (`multilevel_roi_align_per_level`).
+    dynamic. With the adaptive ratio (0), "static" (selected by itself under XLA jit_compile)
+    gives the same numbers with static shapes (`roi_align_ops._roi_align_static`: a loop over
+    each box's own sample pairs, all levels in one gather per step; nothing capped, so no RoI
+    of any level is clipped). "custom_op" / "crop_and_resize" run per level
+    (`multilevel_roi_align_per_level`).
 
     Args:
         features: list of L maps [B, H_l, W_l, C] for levels min_level .. min_level + L - 1.
         boxes: [B, R, 4] float32 (y1, x1, y2, x2) in input pixels.
         output_size: int or (ph, pw).
-        sampling_ratio, aligned, implementation: as in `roi_align`.
+        sampling_ratio, aligned, implementation, max_samples: as in `roi_align`
+            (max_samples: method="align", gather / static / auto only).
         method: "align" (RoIAlign) or "pool" (RoIPool semantics, `roi_pool`; gather only).
         max_bin_size: only for method="pool", see `roi_pool`.
 
@@ -162,19 +169,27 @@ def multilevel_roi_align(
         [B, R, ph, pw, C] in the dtype of the features.
     """
     levels = _check_levels(features)
-    boxes = _check_boxes(boxes, rank=3)
-    output_size = _pair(output_size)
-    sampling_ratio = _check_sampling_ratio(sampling_ratio)
+    boxes = check_boxes(boxes, rank=3)
+    output_size = pair(output_size)
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
     method = _check_method(method)
-    max_bin_size = _check_max_bin_size(max_bin_size)
-    implementation = _check_implementation(implementation)
-    implementation = _resolve_implementation(implementation, levels[0].dtype)
+    max_bin_size = check_max_bin_size(max_bin_size)
+    implementation = check_implementation(implementation)
+    max_samples = check_max_samples(max_samples, sampling_ratio)
+    if max_samples is not None:
+        if implementation in ("custom_op", "crop_and_resize"):
+            raise ValueError(
+                f"`max_samples` needs implementation 'gather', 'static' or 'auto', got "
+                f"{implementation!r}"
+            )
+        implementation = "gather" if implementation == "auto" else implementation
+    implementation = resolve_implementation(implementation, levels[0].dtype)
     if method == "align" and implementation == "custom_op":
         return _multilevel_custom_op(
             levels, boxes, output_size, min_level, canonical_size, canonical_level,
             sampling_ratio, aligned,
         )
-    if method == "align" and implementation != "gather":
+    if method == "align" and implementation not in ("gather", "static"):
         return multilevel_roi_align_per_level(
             levels,
             boxes,
@@ -193,11 +208,11 @@ def multilevel_roi_align(
     flat, base, height, width, channels = _multilevel_flat(levels, level - min_level, image)
     scale = tf.pow(2.0, -tf.cast(level, tf.float32))  # exact powers of two
     if method == "pool":
-        pooled = _roi_pool_flat(
+        pooled = roi_pool_flat(
             flat, base, height, width, flat_boxes, scale, output_size, max_bin_size
         )
     else:
-        pooled = _roi_align_flat(
+        pooled = roi_align_flat(
             flat,
             base,
             height,
@@ -207,11 +222,13 @@ def multilevel_roi_align(
             output_size,
             sampling_ratio,
             bool(aligned),
+            static=implementation == "static",
+            max_samples=max_samples,
         )
     return tf.reshape(pooled, [batch, num, output_size[0], output_size[1], channels])
 
 
-@_no_autograph
+@no_autograph
 def multilevel_roi_align_per_level(
     features: Sequence[tf.Tensor],
     boxes: tf.Tensor,
@@ -231,8 +248,8 @@ def multilevel_roi_align_per_level(
     Args and returns as in `multilevel_roi_align`: [B, R, ph, pw, C].
     """
     levels = _check_levels(features)
-    boxes = _check_boxes(boxes, rank=3)
-    output_size = _pair(output_size)
+    boxes = check_boxes(boxes, rank=3)
+    output_size = pair(output_size)
     method = _check_method(method)
     flat_boxes, image, batch, num = _flatten_rois(boxes)
     max_level = min_level + len(levels) - 1

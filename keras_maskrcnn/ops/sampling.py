@@ -13,18 +13,31 @@ def _kth_largest(values: tf.Tensor, k: tf.Tensor, max_k: int) -> tf.Tensor:
     return tf.where(k > 0, kth, tf.constant(float("inf"), values.dtype))
 
 
+def random_keys(shape: tf.Tensor, seeds: tf.Tensor | None) -> tf.Tensor:
+    """Uniform [0, 1) keys of `shape` [B, N]: row b from the stateless seed `seeds[b]` ([B, 2]
+    int32) when given, else from the stateful global generator."""
+    if seeds is None:
+        return tf.random.uniform(shape)
+    seeds = tf.cast(seeds, tf.int32)
+    return tf.map_fn(lambda s: tf.random.stateless_uniform(shape[1:], seed=s), seeds,
+                     fn_output_signature=tf.float32)
+
+
 def subsample_labels(
     positive: tf.Tensor,
     negative: tf.Tensor,
     num_samples: int,
     positive_fraction: float,
-    seed: int | None = None,
+    seeds: tf.Tensor | None = None,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Randomly keeps at most `num_samples` examples per row, at most a `positive_fraction` of them
     positive; negatives fill the rest (Detectron2's `subsample_labels`).
 
     Args:
       positive, negative: `[B, N]` bool, disjoint candidate masks.
+      seeds: optional `[B, 2]` int32 stateless seeds, one per row: the sample of row b then
+        depends only on `seeds[b]` and the masks (reproducible, and the same whichever replica
+        or batch the image lands in). None: stateful random.
     Returns:
       `(sampled_positive, sampled_negative)`, `[B, N]` bool.
     """
@@ -32,7 +45,7 @@ def subsample_labels(
     if n is not None:
         num_samples = min(num_samples, n)
     max_pos = int(round(num_samples * positive_fraction))
-    keys = tf.random.uniform(tf.shape(positive), seed=seed)
+    keys = random_keys(tf.shape(positive), seeds)
     pos_keys = tf.where(positive, keys, -1.0)
     neg_keys = tf.where(negative, keys, -1.0)
 

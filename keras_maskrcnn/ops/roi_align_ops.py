@@ -1,5 +1,6 @@
-"""RoIAlign in TensorFlow (RoIPool: `ops.roi_pool`; FPN levels and multi-level pooling:
-`ops.poolers`).
+"""RoIAlign in TensorFlow: `roi_align` (exported as `keras_maskrcnn.ops.roi_align`) and
+`roi_align_flat`, the kernel shared with `ops.poolers` (RoIPool: `ops.roi_pool_ops`; FPN levels
+and multi-level pooling: `ops.poolers`; argument checks: `ops.roi_common`).
 
 Feature maps are NHWC. Boxes are ``(y1, x1, y2, x2)`` float32 in input pixels; a feature map of
 stride ``s`` is read with ``spatial_scale = 1 / s``.
@@ -23,107 +24,49 @@ With the adaptive ratio (0) each bin's samples are merged into a window of conse
 columns, each box reads only its own window, and the per-bin sums use a sorted segment sum:
 shapes are then data-dependent (no XLA), memory follows the boxes' own sample counts. As in
 torchvision, there is no gradient with respect to the boxes.
+
+The static formulation of the adaptive ratio (``implementation="static"``, and automatically
+whenever the adaptive ratio is traced for XLA, ``tf.function(jit_compile=True)``) gives the
+same numbers with static shapes only: every box enumerates its own ``S_y[n] * S_x[n]`` sample
+pairs ``t = k * S_x[n] + l``, and a ``tf.while_loop`` visits ``t = 0 .. max_n S_y[n] S_x[n] - 1``.
+Step ``t`` reads the four bilinear corners of sample ``(k, l)`` of every bin of every box (one
+``[N, ph, 2, pw, 2]`` gather), boxes that have fewer samples are masked with weight 0, and the
+sums are divided by each box's own true count. Nothing is capped, so the numbers are those of
+the adaptive kernel for every RoI size; only the trip count is data-dependent, which XLA
+compiles (a loop with a device-side condition). The gradient is a custom one: a second loop
+that recomputes the same (index, weight) pairs and scatter-adds the incoming gradient, so the
+memory stays one step's gather (``N * ph * pw * 4 * C`` values; 100 MB for 512 RoIs x 7x7
+bins x 256 float32 channels) whatever the sample counts, and no per-step activations are
+kept for the backward pass. The optional ``max_samples`` cap bounds the per-axis count
+``S = min(ceil(roi_extent / pooled), max_samples)`` (the bin is then sampled on a
+``max_samples`` grid along that axis, evenly spread over the bin: a deliberate departure from
+torchvision, which would use more samples, for RoIs longer than ``max_samples * pooled``
+feature pixels); the default ``None`` never clips.
 """
 
 from __future__ import annotations
 
-import importlib
-import math
 from collections.abc import Sequence
 
 import tensorflow as tf
 
-_IMPLEMENTATIONS = ("auto", "gather", "crop_and_resize", "custom_op")
-_CUSTOM_MODULE = "keras_maskrcnn.ops.custom_roi_align"
-_BUILD_HINT = "python -m keras_maskrcnn.ops.custom_roi_align --build"
-
-# No data-dependent Python control flow here: skipping AutoGraph's source conversion saves
-# seconds of tracing per tf.function.
-_no_autograph = tf.autograph.experimental.do_not_convert
-
-
-# --------------------------------------------------------------------------- argument checks
-
-
-def _pair(output_size: int | Sequence[int]) -> tuple[int, int]:
-    """Normalizes `output_size` (int or (ph, pw)) to a pair of positive ints."""
-    if isinstance(output_size, int) and not isinstance(output_size, bool):
-        output_size = (output_size, output_size)
-    try:
-        ph, pw = (int(v) for v in output_size)
-    except (TypeError, ValueError) as err:
-        raise TypeError(
-            f"`output_size` must be an int or a pair (ph, pw), got {output_size!r}"
-        ) from err
-    if ph <= 0 or pw <= 0 or (ph, pw) != tuple(output_size):
-        raise ValueError(f"`output_size` must hold positive integers, got {output_size!r}")
-    return ph, pw
-
-
-def _check_sampling_ratio(sampling_ratio: int) -> int:
-    if isinstance(sampling_ratio, bool) or not isinstance(sampling_ratio, int):
-        raise TypeError(f"`sampling_ratio` must be an int >= 0, got {sampling_ratio!r}")
-    if sampling_ratio < 0:
-        raise ValueError(f"`sampling_ratio` must be >= 0 (0 = adaptive), got {sampling_ratio}")
-    return sampling_ratio
-
-
-def _check_features(features: tf.Tensor, name: str = "features") -> tf.Tensor:
-    features = tf.convert_to_tensor(features)
-    if not features.dtype.is_floating:
-        raise TypeError(f"`{name}` must be a floating-point tensor, got {features.dtype.name}")
-    if features.shape.rank is not None and features.shape.rank != 4:
-        raise ValueError(f"`{name}` must have shape [B, H, W, C] (NHWC), got {features.shape}")
-    return features
-
-
-def _check_boxes(boxes: tf.Tensor, rank: int, name: str = "boxes") -> tf.Tensor:
-    boxes = tf.convert_to_tensor(boxes)
-    if not (boxes.dtype.is_floating or boxes.dtype.is_integer):
-        raise TypeError(f"`{name}` must be a real-valued tensor, got dtype {boxes.dtype.name}")
-    if boxes.shape.rank is not None and (
-        boxes.shape.rank != rank or boxes.shape[-1] not in (None, 4)
-    ):
-        shape = "[N, 4]" if rank == 2 else "[B, R, 4]"
-        raise ValueError(f"`{name}` must have shape {shape} (y1, x1, y2, x2), got {boxes.shape}")
-    return tf.stop_gradient(tf.cast(boxes, tf.float32))
-
-
-def _check_box_indices(box_indices: tf.Tensor) -> tf.Tensor:
-    box_indices = tf.convert_to_tensor(box_indices)
-    if not box_indices.dtype.is_integer:
-        raise TypeError(f"`box_indices` must be an integer tensor, got {box_indices.dtype.name}")
-    if box_indices.shape.rank is not None and box_indices.shape.rank != 1:
-        raise ValueError(f"`box_indices` must have shape [N], got {box_indices.shape}")
-    return tf.cast(box_indices, tf.int32)
-
-
-def _check_scale(spatial_scale: float) -> float:
-    scale = float(spatial_scale)
-    if not scale > 0 or not math.isfinite(scale):
-        raise ValueError(f"`spatial_scale` must be a positive finite number, got {spatial_scale!r}")
-    return scale
-
-
-def _check_implementation(implementation: str) -> str:
-    if implementation not in _IMPLEMENTATIONS:
-        raise ValueError(
-            f"`implementation` must be one of {_IMPLEMENTATIONS}, got {implementation!r}"
-        )
-    return implementation
-
+from keras_maskrcnn.ops.roi_common import (
+    check_box_indices,
+    check_boxes,
+    check_features,
+    check_implementation,
+    check_sampling_ratio,
+    check_scale,
+    custom_module,
+    check_max_samples,
+    flat_geometry,
+    in_xla_context,
+    no_autograph,
+    pair,
+    resolve_implementation,
+)
 
 # --------------------------------------------------------------------------- per-box geometry
-
-
-def _flat_geometry(features: tf.Tensor, box_indices: tf.Tensor):
-    """Flattens `features` [B, H, W, C] to [B*H*W, C], with per-box base / H / W [N] int32."""
-    shape = tf.shape(features, out_type=tf.int32)
-    height, width = shape[1], shape[2]
-    channels = features.shape[3] if features.shape[3] is not None else shape[3]
-    flat = tf.reshape(features, [-1, channels])
-    ones = tf.ones_like(box_indices)
-    return flat, box_indices * height * width, height * ones, width * ones
 
 
 def _roi_extents(boxes: tf.Tensor, scale: tf.Tensor, aligned: bool):
@@ -140,15 +83,23 @@ def _roi_extents(boxes: tf.Tensor, scale: tf.Tensor, aligned: bool):
     return start_y, extent_y, start_x, extent_x
 
 
-def _sample_counts(extent: tf.Tensor, pooled: int, sampling_ratio: int):
-    """Samples per bin along one axis: ([N] int32 per-box count, grid size: int or scalar)."""
-    if sampling_ratio > 0:
-        return tf.fill(tf.shape(extent), sampling_ratio), sampling_ratio
+def _adaptive_counts(extent: tf.Tensor, pooled: int, max_samples: int | None = None):
+    """The adaptive ratio's samples per bin along one axis, [N] int32 (capped if asked)."""
     count = tf.math.ceil(extent / float(pooled))
     # Non-positive extents sample nothing (the kernel's loops run zero times); so do NaN / inf
     # ones (undefined in the kernel), which also keeps the int cast safe.
     count = tf.where((count > 0.0) & tf.math.is_finite(count), count, 0.0)
-    count = tf.cast(count, tf.int32)
+    if max_samples is not None:
+        count = tf.minimum(count, float(max_samples))
+    return tf.cast(count, tf.int32)
+
+
+def _sample_counts(extent: tf.Tensor, pooled: int, sampling_ratio: int,
+                   max_samples: int | None = None):
+    """Samples per bin along one axis: ([N] int32 per-box count, grid size: int or scalar)."""
+    if sampling_ratio > 0:
+        return tf.fill(tf.shape(extent), sampling_ratio), sampling_ratio
+    count = _adaptive_counts(extent, pooled, max_samples)
     grid = tf.maximum(tf.reduce_max(count), 1)  # reduce_max of no boxes is INT_MIN
     return count, grid
 
@@ -203,12 +154,13 @@ def _compact_axis(index, weight):
     return rows, merged, per_box
 
 
-def _axis_table(start, extent, pooled: int, sampling_ratio: int, size):
+def _axis_table(start, extent, pooled: int, sampling_ratio: int, size,
+                max_samples: int | None = None):
     """Per-box rows (or columns) and weights for one axis, each [N, pooled, K].
 
     Also returns each box's window width [N] (adaptive ratio) or None (fixed ratio, K = 2 S).
     """
-    count, grid = _sample_counts(extent, pooled, sampling_ratio)
+    count, grid = _sample_counts(extent, pooled, sampling_ratio, max_samples)
     points, used, divisor = _axis_points(start, extent, pooled, count, grid)
     low, high, w_low, w_high = _axis_bilinear(points, used, size)
     index = tf.concat([low, high], axis=-1)
@@ -269,16 +221,108 @@ def _gather_ragged(flat, base, width, rows, row_w, ky, cols, col_w, kx):
     return tf.reshape(pooled, [num, ph, pw, channels])
 
 
-def _roi_align_flat(flat, base, height, width, boxes, scale, output_size, sampling_ratio, aligned):
-    """RoIAlign of every box on its own map inside `flat` [T, C] -> [N, ph, pw, C].
+# --------------------------------------------------------------------------- static adaptive
 
-    base / height / width [N] int32 locate each box's map (row-major [H, W] block of `flat`);
-    scale is a scalar or [N] float32 spatial scale.
+
+def _step_axis(start, extent, pooled: int, count, step, active, size):
+    """(index, weight), each [N, pooled, 2], of sample `step[n]` of every bin along one axis.
+
+    The coordinates are computed exactly as `_axis_points` computes sample `step` (same
+    operations, same order); the weights include the 1 / count of the bin average and are 0
+    for inactive boxes.
     """
+    bin_size = (extent / float(pooled))[:, None, None]
+    divisor = tf.cast(tf.maximum(count, 1), tf.float32)[:, None, None]
+    bins = tf.range(pooled, dtype=tf.float32)[None, :, None]
+    offsets = (tf.cast(step, tf.float32) + 0.5)[:, None, None]
+    points = start[:, None, None] + bins * bin_size + offsets * bin_size / divisor
+    used = tf.broadcast_to(active[:, None, None], tf.shape(points))
+    low, high, w_low, w_high = _axis_bilinear(points, used, size)
+    index = tf.concat([low, high], axis=-1)
+    weight = tf.concat([w_low, w_high], axis=-1) / divisor
+    return tf.minimum(index, size[:, None, None] - 1), weight
+
+
+def _roi_align_static(flat, base, height, width, boxes, scale, output_size, aligned,
+                      max_samples: int | None = None):
+    """The adaptive ratio with static shapes (see the module docstring): a loop over each box's
+    own sample pairs, one [N, ph, 2, pw, 2] gather per step, and a custom gradient that
+    scatter-adds the same weights. Same arguments and result as `roi_align_flat`."""
     ph, pw = output_size
     start_y, extent_y, start_x, extent_x = _roi_extents(boxes, scale, aligned)
-    rows, row_w, ky = _axis_table(start_y, extent_y, ph, sampling_ratio, height)
-    cols, col_w, kx = _axis_table(start_x, extent_x, pw, sampling_ratio, width)
+    count_y = _adaptive_counts(extent_y, ph, max_samples)
+    count_x = _adaptive_counts(extent_x, pw, max_samples)
+    pairs = count_y * count_x  # samples per bin of each box
+    steps = tf.reduce_max(tf.concat([pairs, tf.zeros([1], tf.int32)], axis=0))
+    count_x_safe = tf.maximum(count_x, 1)
+    num = tf.shape(boxes)[0]
+    channels = flat.shape[1] if flat.shape[1] is not None else tf.shape(flat)[1]
+    acc_dtype = tf.float64 if flat.dtype == tf.float64 else tf.float32
+
+    def step_tables(t):
+        """Flat-table indices and weights [N, ph, 2, pw, 2] of sample pair t of every box."""
+        active = t < pairs
+        rows, row_w = _step_axis(start_y, extent_y, ph, count_y, t // count_x_safe, active,
+                                 height)
+        cols, col_w = _step_axis(start_x, extent_x, pw, count_x, t % count_x_safe, active,
+                                 width)
+        index = (
+            base[:, None, None, None, None]
+            + (rows * width[:, None, None])[:, :, :, None, None]
+            + cols[:, None, None, :, :]
+        )
+        weight = row_w[:, :, :, None, None] * col_w[:, None, None, :, :]
+        return index, tf.cast(weight, acc_dtype)
+
+    @tf.custom_gradient
+    def pool(table):
+        def forward(t, total):
+            index, weight = step_tables(t)
+            values = tf.cast(tf.gather(table, index), acc_dtype)  # [N, ph, 2, pw, 2, C]
+            return t + 1, total + tf.reduce_sum(values * weight[..., None], axis=[2, 4])
+
+        zeros = tf.zeros(tf.stack([num, ph, pw, channels]), acc_dtype)
+        _, total = tf.while_loop(lambda t, _: t < steps, forward, (tf.constant(0), zeros))
+
+        def grad(upstream):
+            upstream = tf.cast(upstream, acc_dtype)[:, :, None, :, None, :]
+
+            def backward(t, d_table):
+                index, weight = step_tables(t)
+                updates = upstream * weight[..., None]
+                return t + 1, tf.tensor_scatter_nd_add(d_table, index[..., None], updates)
+
+            d_zeros = tf.zeros(tf.shape(table), acc_dtype)
+            _, d_table = tf.while_loop(lambda t, _: t < steps, backward,
+                                       (tf.constant(0), d_zeros))
+            return tf.cast(d_table, table.dtype)
+
+        return tf.cast(total, table.dtype), grad
+
+    return pool(flat)
+
+
+# --------------------------------------------------------------------------- flat kernel
+
+
+def roi_align_flat(flat, base, height, width, boxes, scale, output_size, sampling_ratio, aligned,
+                   static: bool = False, max_samples: int | None = None):
+    """RoIAlign of every box on its own map inside `flat` [T, C] -> [N, ph, pw, C].
+
+    The kernel behind `roi_align` (gather / static paths) and `ops.poolers.multilevel_roi_align`;
+    takes already-checked arguments. base / height / width [N] int32 locate each box's map
+    (row-major [H, W] block of `flat`, see `roi_common.flat_geometry`); scale is a scalar or [N]
+    float32 spatial scale; output_size a (ph, pw) pair. With the adaptive ratio (0), `static`
+    (or tracing for XLA) selects the static formulation `_roi_align_static`; `max_samples` caps
+    the adaptive per-axis count (None: no cap). A fixed ratio is static on every path.
+    """
+    ph, pw = output_size
+    if sampling_ratio == 0 and (static or in_xla_context()):
+        return _roi_align_static(flat, base, height, width, boxes, scale, output_size, aligned,
+                                 max_samples)
+    start_y, extent_y, start_x, extent_x = _roi_extents(boxes, scale, aligned)
+    rows, row_w, ky = _axis_table(start_y, extent_y, ph, sampling_ratio, height, max_samples)
+    cols, col_w, kx = _axis_table(start_x, extent_x, pw, sampling_ratio, width, max_samples)
     if sampling_ratio == 0:
         return _gather_ragged(flat, base, width, rows, row_w, ky, cols, col_w, kx)
     return _gather_separable(flat, base, width, rows, row_w, cols, col_w)
@@ -328,53 +372,7 @@ def _roi_align_crop_and_resize(
     return tf.cast(tf.reduce_mean(crops, axis=[2, 4]), dtype)
 
 
-def _custom_module(required: bool):
-    """Returns the custom-op module if it imports and is built, else None (or raises)."""
-    try:
-        module = importlib.import_module(_CUSTOM_MODULE)
-    except ImportError as err:
-        if required:
-            raise RuntimeError(
-                f"implementation='custom_op' needs {_CUSTOM_MODULE}, which could not be "
-                f"imported ({err}); build the op with `{_BUILD_HINT}`"
-            ) from err
-        return None
-    if not module.is_available():
-        if required:
-            raise RuntimeError(
-                f"the RoIAlign custom op is not built or cannot be loaded; build it with "
-                f"`{_BUILD_HINT}`"
-            )
-        return None
-    return module
-
-
-def _in_xla_context() -> bool:
-    """True while tracing for XLA (jit_compile=True), where a custom op cannot compile."""
-    try:
-        from tensorflow.python.framework import ops
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # private API moved: assume no XLA
-        return False
-    return bool(control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()))
-
-
-def _resolve_implementation(implementation: str, dtype: tf.DType) -> str:
-    """Maps "auto" to "custom_op" when the compiled op is built and suits the call, else "gather".
-
-    The op has CPU kernels only, for float32 / bfloat16 / float16, and XLA cannot compile it:
-    "auto" keeps "gather" under jit_compile, when a GPU is visible, or for other dtypes.
-    """
-    if implementation != "auto":
-        return implementation
-    if dtype not in (tf.float32, tf.bfloat16, tf.float16) or _in_xla_context():
-        return "gather"
-    if tf.config.list_logical_devices("GPU"):
-        return "gather"
-    return "custom_op" if _custom_module(required=False) is not None else "gather"
-
-
-@_no_autograph
+@no_autograph
 def roi_align(
     features: tf.Tensor,
     boxes: tf.Tensor,
@@ -384,6 +382,7 @@ def roi_align(
     sampling_ratio: int = 0,
     aligned: bool = True,
     implementation: str = "auto",
+    max_samples: int | None = None,
 ) -> tf.Tensor:
     """RoIAlign with torchvision / Detectron2 semantics (see the module docstring).
 
@@ -394,8 +393,9 @@ def roi_align(
         output_size: int or (ph, pw), the pooled size.
         spatial_scale: feature pixels per input pixel (1 / stride).
         sampling_ratio: samples per bin and axis; 0 = adaptive, ceil(roi_extent / pooled) per
-            box and axis (data-dependent shapes). With sampling_ratio > 0 every shape is
-            static (XLA-compilable).
+            box and axis (data-dependent shapes on the "gather" path; static ones on the
+            "static" path, which XLA tracing selects by itself). With sampling_ratio > 0
+            every shape is static (XLA-compilable) on every path.
         aligned: True (Detectron2 ROIAlignV2) shifts by -0.5 pixel; False is torchvision's
             legacy mode (no shift, RoI extent clamped to >= 1).
         implementation: "gather" (gather + bilinear weights; the portable main path),
@@ -403,24 +403,41 @@ def roi_align(
             > 0 only; same values up to float rounding, except that a sample falling exactly
             on the -1 / H limit may land on the other side of it), "custom_op" (the compiled
             CPU kernel in keras_maskrcnn.ops.custom_roi_align; raises RuntimeError with the
-            build command when it is missing) or "auto" (the custom op when it is built and
-            usable here: float32 / bfloat16 / float16, no visible GPU, not under XLA
-            jit_compile; else "gather").
+            build command when it is missing), "static" (the adaptive ratio with static
+            shapes, see the module docstring; the same numbers as "gather"; used by "gather"
+            and "auto" by themselves under XLA jit_compile) or "auto" (the custom op when it
+            is built and usable here: float32 / bfloat16 / float16, no visible GPU, not under
+            XLA jit_compile, no `max_samples`; else "gather").
+        max_samples: None (default: no cap, torchvision's numbers for every RoI) or an int
+            >= 1 capping the adaptive per-axis sample count at min(ceil(roi_extent /
+            pooled), max_samples) ("gather" / "static" only, sampling_ratio=0 only): RoIs
+            longer than max_samples * pooled feature pixels along an axis are then sampled
+            on a max_samples grid along it (fewer samples than torchvision's).
 
     Returns:
         [N, ph, pw, C] pooled features in the dtype of `features`.
     """
-    features = _check_features(features)
-    boxes = _check_boxes(boxes, rank=2)
-    box_indices = _check_box_indices(box_indices)
-    output_size = _pair(output_size)
-    sampling_ratio = _check_sampling_ratio(sampling_ratio)
-    scale = _check_scale(spatial_scale)
+    features = check_features(features)
+    boxes = check_boxes(boxes, rank=2)
+    box_indices = check_box_indices(box_indices)
+    output_size = pair(output_size)
+    sampling_ratio = check_sampling_ratio(sampling_ratio)
+    scale = check_scale(spatial_scale)
     aligned = bool(aligned)
-    implementation = _resolve_implementation(_check_implementation(implementation), features.dtype)
+    max_samples = check_max_samples(max_samples, sampling_ratio)
+    implementation = check_implementation(implementation)
+    if max_samples is not None and implementation in ("custom_op", "crop_and_resize"):
+        raise ValueError(
+            f"`max_samples` needs implementation 'gather', 'static' or 'auto', got "
+            f"{implementation!r}"
+        )
+    if max_samples is None:
+        implementation = resolve_implementation(implementation, features.dtype)
+    elif implementation == "auto":
+        implementation = "gather"
 
     if implementation == "custom_op":
-        module = _custom_module(required=True)
+        module = custom_module(required=True)
         return module.roi_align_custom(
             features,
             boxes,
@@ -434,8 +451,8 @@ def roi_align(
         return _roi_align_crop_and_resize(
             features, boxes, box_indices, output_size, scale, sampling_ratio, aligned
         )
-    flat, base, height, width = _flat_geometry(features, box_indices)
-    return _roi_align_flat(
+    flat, base, height, width = flat_geometry(features, box_indices)
+    return roi_align_flat(
         flat,
         base,
         height,
@@ -445,4 +462,6 @@ def roi_align(
         output_size,
         sampling_ratio,
         aligned,
+        static=implementation == "static",
+        max_samples=max_samples,
     )

@@ -1,4 +1,6 @@
-"""RoIPool (quantized max pooling, torchvision.ops.roi_pool semantics) in TensorFlow.
+"""RoIPool (quantized max pooling, torchvision.ops.roi_pool semantics) in TensorFlow:
+`roi_pool` (exported as `keras_maskrcnn.ops.roi_pool`) and `roi_pool_flat`, the kernel shared
+with `ops.poolers`.
 
 Feature maps are NHWC; boxes (y1, x1, y2, x2) float32 in input pixels. The RoI is scaled and
 rounded (halves away from zero), its size clamped to >= 1, split into bins with floor / ceil
@@ -12,14 +14,15 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 
-from keras_maskrcnn.ops.roi_align import (
-    _check_box_indices,
-    _check_boxes,
-    _check_features,
-    _check_scale,
-    _flat_geometry,
-    _no_autograph,
-    _pair,
+from keras_maskrcnn.ops.roi_common import (
+    check_box_indices,
+    check_boxes,
+    check_features,
+    check_max_bin_size,
+    check_scale,
+    flat_geometry,
+    no_autograph,
+    pair,
 )
 
 
@@ -56,8 +59,12 @@ def _pool_axis(start, end, pooled: int, size, max_bin_size: int | None):
     return tf.minimum(rows, size[..., None] - 1), valid, span > 0
 
 
-def _roi_pool_flat(flat, base, height, width, boxes, scale, output_size, max_bin_size):
-    """RoIPool of every box on its own map inside `flat` [T, C] -> [N, ph, pw, C]."""
+def roi_pool_flat(flat, base, height, width, boxes, scale, output_size, max_bin_size):
+    """RoIPool of every box on its own map inside `flat` [T, C] -> [N, ph, pw, C].
+
+    The kernel behind `roi_pool` and `ops.poolers.multilevel_roi_align(method="pool")`; takes
+    already-checked arguments laid out as for `roi_align_ops.roi_align_flat`.
+    """
     ph, pw = output_size
     y1, x1, y2, x2 = tf.unstack(_round_half_away(boxes * scale[..., None]), num=4, axis=-1)
     rows, row_ok, row_full = _pool_axis(y1, y2, ph, height, max_bin_size)
@@ -75,15 +82,7 @@ def _roi_pool_flat(flat, base, height, width, boxes, scale, output_size, max_bin
     return tf.where(full[..., None], pooled, tf.zeros([], flat.dtype))
 
 
-def _check_max_bin_size(max_bin_size: int | None) -> int | None:
-    if max_bin_size is None:
-        return None
-    if isinstance(max_bin_size, bool) or not isinstance(max_bin_size, int) or max_bin_size < 1:
-        raise ValueError(f"`max_bin_size` must be None or a positive int, got {max_bin_size!r}")
-    return max_bin_size
-
-
-@_no_autograph
+@no_autograph
 def roi_pool(
     features: tf.Tensor,
     boxes: tf.Tensor,
@@ -113,14 +112,14 @@ def roi_pool(
     Returns:
         [N, ph, pw, C] in the dtype of `features`.
     """
-    features = _check_features(features)
-    boxes = _check_boxes(boxes, rank=2)
-    box_indices = _check_box_indices(box_indices)
-    output_size = _pair(output_size)
-    scale = _check_scale(spatial_scale)
-    max_bin_size = _check_max_bin_size(max_bin_size)
-    flat, base, height, width = _flat_geometry(features, box_indices)
-    return _roi_pool_flat(
+    features = check_features(features)
+    boxes = check_boxes(boxes, rank=2)
+    box_indices = check_box_indices(box_indices)
+    output_size = pair(output_size)
+    scale = check_scale(spatial_scale)
+    max_bin_size = check_max_bin_size(max_bin_size)
+    flat, base, height, width = flat_geometry(features, box_indices)
+    return roi_pool_flat(
         flat,
         base,
         height,
