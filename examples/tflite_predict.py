@@ -6,14 +6,21 @@ No TensorFlow and no keras_maskrcnn are imported: this is what an edge device ru
     keras-maskrcnn export --model runs/shapes --format tflite --output shapes.tflite --input-size 128
     python examples/tflite_predict.py shapes.tflite photo.jpg --output photo_pred.png
 
-Steps: letterbox the image onto the model's S x S canvas (the package's resize rule: scale =
-min(S / short side, S / long side) in Python floats, size floor(side * scale), bilinear with
-half-pixel centres and no antialias, image top-left, zeros bottom/right), run the `serving_default`
-signature, map the boxes back to original pixels (per axis: original / resized size, clipped),
-paste each 28 x 28 mask into the image (bilinear read of the mask at every pixel centre, as
-Detectron2 pastes), threshold, and draw boxes, masks and labels. Class names and the mask
-threshold come from the `<model>.tflite.json` sidecar that `export_tflite` writes (or
---metadata); without it labels read "class_<k>".
+Steps: letterbox the image onto the model's canvas, run its signature, map the boxes back to
+original pixels (per axis: original / resized size, clipped), paste each 28 x 28 mask into the
+image (bilinear read of the mask at every pixel centre, as Detectron2 pastes), threshold, and draw
+boxes, masks and labels. Two kinds of models (the `<model>.tflite.json` sidecar that
+`export_tflite` writes says which; --metadata names another):
+
+- one canvas H x W (`--input-size S` or `H W`), signature `serving_default`: the "fit" rule,
+  scale = min(H / h, W / w) in Python floats (a square S canvas: the long side to S);
+- canvas buckets (`--buckets auto|HxW,...`), one signature `canvas_<H>x<W>` per canvas: the
+  model's own resize rule (scale = min(min_size / short side, max_size / long side), the
+  sidecar's `min_size` / `max_size`) and the smallest-area canvas that holds the resized image.
+
+Either way the size is floor(side * scale), the resize bilinear with half-pixel centres and no
+antialias, the image top-left, zeros bottom/right. Class names and the mask threshold come from
+the sidecar (without it labels read "class_<k>").
 """
 
 from __future__ import annotations
@@ -34,10 +41,21 @@ PALETTE = np.array([(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200),
 
 
 # ---------------------------------------------------------------------------- letterbox
-def resized_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """(h', w') of the resize rule with min_size = max_size = size (Python-float scale, floor)."""
-    scale = min(size / min(height, width), size / max(height, width))
+def resized_shape(height: int, width: int, min_size: float,
+                  max_size: float | None = None) -> tuple[int, int]:
+    """(h', w') of the resize rule: scale = min(min_size / short side, max_size / long side)
+    in Python floats, floor (max_size defaults to min_size: the long side to it)."""
+    max_size = min_size if max_size is None else max_size
+    scale = min(min_size / min(height, width), max_size / max(height, width))
     return max(math.floor(height * scale), 1), max(math.floor(width * scale), 1)
+
+
+def fit_sizes(height: int, width: int, canvas: tuple[int, int]) -> tuple[int, int]:
+    """(min_size, max_size) whose rule gives the "fit" scale min(H / h, W / w) on `canvas`."""
+    short, long = min(canvas), max(canvas)
+    if canvas[0] == canvas[1] or height == width or (height < width) == (canvas[0] < canvas[1]):
+        return short, long
+    return short, short
 
 
 def _axis_taps(in_size: int, out_size: int):
@@ -61,12 +79,37 @@ def resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return top + (bottom - top) * fy[:, None, None]
 
 
-def letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """RGB [h, w, 3] -> (canvas [1, S, S, 3] float32 0..255, image_shape [1, 2] float32)."""
-    new_h, new_w = resized_shape(image.shape[0], image.shape[1], size)
-    canvas = np.zeros((1, size, size, 3), np.float32)
+def letterbox(image: np.ndarray, size, rule: tuple[float, float] | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """RGB [h, w, 3] -> (canvas [1, H, W, 3] float32 0..255, image_shape [1, 2] float32).
+
+    `size`: S (an S x S canvas) or (H, W). `rule`: (min_size, max_size) of the model's resize
+    rule (bucketed models), or None for the "fit" rule of a one-canvas model.
+    """
+    canvas_hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    min_size, max_size = rule or fit_sizes(image.shape[0], image.shape[1], canvas_hw)
+    new_h, new_w = resized_shape(image.shape[0], image.shape[1], min_size, max_size)
+    if new_h > canvas_hw[0] or new_w > canvas_hw[1]:
+        raise ValueError(f"the resized image {new_h} x {new_w} does not fit the canvas "
+                         f"{canvas_hw[0]} x {canvas_hw[1]}")
+    canvas = np.zeros((1, *canvas_hw, 3), np.float32)
     canvas[0, :new_h, :new_w] = resize_bilinear(image, new_h, new_w)
     return canvas, np.array([[new_h, new_w]], np.float32)
+
+
+def choose_signature(image: np.ndarray, meta: dict) -> tuple[str, tuple[float, float] | None]:
+    """(signature key, resize rule) for the image: `serving_default` and the fit rule for a
+    one-canvas model; for a bucketed one the smallest canvas holding the resized image."""
+    if meta.get("resize") != "min_max":
+        return SIGNATURE, None
+    rule = (meta["min_size"], meta["max_size"])
+    h, w = resized_shape(image.shape[0], image.shape[1], *rule)
+    fitting = [(c[0] * c[1], c[0], key) for key, c in meta["signatures"].items()
+               if c[0] >= h and c[1] >= w]
+    if not fitting:
+        raise ValueError(f"the resized image {h} x {w} fits none of the model's canvases "
+                         f"{sorted(meta['signatures'].values())}")
+    return min(fitting)[2], rule
 
 
 # ---------------------------------------------------------------------------- masks
@@ -98,11 +141,12 @@ def paste_mask(mask: np.ndarray, box: np.ndarray, height: int, width: int,
 
 
 # ---------------------------------------------------------------------------- model
-def predict(runner, image: np.ndarray, mask_threshold: float = 0.5) -> dict[str, np.ndarray]:
+def predict(runner, image: np.ndarray, mask_threshold: float = 0.5,
+            rule: tuple[float, float] | None = None) -> dict[str, np.ndarray]:
     """Detections of one RGB image in original pixels: boxes [N, 4] (y1, x1, y2, x2),
-    scores [N], labels [N] int32, masks [N, h, w] uint8."""
-    size = int(runner.get_input_details()["images"]["shape"][1])
-    canvas, image_shape = letterbox(image, size)
+    scores [N], labels [N] int32, masks [N, h, w] uint8. `rule`: see `letterbox`."""
+    shape = runner.get_input_details()["images"]["shape"]
+    canvas, image_shape = letterbox(image, (int(shape[1]), int(shape[2])), rule)
     out = runner(images=canvas, image_shape=image_shape)
     n = int(out["num_detections"][0])
     h, w = image.shape[:2]
@@ -153,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     model_path = Path(args.model)
     meta = _metadata(model_path, args.metadata)
     interpreter = Interpreter(model_path=str(model_path), num_threads=args.threads)
-    runner = interpreter.get_signature_runner(SIGNATURE)
     image = np.asarray(Image.open(args.image).convert("RGB"))
-    det = predict(runner, image, float(meta.get("mask_threshold", 0.5)))
+    signature, rule = choose_signature(image, meta)
+    runner = interpreter.get_signature_runner(signature)
+    det = predict(runner, image, float(meta.get("mask_threshold", 0.5)), rule)
     keep = det["scores"] >= args.score_threshold
     det = {k: v[keep] for k, v in det.items()}
     names = list(meta.get("class_names", []))

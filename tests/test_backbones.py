@@ -92,3 +92,23 @@ def test_keras_applications_weights_copy_reproduces_its_features():
     expected = app(x, training=False).numpy()
     got = ours(x, training=False)[-1].numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+
+
+def test_backbone_weights_from_a_local_keras_applications_file(tmp_path):
+    """`--backbone-weights FILE`: a local copy of keras.applications' ImageNet file (here a
+    random-initialised one, nothing downloads) is loaded through the same copy."""
+    from keras_maskrcnn.backbones.pretrained import imagenet_config_overrides, load_backbone_weights
+    from keras_maskrcnn.config import get_config
+
+    app = keras.applications.ResNet50(include_top=False, weights=None)
+    _randomize_batchnorm(app)
+    path = tmp_path / "resnet50_notop.weights.h5"
+    app.save_weights(str(path))
+    config = get_config("coco_r50_fpn", **imagenet_config_overrides()).replace(
+        backbone_weights=str(path))
+    ours = build_resnet(RESNET_SPECS["resnet50"], norm="frozen_bn", stride_in_1x1=True)
+    load_backbone_weights(ours, config)
+    np.testing.assert_array_equal(ours.get_layer("stem_conv1").get_weights()[0],
+                                  app.get_layer("conv1_conv").get_weights()[0])
+    with pytest.raises(FileNotFoundError, match="backbone weights file not found"):
+        load_backbone_weights(ours, config.replace(backbone_weights=str(tmp_path / "none.h5")))

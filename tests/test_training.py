@@ -23,14 +23,13 @@ ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_MASKRCNN_DISABLE_CUSTOM
 
 def tiny_config(path: Path, **changes) -> Path:
     """A shapes config small enough to trace and step quickly."""
-    config = get_config("shapes", image_size=(64, 64), min_size=64, max_size=64,
-                        tiny_widths=(8, 8, 16, 16), fpn_channels=16, box_head_dim=32,
-                        mask_head_dim=8, mask_head_convs=1, anchor_sizes=(8, 16, 32, 64, 128),
-                        rpn_pre_nms_topk_train=200, rpn_post_nms_topk_train=64,
-                        rpn_pre_nms_topk_test=100, rpn_post_nms_topk_test=32,
-                        roi_batch_per_image=32, rpn_batch_per_image=64, warmup_steps=2,
-                        **changes)
-    config.to_json(path)
+    values = dict(image_size=(64, 64), min_size=64, max_size=64, tiny_widths=(8, 8, 16, 16),
+                  fpn_channels=16, box_head_dim=32, mask_head_dim=8, mask_head_convs=1,
+                  anchor_sizes=(8, 16, 32, 64, 128), rpn_pre_nms_topk_train=200,
+                  rpn_post_nms_topk_train=64, rpn_pre_nms_topk_test=100,
+                  rpn_post_nms_topk_test=32, roi_batch_per_image=32, rpn_batch_per_image=64,
+                  warmup_steps=2)
+    get_config("shapes", **{**values, **changes}).to_json(path)
     return path
 
 

@@ -1,8 +1,10 @@
 """Deployment exports: a SavedModel for TF Serving and a builtin-ops-only TFLite model.
 
-`export_saved_model(model_or_dir, output, full_image_masks=False)` and
-`export_tflite(model_or_dir, output, input_size=512, quantize="none")`; see
-`keras_maskrcnn.export.saved_model` and `keras_maskrcnn.export.tflite` for the signatures.
+`export_saved_model(model_or_dir, output, full_image_masks=False, buckets="auto",
+max_image_pixels=36_000_000, precision="float32")` and `export_tflite(model_or_dir, output,
+input_size=512, quantize="none", buckets=None)`; see `keras_maskrcnn.export.saved_model`,
+`keras_maskrcnn.export.tflite`, `keras_maskrcnn.export.buckets` (the canvas buckets) and
+`keras_maskrcnn.export.precision` (bfloat16 inference) for the details.
 Attributes load lazily, so importing this package (the CLI does) does not import TensorFlow.
 """
 
@@ -19,6 +21,12 @@ _EXPORTS = {
     "letterbox_image": "keras_maskrcnn.export.tflite",
     "tflite_op_names": "keras_maskrcnn.export.tflite",
     "QUANTIZE_OPTIONS": "keras_maskrcnn.export.tflite",
+    "bucket_inputs": "keras_maskrcnn.export.tflite",
+    "auto_buckets": "keras_maskrcnn.export.buckets",
+    "parse_buckets": "keras_maskrcnn.export.buckets",
+    "bucket_for": "keras_maskrcnn.export.buckets",
+    "canvas_inference_model": "keras_maskrcnn.export.buckets",
+    "with_precision": "keras_maskrcnn.export.precision",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,9 @@ from pathlib import Path
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZE_CHOICES = ("none", "float16", "dynamic-int8")  # = export.tflite.QUANTIZE_OPTIONS
+PRECISION_CHOICES = ("float32", "bfloat16", "auto")  # = export.precision.PRECISIONS
 DEFAULT_INPUT_SIZE = 512
+DEFAULT_MAX_IMAGE_PIXELS = 36_000_000  # keras_maskrcnn.data.images (kept import-free here)
 
 
 def add_subcommand(subparsers) -> None:
@@ -15,26 +17,59 @@ def add_subcommand(subparsers) -> None:
     p = subparsers.add_parser(
         "export", help="export a model directory to a SavedModel (TF Serving) or a .tflite file",
         description="SavedModel: serving_default (uint8 images) and serving_bytes (encoded "
-                    "images) signatures, detections in original pixels. TFLite: builtin ops "
-                    "only, a fixed letterboxed input of --input-size pixels.")
+                    "images) signatures, detections in original pixels, each image on the "
+                    "smallest of a few canvas buckets (--buckets). TFLite: builtin ops only, a "
+                    "fixed letterboxed input of --input-size pixels, or one signature per "
+                    "bucket (--buckets).")
     p.add_argument("--model", required=True, help="model directory (config.json + weights)")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--output", required=True,
                    help="SavedModel directory (TF Serving: <base>/<version>) or .tflite file")
+    p.add_argument("--buckets", metavar="auto|square|HxW,HxW,...", default=None,
+                   help="canvases the graph holds (multiples of 32); each image runs on the "
+                   "smallest that holds its resized size. auto (saved_model default): square, "
+                   "4:3, 3:2 and the catch-all, landscape and portrait (800x800, 800x1088, "
+                   "800x1216, 800x1344 and transposes at 800/1333); square: one square canvas "
+                   "of max_size. tflite: one signature canvas_HxW per bucket (default: one "
+                   "--input-size canvas)")
     p.add_argument("--full-image-masks", action="store_true",
                    help="saved_model: also output masks pasted into the image (uint8)")
+    p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
+                   help="saved_model: refuse images with more pixels than this, before "
+                   f"decoding (default {DEFAULT_MAX_IMAGE_PIXELS}; 0: no limit)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
+                   help="saved_model: compute in bfloat16 (CPUs with AVX512_BF16 / AMX; "
+                   "variables and outputs stay float32); auto: bfloat16 where this machine "
+                   "runs it natively (default float32)")
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
                    help="tflite: weight quantization (default none)")
-    p.add_argument("--input-size", type=int, default=None,
-                   help=f"tflite: side of the square input canvas (default {DEFAULT_INPUT_SIZE})")
+    p.add_argument("--input-size", type=int, nargs="+", default=None, metavar="S | H W",
+                   help="tflite: the canvas, S x S or H x W (multiples of 32; default "
+                   f"{DEFAULT_INPUT_SIZE}); the image is letterboxed to fit it")
     p.set_defaults(func=run_export)
 
 
 def _check_args(args: argparse.Namespace) -> None:
     if args.format == "saved_model" and (args.quantize or args.input_size):
         raise SystemExit("--quantize and --input-size apply to --format tflite only")
-    if args.format == "tflite" and args.full_image_masks:
-        raise SystemExit("--full-image-masks applies to --format saved_model only")
+    if args.format == "tflite" and (args.full_image_masks or args.max_image_pixels is not None
+                                    or args.precision is not None):
+        raise SystemExit("--full-image-masks, --max-image-pixels and --precision apply to "
+                         "--format saved_model only")
+    if args.input_size is not None and len(args.input_size) not in (1, 2):
+        raise SystemExit("--input-size takes S (a square canvas) or H W")
+    if args.input_size and args.buckets:
+        raise SystemExit("--input-size (one canvas) and --buckets (one signature per canvas) "
+                         "exclude each other")
+    if args.max_image_pixels is not None and args.max_image_pixels < 0:
+        raise SystemExit("--max-image-pixels must be >= 0 (0: no limit)")
+    if args.buckets is not None:
+        from keras_maskrcnn.export.buckets import parse_buckets
+
+        try:
+            parse_buckets(args.buckets, 1, 1)  # syntax only; sizes come from the model
+        except ValueError as err:
+            raise SystemExit(f"--buckets: {err}") from None
     if not Path(args.model).is_dir():
         raise SystemExit(f"--model {args.model} is not a model directory")
 
@@ -49,18 +84,37 @@ def run_export(args: argparse.Namespace) -> int:
     """Runs the export named by the parsed arguments; returns the exit code."""
     _check_args(args)
     if args.format == "saved_model":
-        from keras_maskrcnn.export.saved_model import export_saved_model
+        import json
 
+        from keras_maskrcnn.export.saved_model import EXPORT_METADATA_FILE, export_saved_model
+
+        limit = DEFAULT_MAX_IMAGE_PIXELS if args.max_image_pixels is None \
+            else (args.max_image_pixels or None)
         path = export_saved_model(args.model, args.output,
-                                  full_image_masks=args.full_image_masks)
+                                  full_image_masks=args.full_image_masks,
+                                  buckets=args.buckets or "auto", max_image_pixels=limit,
+                                  precision=args.precision or "float32")
+        meta = json.loads((path / "assets.extra" / EXPORT_METADATA_FILE).read_text())
+        canvases = ", ".join(f"{h}x{w}" for h, w in meta["buckets"])
         print(f"SavedModel written to {path} ({_size(path) / 2**20:.1f} MiB); "
-              "signatures: serving_default (uint8 images), serving_bytes (encoded images)")
+              "signatures: serving_default (uint8 images), serving_bytes (encoded images); "
+              f"canvases {canvases}; {meta['precision']}; max_image_pixels "
+              f"{meta['max_image_pixels']}")
         return 0
-    from keras_maskrcnn.export.tflite import export_tflite
+    from keras_maskrcnn.export.tflite import export_tflite, metadata_path
 
-    size = args.input_size or DEFAULT_INPUT_SIZE
-    path = export_tflite(args.model, args.output, input_size=size,
-                         quantize=args.quantize or "none")
-    print(f"TFLite model written to {path} ({_size(path) / 2**20:.1f} MiB, input {size}x{size}, "
-          f"quantize={args.quantize or 'none'}); metadata in {path}.json")
+    quantize = args.quantize or "none"
+    if args.buckets:
+        path = export_tflite(args.model, args.output, quantize=quantize, buckets=args.buckets)
+        import json
+
+        signatures = json.loads(metadata_path(path).read_text())["signatures"]
+        layout = "signatures " + ", ".join(signatures)
+    else:
+        size = tuple(args.input_size) if args.input_size else (DEFAULT_INPUT_SIZE,)
+        size = size * 2 if len(size) == 1 else size
+        path = export_tflite(args.model, args.output, input_size=size, quantize=quantize)
+        layout = f"input {size[0]}x{size[1]}"
+    print(f"TFLite model written to {path} ({_size(path) / 2**20:.1f} MiB, {layout}, "
+          f"quantize={quantize}); metadata in {path}.json")
     return 0

@@ -5,7 +5,15 @@ normalization, padding and anchors all run inside the graph, so a client sends p
 
 - `serving_default(images)`: `images [B, H, W, 3]` uint8 RGB, any H and W (one size per batch).
 - `serving_bytes(image_bytes)`: `image_bytes [B]` tf.string, each an encoded JPEG / PNG / BMP /
-  GIF (first frame); images may differ in size.
+  GIF (first frame) / WebP; images may differ in size (each runs on its own canvas, one after
+  the other).
+
+Canvas buckets (`keras_maskrcnn.export.buckets`, option `buckets`): the graph holds the model on
+a few canvases (default "auto": square, 4:3, 3:2 and the catch-all, landscape and portrait), all
+sharing one set of variables, and runs each image on the smallest that holds its resized size
+(`tf.switch_case`), so a 640 x 480 photo at 800 / 1333 runs on the same 800 x 1088 canvas as the
+Keras path with `canvas="per_image"`, and gives its detections. `buckets="square"` is the one
+square canvas of earlier exports.
 
 Outputs (dict, D = `config.detections_per_image`, rows past `num_detections` are zeros):
 `detection_boxes [B, D, 4]` float32 (y1, x1, y2, x2) in original-image pixels (the inverse box
@@ -21,24 +29,55 @@ Hmax, Wmax are the largest height and width in the batch, image b fills the top-
 
 Bad requests fail with an InvalidArgumentError naming the problem: the signature enforces dtype,
 rank and the 3 channels; an empty batch or an empty image (height or width 0) fails a
-`tf.debugging` assertion; undecodable bytes fail in `tf.io.decode_image`.
+`tf.debugging` assertion; images above `max_image_pixels` (default
+`keras_maskrcnn.data.images.DEFAULT_MAX_IMAGE_PIXELS`, 36 MP) are refused, in `serving_bytes`
+from the file header before anything is decoded (`export.image_header`; the message names the
+index of the file in the batch and the limit); a file that is no image fails naming its index
+("Unknown image file format").
+
+`precision="bfloat16"` (`export.precision`) exports the model computing in bfloat16 (variables
+float32; coordinates, decoding and outputs float32), for CPUs with AVX512_BF16 / AMX.
+`assets.extra/config.json` keeps the model's config and `assets.extra/export.json` the export
+options (buckets, max_image_pixels, precision).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 
 import tensorflow as tf
 
 from keras_maskrcnn.atomic import atomic_path
 from keras_maskrcnn.config import MaskRCNNConfig
+from keras_maskrcnn.data.images import DEFAULT_MAX_IMAGE_PIXELS
+from keras_maskrcnn.export.buckets import (
+    DEFAULT_BUCKETS,
+    bucket_index_tf,
+    canvas_inference_model,
+    format_canvas,
+    missing_coverage,
+    parse_buckets,
+)
+from keras_maskrcnn.export.image_header import check_encoded_images
+from keras_maskrcnn.export.precision import model_precision, with_precision
 from keras_maskrcnn.model import CONFIG_FILE, MaskRCNN, load_model_dir, read_model_config
 from keras_maskrcnn.ops.masks import paste_masks_tf
-from keras_maskrcnn.transform import boxes_to_original_tf, resize_and_pad_image
+from keras_maskrcnn.transform import (
+    boxes_to_original_tf,
+    resize_and_pad_image,
+    resized_shape_tf,
+)
+
+logger = logging.getLogger("keras_maskrcnn")
 
 SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"
 EXPORT_ROI_ALIGN = "gather"  # pure TF: no compiled custom op may end up in an export
+EXPORT_METADATA_FILE = "export.json"
+MODEL_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
+                 "detection_masks")
 
 
 # --------------------------------------------------------------------------------- the model
@@ -84,6 +123,18 @@ def model_variables(model: MaskRCNN) -> list[tf.Variable]:
     return [w.value for w in model.inference_model.weights]
 
 
+def check_max_image_pixels(max_image_pixels) -> int | None:
+    """`max_image_pixels` as an int > 0, or None (no limit)."""
+    if max_image_pixels is None:
+        return None
+    if isinstance(max_image_pixels, bool) or not isinstance(max_image_pixels, int):
+        raise TypeError(f"max_image_pixels must be an int or None, got {max_image_pixels!r}")
+    if max_image_pixels <= 0:
+        raise ValueError(f"max_image_pixels must be > 0 (or None: no limit), got "
+                         f"{max_image_pixels}")
+    return max_image_pixels
+
+
 # --------------------------------------------------------------------------------- graph pieces
 def _check_batch(images: tf.Tensor, signature: str) -> list[tf.Operation]:
     """Assertions: at least one image, and (for pixel tensors) no empty image."""
@@ -98,35 +149,93 @@ def _check_batch(images: tf.Tensor, signature: str) -> list[tf.Operation]:
     return checks
 
 
-def _letterbox_fn(config: MaskRCNNConfig):
-    """image [h, w, 3] -> (canvas [H, W, 3] float32, image_shape [2] float32, (h, w) int32)."""
-    def letterbox(image):
-        padded, image_shape, _ = resize_and_pad_image(
-            image, config.image_size, config.min_size, config.max_size)
-        return padded, image_shape, tf.shape(image)[:2]
-    return letterbox
+def _check_pixels(hw: tf.Tensor, max_pixels: int | None, what) -> list[tf.Operation]:
+    """Assertion that an image of size `hw [2]` has at most `max_pixels` pixels (the message
+    starts with `what`, a string or a scalar string tensor)."""
+    if max_pixels is None:
+        return []
+    pixels = tf.cast(hw[0], tf.int64) * tf.cast(hw[1], tf.int64)
+    message = tf.strings.join([what, tf.strings.format(
+        " is {} x {} = {} pixels (height x width), above the limit of "
+        f"{max_pixels} pixels of this export (max_image_pixels); downscale it, or export with "
+        "a larger --max-image-pixels", (hw[0], hw[1], pixels))])
+    return [tf.debugging.Assert(pixels <= max_pixels, [message])]
 
 
-def _letterbox_signature(config: MaskRCNNConfig):
-    h, w = config.image_size
-    return (tf.TensorSpec([h, w, 3], tf.float32), tf.TensorSpec([2], tf.float32),
-            tf.TensorSpec([2], tf.int32))
+class BucketDetector:
+    """The model on each bucket canvas (shared variables) and the in-graph choice among them.
+
+    Call: `images [B, h, w, 3]` (one size, any real dtype, 0..255) -> dict of the model outputs
+    (`MODEL_OUTPUTS`, boxes in input pixels) plus `image_shape [B, 2]` float32 (h', w').
+    """
+
+    def __init__(self, model: MaskRCNN, buckets):
+        self.config: MaskRCNNConfig = model.config
+        self.buckets = list(buckets)
+        # One tf.function per canvas, traced once and called by both signatures (the
+        # SavedModel stores each canvas' graph once).
+        self.functions = [self._inference_function(model, canvas) for canvas in self.buckets]
+
+    @staticmethod
+    def _inference_function(model: MaskRCNN, canvas):
+        graph = canvas_inference_model(model, canvas)
+
+        def inference(images, image_shape):
+            outputs = graph({"images": images, "image_shape": image_shape}, training=False)
+            return {name: outputs[name] for name in MODEL_OUTPUTS}
+
+        inference.__name__ = f"inference_{format_canvas(canvas)}"
+        return tf.function(inference, autograph=False, input_signature=[
+            tf.TensorSpec([None, *canvas, 3], tf.float32, name="images"),
+            tf.TensorSpec([None, 2], tf.float32, name="image_shape")])
+
+    def _branch(self, k: int, images: tf.Tensor):
+        c, canvas, function = self.config, self.buckets[k], self.functions[k]
+        spec = (tf.TensorSpec([*canvas, 3], tf.float32), tf.TensorSpec([2], tf.float32))
+
+        def letterbox(image):
+            padded, image_shape, _ = resize_and_pad_image(image, canvas, c.min_size, c.max_size)
+            return padded, image_shape
+
+        def run():
+            padded, image_shape = tf.map_fn(letterbox, images, fn_output_signature=spec)
+            result = dict(function(padded, image_shape))
+            result["image_shape"] = image_shape
+            return result
+        return run
+
+    def __call__(self, images: tf.Tensor, what: str) -> dict[str, tf.Tensor]:
+        c = self.config
+        resized = resized_shape_tf(tf.shape(images)[1:3], c.min_size, c.max_size)
+        index = bucket_index_tf(resized, self.buckets, what)  # asserts that one holds it
+        if len(self.buckets) == 1:
+            with tf.control_dependencies([index]):
+                return self._branch(0, tf.identity(images))()
+        return tf.switch_case(index, [self._branch(k, images) for k in range(len(self.buckets))])
+
+    def output_signature(self) -> dict[str, tf.TensorSpec]:
+        """Per-image specs of the outputs (for `tf.map_fn`)."""
+        d, p = self.config.detections_per_image, 2 * self.config.mask_pool_size
+        return {"detection_boxes": tf.TensorSpec([d, 4], tf.float32),
+                "detection_scores": tf.TensorSpec([d], tf.float32),
+                "detection_classes": tf.TensorSpec([d], tf.int32),
+                "num_detections": tf.TensorSpec([], tf.int32),
+                "detection_masks": tf.TensorSpec([d, p, p], tf.float32),
+                "image_shape": tf.TensorSpec([2], tf.float32),
+                "original_shape": tf.TensorSpec([2], tf.int32)}
 
 
-def _decode_fn(config: MaskRCNNConfig):
-    """Encoded image (scalar string) -> the letterboxed canvas of `_letterbox_fn`."""
-    letterbox = _letterbox_fn(config)
-
-    def decode(data):
-        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
-        image = tf.ensure_shape(image, [None, None, 3])
-        check = tf.debugging.assert_greater(
-            tf.reduce_min(tf.shape(image)[:2]), 0,
-            message=f"{SERVING_BYTES}: empty image: height and width must be > 0")
-        with tf.control_dependencies([check]):
-            image = tf.identity(image)
-        return letterbox(image)
-    return decode
+def _decode(data, index, max_pixels: int | None):
+    """Encoded image (scalar string) -> uint8 [h, w, 3], checked (not empty, pixel limit)."""
+    image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+    image = tf.ensure_shape(image, [None, None, 3])
+    hw = tf.shape(image)[:2]
+    what = tf.strings.format(SERVING_BYTES + ": image_bytes[{}]", (index,))
+    message = tf.strings.join([what, ": empty image: height and width must be > 0"])
+    checks = [tf.debugging.Assert(tf.reduce_min(hw) > 0, [message])]
+    checks += _check_pixels(hw, max_pixels, what)  # the decoded size too
+    with tf.control_dependencies(checks):
+        return tf.identity(image)
 
 
 def _to_original_pixels(boxes, image_shape, original_shape):
@@ -148,10 +257,10 @@ def _full_image_masks(masks, boxes, original_shape, threshold: float):
     return pasted * tf.cast(rows & cols, tf.uint8)[:, None]
 
 
-def _detect(model: MaskRCNN, padded, image_shape, original_shape, full_image_masks: bool):
-    outputs = model.inference_model({"images": padded, "image_shape": image_shape},
-                                    training=False)
-    boxes = _to_original_pixels(outputs["detection_boxes"], image_shape, original_shape)
+def _finish(outputs, original_shape, config: MaskRCNNConfig, full_image_masks: bool):
+    """Model outputs (input pixels) -> the signature's outputs (original pixels)."""
+    boxes = _to_original_pixels(outputs["detection_boxes"], outputs["image_shape"],
+                                original_shape)
     result = {
         "detection_boxes": boxes,
         "detection_scores": outputs["detection_scores"],
@@ -162,41 +271,63 @@ def _detect(model: MaskRCNN, padded, image_shape, original_shape, full_image_mas
     }
     if full_image_masks:
         result["detection_full_masks"] = _full_image_masks(
-            outputs["detection_masks"], boxes, original_shape, model.config.mask_threshold)
+            outputs["detection_masks"], boxes, original_shape, config.mask_threshold)
     return result
 
 
 # --------------------------------------------------------------------------------- module
 def build_serving_module(
-    model: MaskRCNN, full_image_masks: bool = False,
+    model: MaskRCNN, full_image_masks: bool = False, buckets=DEFAULT_BUCKETS,
+    max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[tf.Module, dict[str, tf.types.experimental.ConcreteFunction]]:
     """The module to save (it holds the model's variables) and the concrete functions of the
     `serving_default` and `serving_bytes` signatures (module doc).
 
-    `model` must use the "gather" RoIAlign (`export_ready_model`). The tf.functions are not
-    attributes of the module: `tf.saved_model.save` would trace them once more.
+    `model` must use the "gather" RoIAlign (`export_ready_model`). `buckets`: a spec of
+    `export.buckets.parse_buckets` ("auto", "square", "HxW,...") or a list of (H, W).
+    The tf.functions are not attributes of the module: `tf.saved_model.save` would trace them
+    once more.
     """
     config = require_portable(model).config
-    letterbox, decode = _letterbox_fn(config), _decode_fn(config)
-    spec = _letterbox_signature(config)
+    max_pixels = check_max_image_pixels(max_image_pixels)
+    canvases = parse_buckets(buckets, config.min_size, config.max_size)
+    detector = BucketDetector(model, canvases)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
                  autograph=False)
     def serve_images(images):
-        with tf.control_dependencies(_check_batch(images, SERVING_DEFAULT)):
+        checks = _check_batch(images, SERVING_DEFAULT)
+        checks += _check_pixels(tf.shape(images)[1:3], max_pixels, f"{SERVING_DEFAULT}: images")
+        with tf.control_dependencies(checks):
             images = tf.identity(images)
-        padded, image_shape, original_shape = tf.map_fn(
-            letterbox, images, fn_output_signature=spec)
-        return _detect(model, padded, image_shape, original_shape, full_image_masks)
+        shape = tf.shape(images)
+        original_shape = tf.tile(shape[None, 1:3], [shape[0], 1])
+        outputs = detector(images, f"{SERVING_DEFAULT}: images")
+        return _finish(outputs, original_shape, config, full_image_masks)
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")],
                  autograph=False)
     def serve_bytes(image_bytes):
-        with tf.control_dependencies(_check_batch(image_bytes, SERVING_BYTES)):
+        checks = _check_batch(image_bytes, SERVING_BYTES)
+        # Every header is read and checked before the first image is decoded.
+        checks += check_encoded_images(image_bytes, max_pixels, SERVING_BYTES)
+        with tf.control_dependencies(checks):
             image_bytes = tf.identity(image_bytes)
-        padded, image_shape, original_shape = tf.map_fn(
-            decode, image_bytes, fn_output_signature=spec)
-        return _detect(model, padded, image_shape, original_shape, full_image_masks)
+
+        def detect_one(args):
+            index, data = args
+            image = _decode(data, index, max_pixels)
+            what = tf.strings.format(SERVING_BYTES + ": image_bytes[{}]", (index,))
+            outputs = detector(image[None], what)
+            result = {name: value[0] for name, value in outputs.items()}
+            result["original_shape"] = tf.shape(image)[:2]
+            return result
+
+        # One image at a time (each on its own canvas; one decoded image in memory at once).
+        outputs = tf.map_fn(detect_one, (tf.range(tf.shape(image_bytes)[0]), image_bytes),
+                            fn_output_signature=detector.output_signature(),
+                            parallel_iterations=1)
+        return _finish(outputs, outputs["original_shape"], config, full_image_masks)
 
     module = tf.Module(name="keras_maskrcnn_serving")
     module.model_variables = model_variables(model)
@@ -207,26 +338,45 @@ def build_serving_module(
 
 def export_saved_model(
     model_or_dir: MaskRCNN | str | Path, output: str | Path, full_image_masks: bool = False,
+    buckets=DEFAULT_BUCKETS, max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS,
+    precision: str = "float32",
 ) -> Path:
     """Writes a SavedModel for TF Serving with the `serving_default` and `serving_bytes`
-    signatures (module doc); `assets.extra/config.json` keeps the model's config.
+    signatures (module doc); `assets.extra/config.json` keeps the model's config and
+    `assets.extra/export.json` the options below.
 
     Args:
         model_or_dir: a `MaskRCNN` or a model directory; exported with the pure-TF RoIAlign.
         output: the SavedModel directory (TF Serving wants `<model_base_path>/<version>/`).
         full_image_masks: also output `detection_full_masks [B, D, Hmax, Wmax]` uint8.
+        buckets: the canvases (`export.buckets.parse_buckets`): "auto" (default), "square",
+            "HxW,HxW,..." or a list of (H, W).
+        max_image_pixels: images with more pixels are refused (None: no limit).
+        precision: "float32" (default), "bfloat16" or "auto" (`export.precision`).
 
     Returns:
         The SavedModel directory.
     """
     if not isinstance(full_image_masks, bool):
         raise TypeError(f"full_image_masks must be a bool, got {full_image_masks!r}")
+    max_pixels = check_max_image_pixels(max_image_pixels)
     model = export_ready_model(model_or_dir)
-    module, signatures = build_serving_module(model, full_image_masks)
+    canvases = parse_buckets(buckets, model.config.min_size, model.config.max_size)
+    missing = missing_coverage(canvases, model.config.min_size, model.config.max_size)
+    if missing:
+        logger.warning("export: no bucket holds %s: images whose resized size needs it are "
+                       "refused (InvalidArgumentError)", ", ".join(map(format_canvas, missing)))
+    model = with_precision(model, precision)
+    module, signatures = build_serving_module(model, full_image_masks, canvases, max_pixels)
+    metadata = {"buckets": [list(c) for c in canvases], "max_image_pixels": max_pixels,
+                "precision": model_precision(model), "min_size": model.config.min_size,
+                "max_size": model.config.max_size, "full_image_masks": full_image_masks,
+                "signatures": [SERVING_DEFAULT, SERVING_BYTES]}
     output = Path(output)
     with atomic_path(output) as tmp:  # written aside, then renamed over `output`
         tf.saved_model.save(module, str(tmp), signatures=signatures)
         extra = tmp / "assets.extra"
         extra.mkdir(exist_ok=True)
         model.config.to_json(extra / CONFIG_FILE)
+        (extra / EXPORT_METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
     return output

@@ -24,6 +24,9 @@ class DetectionLayer(layers.Layer):
     def __init__(self, score_threshold: float = 0.05, nms_threshold: float = 0.5,
                  max_detections: int = 100, min_box_size: float = 0.0,
                  box_coder_weights=(10.0, 10.0, 5.0, 5.0), **kwargs):
+        # RoIs and image sizes stay float32 under mixed precision (no autocast to bfloat16,
+        # which rounds pixel coordinates above 256 to steps of 2..8); head outputs are cast below.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)

@@ -25,6 +25,9 @@ class ProposalLayer(layers.Layer):
 
     def __init__(self, level_sizes, pre_nms_topk: int = 1000, post_nms_topk: int = 1000,
                  nms_threshold: float = 0.7, min_box_size: float = 0.0, **kwargs):
+        # Anchors and image sizes stay float32 under mixed precision (no autocast to bfloat16,
+        # which rounds pixel coordinates above 256 to steps of 2..8); RPN outputs are cast below.
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         self.level_sizes = tuple(int(n) for n in level_sizes)
         self.pre_nms_topk = int(pre_nms_topk)

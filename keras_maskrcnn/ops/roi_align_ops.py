@@ -243,61 +243,85 @@ def _step_axis(start, extent, pooled: int, count, step, active, size):
     return tf.minimum(index, size[:, None, None] - 1), weight
 
 
+STATIC_MIN_CHUNK = 64  # sample pairs per step at least (the step is max(N, this) entries)
+
+
 def _roi_align_static(flat, base, height, width, boxes, scale, output_size, aligned,
                       max_samples: int | None = None):
-    """The adaptive ratio with static shapes (see the module docstring): a loop over each box's
-    own sample pairs, one [N, ph, 2, pw, 2] gather per step, and a custom gradient that
-    scatter-adds the same weights. Same arguments and result as `roi_align_flat`."""
+    """The adaptive ratio with static shapes (see the module docstring).
+
+    Box n has ``pairs[n] = S_y[n] * S_x[n]`` sample pairs per bin; all (box, pair) entries form
+    one box-major list of ``sum(pairs)`` entries, which a loop walks in chunks of E = max(N,
+    STATIC_MIN_CHUNK) entries: entry (n, t) reads sample (t // S_x[n], t % S_x[n]) of every
+    bin of box n (an [E, ph, 2, pw, 2] gather) and is added into box n's output. The trip
+    count, ceil(sum(pairs) / E), follows the MEAN sample count, not the largest. The custom
+    gradient walks the same chunks and scatter-adds the incoming gradient with the same
+    weights. Same arguments and result as `roi_align_flat`.
+    """
     ph, pw = output_size
     start_y, extent_y, start_x, extent_x = _roi_extents(boxes, scale, aligned)
+    scale = tf.broadcast_to(scale, tf.shape(start_y))
     count_y = _adaptive_counts(extent_y, ph, max_samples)
     count_x = _adaptive_counts(extent_x, pw, max_samples)
-    pairs = count_y * count_x  # samples per bin of each box
-    steps = tf.reduce_max(tf.concat([pairs, tf.zeros([1], tf.int32)], axis=0))
-    count_x_safe = tf.maximum(count_x, 1)
-    num = tf.shape(boxes)[0]
+    pairs = count_y * count_x  # sample pairs per bin of each box
+    ends = tf.cumsum(pairs)  # entries of boxes 0..n
+    total = tf.reduce_sum(pairs)
+    num = boxes.shape[0] if boxes.shape[0] is not None else tf.shape(boxes)[0]
+    chunk = max(num, STATIC_MIN_CHUNK) if isinstance(num, int) else tf.maximum(
+        num, STATIC_MIN_CHUNK)
+    steps = (total + chunk - 1) // chunk
+    last = tf.maximum(num - 1, 0)
     channels = flat.shape[1] if flat.shape[1] is not None else tf.shape(flat)[1]
     acc_dtype = tf.float64 if flat.dtype == tf.float64 else tf.float32
 
-    def step_tables(t):
-        """Flat-table indices and weights [N, ph, 2, pw, 2] of sample pair t of every box."""
-        active = t < pairs
-        rows, row_w = _step_axis(start_y, extent_y, ph, count_y, t // count_x_safe, active,
-                                 height)
-        cols, col_w = _step_axis(start_x, extent_x, pw, count_x, t % count_x_safe, active,
-                                 width)
+    def step_tables(step):
+        """Box [E] int32, flat-table indices [E, ph, 2, pw, 2] and weights of chunk `step`."""
+        entry = step * chunk + tf.range(chunk)
+        active = entry < total
+        # box of each entry: the number of boxes whose entries all come before it
+        box = tf.reduce_sum(tf.cast(ends[None, :] <= entry[:, None], tf.int32), axis=1)
+        box = tf.minimum(box, last)
+        local = entry - (tf.gather(ends, box) - tf.gather(pairs, box))
+        per_row = tf.maximum(tf.gather(count_x, box), 1)
+        size_y, size_x = tf.gather(height, box), tf.gather(width, box)
+        rows, row_w = _step_axis(tf.gather(start_y, box), tf.gather(extent_y, box), ph,
+                                 tf.gather(count_y, box), local // per_row, active, size_y)
+        cols, col_w = _step_axis(tf.gather(start_x, box), tf.gather(extent_x, box), pw,
+                                 tf.gather(count_x, box), local % per_row, active, size_x)
         index = (
-            base[:, None, None, None, None]
-            + (rows * width[:, None, None])[:, :, :, None, None]
+            tf.gather(base, box)[:, None, None, None, None]
+            + (rows * size_x[:, None, None])[:, :, :, None, None]
             + cols[:, None, None, :, :]
         )
         weight = row_w[:, :, :, None, None] * col_w[:, None, None, :, :]
-        return index, tf.cast(weight, acc_dtype)
+        return box, index, tf.cast(weight, acc_dtype)
+
+    def loop(body, initial):
+        return tf.while_loop(lambda step, _: step < steps, body, (tf.constant(0), initial))[1]
 
     @tf.custom_gradient
     def pool(table):
-        def forward(t, total):
-            index, weight = step_tables(t)
-            values = tf.cast(tf.gather(table, index), acc_dtype)  # [N, ph, 2, pw, 2, C]
-            return t + 1, total + tf.reduce_sum(values * weight[..., None], axis=[2, 4])
+        def forward(step, out):
+            box, index, weight = step_tables(step)
+            values = tf.cast(tf.gather(table, index), acc_dtype)  # [E, ph, 2, pw, 2, C]
+            pooled = tf.reduce_sum(values * weight[..., None], axis=[2, 4])
+            return step + 1, tf.tensor_scatter_nd_add(out, box[:, None], pooled)
 
-        zeros = tf.zeros(tf.stack([num, ph, pw, channels]), acc_dtype)
-        _, total = tf.while_loop(lambda t, _: t < steps, forward, (tf.constant(0), zeros))
+        out = loop(forward, tf.zeros(tf.stack([tf.shape(boxes)[0], ph, pw, channels]),
+                                     acc_dtype))
 
         def grad(upstream):
-            upstream = tf.cast(upstream, acc_dtype)[:, :, None, :, None, :]
+            upstream = tf.cast(upstream, acc_dtype)
 
-            def backward(t, d_table):
-                index, weight = step_tables(t)
-                updates = upstream * weight[..., None]
-                return t + 1, tf.tensor_scatter_nd_add(d_table, index[..., None], updates)
+            def backward(step, d_table):
+                box, index, weight = step_tables(step)
+                d_out = tf.gather(upstream, box)[:, :, None, :, None, :]
+                updates = d_out * weight[..., None]
+                return step + 1, tf.tensor_scatter_nd_add(d_table, index[..., None], updates)
 
-            d_zeros = tf.zeros(tf.shape(table), acc_dtype)
-            _, d_table = tf.while_loop(lambda t, _: t < steps, backward,
-                                       (tf.constant(0), d_zeros))
-            return tf.cast(d_table, table.dtype)
+            return tf.cast(loop(backward, tf.zeros(tf.shape(table), acc_dtype)), table.dtype)
 
-        return tf.cast(total, table.dtype), grad
+        return tf.cast(out, table.dtype), grad
 
     return pool(flat)
 

@@ -1,0 +1,122 @@
+"""Inference precision: float32, or bfloat16 compute on CPUs (and GPUs) that run it natively.
+
+`with_precision(model, "bfloat16")` rebuilds a model under the Keras policy "mixed_bfloat16"
+with the same weights: variables stay float32, convolutions and dense layers compute in
+bfloat16, and everything that carries pixel coordinates or probabilities stays float32 (the
+image normalization reads float32 pixels, anchors, proposals, box decoding, NMS, RoIAlign
+boxes, the detections and mask probabilities; the heads' outputs are cast to float32 where they
+are decoded). `predict --precision` and `export --format saved_model --precision` use it.
+
+"auto" is bfloat16 where the hardware computes it natively (`keras_maskrcnn.runtime`: a CPU
+with AVX512_BF16 or AMX-BF16, or GPUs of compute capability >= 8), else float32. An explicit
+"bfloat16" on a CPU without native support runs (emulated, several times slower than float32)
+after a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+
+import keras
+
+from keras_maskrcnn.model import MaskRCNN
+from keras_maskrcnn.runtime import cpu_has_bf16
+from keras_maskrcnn.runtime import resolve_precision as resolve_training_precision
+
+logger = logging.getLogger("keras_maskrcnn")
+
+PRECISIONS = ("float32", "bfloat16", "auto")
+POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
+# Weightless layers that take boxes: Keras would cast their float32 box inputs to the compute
+# dtype (bfloat16 holds 1066 as 1064). `ProposalLayer`, `DetectionLayer` and
+# `ImageNormalization` opt out themselves (autocast=False); the poolers are switched here.
+_BOX_INPUT_LAYERS = ("box_pooler", "mask_pooler")
+_POLICY_ATTRIBUTE = "_kmr_inference_policy"
+
+
+def native_bf16() -> bool:
+    """True when "auto" resolves to bfloat16 here (`runtime.resolve_precision("auto")`)."""
+    return resolve_training_precision("auto") == "mixed_bfloat16"
+
+
+def resolve_precision(precision: str) -> str:
+    """"float32" / "bfloat16" as given ("bfloat16" warns on a CPU without native bf16);
+    "auto" -> "bfloat16" where the hardware computes it natively, else "float32"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        return "bfloat16" if native_bf16() else "float32"
+    if precision == "bfloat16" and not native_bf16():
+        logger.warning(
+            "bfloat16 inference requested on hardware without native bfloat16 (this CPU has "
+            "neither AVX512_BF16 nor AMX-BF16: cpu_has_bf16() is %s): it is emulated and "
+            "slower than float32; use --precision float32 (or auto)", cpu_has_bf16())
+    return precision
+
+
+def model_precision(model: MaskRCNN) -> str:
+    """"bfloat16" when the model's convolutions compute in bfloat16, else "float32"."""
+    return "bfloat16" if model.rpn_head.compute_dtype == "bfloat16" else "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(policy: str) -> Iterator[None]:
+    """Sets Keras' global dtype policy inside the block (layers built there take it)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _keep_boxes_float32(model: MaskRCNN) -> None:
+    for name in _BOX_INPUT_LAYERS:
+        getattr(model, name).autocast = False  # read by Layer.__call__ on every call
+
+
+def _rebuild_under(model: MaskRCNN, policy: str) -> MaskRCNN:
+    """Makes `model.rebuilt` (per-canvas models of `predict_images`, `export_ready_model`)
+    build under `policy` and with the same float32 box inputs."""
+    bound = type(model).rebuilt.__get__(model)
+
+    def rebuilt(*args, **kwargs):
+        with dtype_policy(policy):
+            other = bound(*args, **kwargs)
+        if other is not model and getattr(other, _POLICY_ATTRIBUTE, None) != policy:
+            _keep_boxes_float32(other)
+            _rebuild_under(other, policy)
+        return other
+
+    rebuilt.__doc__ = bound.__doc__
+    # Instance attributes past Keras' tracking (neither is a layer nor a weight).
+    object.__setattr__(model, "rebuilt", rebuilt)
+    object.__setattr__(model, _POLICY_ATTRIBUTE, policy)
+    return model
+
+
+def with_precision(model: MaskRCNN, precision: str = "auto") -> MaskRCNN:
+    """`model` computing in `precision` ("float32", "bfloat16" or "auto"), same weights.
+
+    Returns `model` itself when it already computes so; else a new `MaskRCNN` built under the
+    policy (`POLICIES`) with the weights copied (variables stay float32). Models it rebuilds
+    for other canvases (`model.rebuilt`) keep the precision.
+    """
+    if not isinstance(model, MaskRCNN):
+        raise TypeError(f"model must be a MaskRCNN, got {type(model).__name__}")
+    precision = resolve_precision(precision)
+    policy = POLICIES[precision]
+    if model_precision(model) == precision:
+        if precision == "bfloat16" and getattr(model, _POLICY_ATTRIBUTE, None) != policy:
+            _keep_boxes_float32(model)
+            _rebuild_under(model, policy)
+        return model
+    with dtype_policy(policy):
+        other = MaskRCNN(model.config, roi_align_implementation=model.roi_align_implementation)
+    other.inference_model.set_weights(model.inference_model.get_weights())
+    if precision == "bfloat16":
+        _keep_boxes_float32(other)
+        _rebuild_under(other, policy)
+    return other
