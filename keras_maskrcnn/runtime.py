@@ -92,12 +92,12 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     devices); "multi_worker": `MultiWorkerMirroredStrategy` from the `TF_CONFIG` variable."""
     if name not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {name!r}")
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "multi_worker":
+    if name == "multi_worker":  # first: collectives must be configured before TF starts
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multi_worker reads the cluster from the TF_CONFIG "
                              "environment variable, which is not set")
         return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
     if name == "mirrored" or (name == "auto" and len(gpus) > 1):
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
