@@ -104,12 +104,12 @@ def choose_signature(image: np.ndarray, meta: dict) -> tuple[str, tuple[float, f
         return SIGNATURE, None
     rule = (meta["min_size"], meta["max_size"])
     h, w = resized_shape(image.shape[0], image.shape[1], *rule)
-    fitting = [(c[0] * c[1], c[0], key) for key, c in meta["signatures"].items()
+    fitting = [(c[0] * c[1], c[0], c[1], key) for key, c in meta["signatures"].items()
                if c[0] >= h and c[1] >= w]
     if not fitting:
         raise ValueError(f"the resized image {h} x {w} fits none of the model's canvases "
                          f"{sorted(meta['signatures'].values())}")
-    return min(fitting)[2], rule
+    return min(fitting)[3], rule
 
 
 # ---------------------------------------------------------------------------- masks

@@ -165,8 +165,9 @@ def cmd_evaluate(args) -> int:
     )
     from keras_maskrcnn.inference import evaluate
     from keras_maskrcnn.model import load_model_dir
+    from keras_maskrcnn.pretrained import resolve_model
 
-    model = load_model_dir(args.model)
+    model = load_model_dir(resolve_model(args.model))
     source = _dataset_source(args, "val")
     metrics = evaluate(model, source, batch_size=args.batch_size, max_images=args.max_images)
     print(format_size_table(metrics))
@@ -184,8 +185,9 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from keras_maskrcnn.files import expand_image_paths, predict_files
     from keras_maskrcnn.model import load_model_dir
+    from keras_maskrcnn.pretrained import resolve_model
 
-    model = load_model_dir(args.model)
+    model = load_model_dir(resolve_model(args.model))
     model.ensure_finite_weights()
     if args.precision != "float32":
         from keras_maskrcnn.export.precision import with_precision

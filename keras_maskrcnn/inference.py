@@ -23,9 +23,12 @@ from keras_maskrcnn.transform import boxes_to_original, canvas_for
 logger = logging.getLogger("keras_maskrcnn")
 
 
-def run_model(model: MaskRCNN, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Runs the inference graph on a prepared batch (`make_inference_inputs`) -> numpy dict."""
-    outputs = model.inference_function()({k: tf.convert_to_tensor(batch[k]) for k in INFERENCE_INPUTS})
+def run_model(model: MaskRCNN, batch: dict[str, np.ndarray],
+              dynamic: bool = False) -> dict[str, np.ndarray]:
+    """Runs the inference graph on a prepared batch (`make_inference_inputs`) -> numpy dict;
+    `dynamic`: the shape-polymorphic graph (any canvas, multiples of 32; one trace for all)."""
+    fn = model.dynamic_inference_function() if dynamic else model.inference_function()
+    outputs = fn({k: tf.convert_to_tensor(batch[k]) for k in INFERENCE_INPUTS})
     return {k: v.numpy() for k, v in outputs.items()}
 
 
@@ -69,15 +72,13 @@ def predict_images(
     if c.canvas == "per_image":
         batch_size = 1
     results = []
+    per_image = c.canvas == "per_image"
     for start in range(0, len(images), batch_size):
         chunk = list(images[start:start + batch_size])
-        runner = model
-        canvas = c.image_size
-        if c.canvas == "per_image":
-            canvas = canvas_for(*np.asarray(chunk[0]).shape[:2], c)
-            runner = model_for_canvas(model, canvas)
+        canvas = canvas_for(*np.asarray(chunk[0]).shape[:2], c) if per_image else c.image_size
         batch = make_inference_inputs(chunk, c, canvas)
-        outputs = run_model(runner, batch)
+        # Per-image canvases run the shape-polymorphic graph: no rebuild or retrace per size.
+        outputs = run_model(model, batch, dynamic=per_image)
         results.extend(postprocess(outputs, batch, i, c.mask_threshold, paste_method)
                        for i in range(len(chunk)))
     return results

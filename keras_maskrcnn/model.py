@@ -23,7 +23,7 @@ import keras
 import tensorflow as tf
 
 from keras_maskrcnn.atomic import atomic_path, atomic_write_text
-from keras_maskrcnn.backbones import resnet_from_config
+from keras_maskrcnn.backbones import build_resnet, resnet_from_config, resnet_spec_from_config
 from keras_maskrcnn.backbones.fpn import fpn_from_config
 from keras_maskrcnn.config import MaskRCNNConfig, get_config
 from keras_maskrcnn.heads import (
@@ -56,6 +56,14 @@ OPTIMIZER_PREFIX = "optimizer/"
 FLOAT32 = "float32"
 
 logger = logging.getLogger("keras_maskrcnn")
+
+
+class ExtraGraphs:
+    """Graphs built on demand beside the model's own (not a layer or container: Keras would
+    save their layers again under other names)."""
+
+    def __init__(self) -> None:
+        self.dynamic_fn = None
 
 
 class RebuiltCache:
@@ -100,6 +108,7 @@ class MaskRCNN(keras.Model):
         self._rebuilt_models = RebuiltCache()
         self._weights_version = 0
         self._inference_fn = None
+        self._graphs = ExtraGraphs()
         self._finite_version = None
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ("loss", *LOSS_NAMES)}
         self.built = True
@@ -153,6 +162,17 @@ class MaskRCNN(keras.Model):
             self._inference_fn = tf.function(
                 lambda inputs: self.inference_model(inputs, training=False))
         return self._inference_fn
+
+    def dynamic_inference_function(self):
+        """A `tf.function` of the shape-polymorphic inference graph (`images [B, H, W, 3]`, any
+        H, W multiples of 32; the same layers and weights), traced once for all canvases."""
+        if self._graphs.dynamic_fn is None:
+            graph = self._build_inference_graph(dynamic=True)
+            self._graphs.dynamic_fn = tf.function(
+                lambda inputs: graph(inputs, training=False),
+                input_signature=[{"images": tf.TensorSpec([None, None, None, 3], tf.float32),
+                                  "image_shape": tf.TensorSpec([None, 2], tf.float32)}])
+        return self._graphs.dynamic_fn
 
     def ensure_finite_weights(self) -> None:
         """Raises ValueError if any weight is NaN/Inf (checked once per weights version)."""
@@ -229,9 +249,9 @@ class MaskRCNN(keras.Model):
         self.mask_loss = MaskLoss(name="mask_head_loss", dtype=FLOAT32)
 
     # -- graphs ----------------------------------------------------------------------------------
-    def _inputs(self, names) -> dict[str, keras.KerasTensor]:
+    def _inputs(self, names, dynamic: bool = False) -> dict[str, keras.KerasTensor]:
         c = self.config
-        h, w = c.image_size
+        h, w = (None, None) if dynamic else c.image_size
         m = c.gt_mask_size
         specs = {
             "images": ((h, w, 3), "float32"),
@@ -256,9 +276,9 @@ class MaskRCNN(keras.Model):
             features = [self.backbone(normalized)[-1]]
         else:
             features = self.fpn(self.normalize(inputs["images"], inputs["image_shape"]))
-        anchors = self.anchor_generator(inputs["images"])
+        anchors, level_sizes = self.anchor_generator(inputs["images"], with_level_sizes=True)
         logits, deltas = self.rpn_head(features)
-        return features, anchors, logits, deltas
+        return features, (anchors, level_sizes), logits, deltas
 
     def _res5_features(self, features, boxes):
         """C4: res5 `[B, R, P/2, P/2, C5]` of the RoIAlign (P x P) of `boxes` on C4."""
@@ -270,11 +290,15 @@ class MaskRCNN(keras.Model):
             return self._res5_features(features, boxes)
         return self.box_pooler(features[:4], boxes)
 
-    def _build_inference_graph(self) -> keras.Model:
-        inputs = self._inputs(INFERENCE_INPUTS)
+    def _build_inference_graph(self, dynamic: bool = False) -> keras.Model:
+        """The inference graph on the config's canvas, or (`dynamic`) on any canvas whose sides
+        are multiples of 32, the anchors then computed in the graph (one graph serves every
+        per-image canvas: no rebuild, no retrace)."""
+        inputs = self._inputs(INFERENCE_INPUTS, dynamic)
         image_shape = inputs["image_shape"]
-        features, anchors, logits, deltas = self._shared_trunk(inputs)
-        proposals, num_proposals = self.test_proposals(logits, deltas, anchors, image_shape)
+        features, (anchors, level_sizes), logits, deltas = self._shared_trunk(inputs)
+        proposals, num_proposals = self.test_proposals(
+            logits, deltas, anchors, image_shape, level_sizes=level_sizes if dynamic else None)
         class_logits, box_deltas = self.box_head(self._box_features(features, proposals))
         boxes, scores, classes, num = self.detection_layer(
             proposals, num_proposals, class_logits, box_deltas, image_shape)
@@ -285,13 +309,14 @@ class MaskRCNN(keras.Model):
         masks = self.mask_selector(mask_logits, classes)
         outputs = {"detection_boxes": boxes, "detection_scores": scores,
                    "detection_classes": classes, "num_detections": num, "detection_masks": masks}
-        return keras.Model(inputs, outputs, name="inference_graph")
+        return keras.Model(inputs, outputs, name="dynamic_inference_graph" if dynamic
+                           else "inference_graph")
 
     def _build_training_graph(self) -> keras.Model:
         inputs = self._inputs(TRAINING_INPUTS)
         image_shape = inputs["image_shape"]
         gt_boxes, gt_classes = inputs["gt_boxes"], inputs["gt_classes"]
-        features, anchors, logits, deltas = self._shared_trunk(inputs)
+        features, (anchors, _), logits, deltas = self._shared_trunk(inputs)
         seeds = inputs["sample_seed"]
         labels, rpn_targets = self.anchor_targets(anchors, gt_boxes, gt_classes, seeds)
         rpn_objectness_loss, rpn_box_loss = self.rpn_loss(logits, deltas, labels, rpn_targets)
@@ -413,7 +438,18 @@ def build_model(config: MaskRCNNConfig | str, **overrides) -> MaskRCNN:
     if config.backbone_weights:
         from keras_maskrcnn.backbones.pretrained import load_backbone_weights
 
-        load_backbone_weights(model.backbone, config)
+        if config.architecture == "c4":
+            # The weights are a whole ResNet's: loaded into one, then res2..res4 go to the
+            # backbone and res5 to the res5 head (the same layer names).
+            full = build_resnet(resnet_spec_from_config(config), config.backbone_norm,
+                                config.stride_in_1x1, config.freeze_at)
+            load_backbone_weights(full, config)
+            for target in (model.backbone, model.res5_head.res5):
+                for layer in target.layers:
+                    if layer.weights:
+                        layer.set_weights(full.get_layer(layer.name).get_weights())
+        else:
+            load_backbone_weights(model.backbone, config)
     return model
 
 

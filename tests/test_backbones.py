@@ -66,6 +66,28 @@ def test_resnet50_conv_parameter_count_matches_torchvision():
     assert backbone.count_params() - bn_stats == 25_557_032 - 2_049_000
 
 
+def test_resnext50_32x4d_parameter_count_matches_torchvision():
+    """torchvision resnext50_32x4d: 25,028,904 parameters with its fc (2,049,000)."""
+    backbone = build_resnet(RESNET_SPECS["resnext50_32x4d"])
+    bn_stats = sum(int(np.prod(w.shape)) for w in backbone.weights if "moving" in w.path)
+    assert backbone.count_params() - bn_stats == 25_028_904 - 2_049_000
+    # grouped 3x3 convs: 32 groups of 4 x 2**(stage - 2) channels
+    assert backbone.get_layer("res2_0_conv2").groups == 32
+    assert backbone.get_layer("res2_0_conv2").filters == 128
+    assert backbone.get_layer("res5_0_conv2").filters == 1024
+
+
+@pytest.mark.parametrize("spec", [RESNET_SPECS["resnet50"], tiny_spec((8, 16, 32, 64))])
+def test_last_stage_4_is_the_same_network_without_res5(spec):
+    """The C4 backbone: the layers (names, configs, order) of the full ResNet up to res4."""
+    full, c4 = build_resnet(spec), build_resnet(spec, last_stage=4)
+    kept = [layer.get_config() for layer in full.layers if not layer.name.startswith("res5")]
+    assert [layer.get_config() for layer in c4.layers] == kept
+    assert len(c4.outputs) == 3 and c4.outputs[-1].shape[-1] == spec.widths[2] * 4
+    with pytest.raises(ValueError, match="last_stage"):
+        build_resnet(spec, last_stage=3)
+
+
 def test_freeze_at_freezes_stem_and_res2():
     backbone = build_resnet(tiny_spec((16, 32, 64, 128)), norm="bn", freeze_at=2)
     assert not backbone.get_layer("stem_conv1").trainable

@@ -28,7 +28,7 @@ import pytest
 import tensorflow as tf
 from helpers import noise_rect_image
 
-from keras_maskrcnn.backbones import RESNET_SPECS, build_res5_head, build_resnet, tiny_spec
+from keras_maskrcnn.backbones import RESNET_SPECS, build_res5_head, build_resnet
 from keras_maskrcnn.config import MaskRCNNConfig, get_config
 from keras_maskrcnn.data import ShapesDataset, make_dataset
 from keras_maskrcnn.export import export_saved_model, export_tflite, tflite_op_names
@@ -235,6 +235,24 @@ def test_preset_parameter_counts(name, expected, detectron2):
         assert torch_count(model.backbone.weights) == TV_RESNEXT50_NO_FC
 
 
+def test_c4_backbone_weights_fill_the_backbone_and_the_res5_head(tmp_path):
+    """`backbone_weights` of a whole ResNet (here a `.weights.h5` of our backbone): res2..res4
+    land in the C4 backbone, res5 in the res5 head."""
+    from keras_maskrcnn.backbones import tiny_spec
+
+    keras.utils.set_random_seed(5)
+    config = tiny_c4()
+    full = build_resnet(tiny_spec(config.tiny_widths), config.backbone_norm)
+    full.save_weights(tmp_path / "backbone.weights.h5")
+    model = build_model(config.replace(backbone_weights=str(tmp_path / "backbone.weights.h5")))
+    for name, owner in (("stem_conv1", model.backbone), ("res4_0_conv2", model.backbone),
+                        ("res5_0_conv1", model.res5_head.res5),
+                        ("res5_0_downsample_norm", model.res5_head.res5)):
+        for got, want in zip(owner.get_layer(name).get_weights(),
+                             full.get_layer(name).get_weights(), strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
 def test_c4_with_roi_pool_runs_and_trains_a_step():
     keras.utils.set_random_seed(3)
     config = tiny_c4(pooler="pool")
@@ -264,26 +282,34 @@ def test_c4_with_roi_pool_runs_and_trains_a_step():
 # ----------------------------------------------------------------------------- training, export
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The tiny C4 model trained 250 steps (10 epochs of 25) on shapes."""
+    """The tiny C4 model trained 500 steps of 2 images (10 epochs of 50) on shapes.
+
+    GroupNorm: with the shapes preset's BatchNorm, res5 normalizes with batch statistics over
+    the sampled RoIs and (measured) learns markedly slower. C4 also learns box regression more
+    slowly than FPN on this 128-pixel toy (stride-16 features only): at 100-150 steps the
+    box-head losses are still rising with the foreground share (see test_every_loss_falls in
+    test_model), hence the longer run, about a minute on two cores.
+    """
     keras.utils.set_random_seed(0)
-    config = tiny_c4()
+    config = tiny_c4(backbone_norm="gn", learning_rate=4e-3, batch_size=2)
     model = build_model(config)
-    model.compile(optimizer=make_optimizer(config, batch_size=4))
+    model.compile(optimizer=make_optimizer(config, batch_size=2))
     source = ShapesDataset(num_images=160, image_size=128, seed=0)
-    dataset = make_dataset(source, config, training=True, batch_size=4, seed=0)
-    history = model.fit(dataset, epochs=10, steps_per_epoch=25, verbose=0)
+    dataset = make_dataset(source, config, training=True, batch_size=2, seed=0)
+    history = model.fit(dataset, epochs=10, steps_per_epoch=50, verbose=0)
     return model, history.history, tmp_path_factory.mktemp("c4")
 
 
 def test_c4_every_loss_falls(trained):
-    """Each loss ends below its peak and (all but the box-head losses, which start low while
-    only the appended ground truth is foreground: see test_model) below its first epoch."""
+    """Each loss ends below 0.9 x its peak epoch, and all but the box regression loss (which
+    starts low while only the appended ground truth is foreground) below its first epoch."""
     _, history, _ = trained
+    assert set(LOSS_NAMES) | {"loss"} <= set(history)
     for name in (*LOSS_NAMES, "loss"):
         values = np.array(history[name])
         assert np.all(np.isfinite(values)), (name, values)
         assert values[-1] < 0.9 * values.max(), f"{name} did not fall: {history}"
-    for name in ("rpn_objectness_loss", "rpn_box_loss", "mask_loss", "loss"):
+    for name in ("rpn_objectness_loss", "rpn_box_loss", "class_loss", "mask_loss", "loss"):
         assert history[name][-1] < history[name][0], f"{name} did not fall: {history}"
 
 
@@ -295,6 +321,21 @@ def test_c4_model_directory_round_trip(trained):
     assert reloaded.config.architecture == "c4"
     a, b = predict_images(model, [image])[0], predict_images(reloaded, [image])[0]
     np.testing.assert_allclose(b["scores"], a["scores"], rtol=1e-4, atol=1e-5)
+
+
+def test_c4_keras_file_round_trip(tmp_path):
+    """`model.save("m.keras")` / `keras.saving.load_model` rebuilds the C4 model (same config,
+    same weights, same detections)."""
+    keras.utils.set_random_seed(4)
+    model = MaskRCNN(tiny_c4())
+    model.save(tmp_path / "c4.keras")
+    loaded = keras.saving.load_model(tmp_path / "c4.keras")
+    assert loaded.config == model.config and loaded.is_c4
+    inputs = {"images": tf.random.uniform((1, 128, 128, 3), 0, 255),
+              "image_shape": tf.constant([[128.0, 128.0]])}
+    a, b = model.inference_model(inputs), loaded.inference_model(inputs)
+    for key in ("detection_boxes", "detection_scores", "detection_masks"):
+        np.testing.assert_allclose(b[key], a[key], atol=1e-5)
 
 
 def _match(ref_boxes, ref_labels, boxes, labels):

@@ -1,13 +1,17 @@
 """SavedModel export: both signatures, loaded in a fresh TensorFlow-only process, match
-`predict_images` of the Keras model; bad requests fail with clear messages; saved_model_cli
-lists both signatures."""
+`predict_images` of the Keras model with the per-image canvas, on each canvas bucket (landscape,
+portrait, square); bad requests fail with clear messages, oversized files before they are
+decoded (peak RSS measured); `--buckets square` is the one-canvas export of before;
+saved_model_cli lists both signatures."""
 
 import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import keras
@@ -18,10 +22,21 @@ from PIL import Image
 
 from keras_maskrcnn.cli import main as cli_main
 from keras_maskrcnn.config import get_config
+from keras_maskrcnn.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from keras_maskrcnn.export import export_saved_model
-from keras_maskrcnn.export.saved_model import export_ready_model
-from keras_maskrcnn.inference import predict_images
+from keras_maskrcnn.export.buckets import (
+    auto_buckets,
+    bucket_for,
+    bucket_index_tf,
+    missing_coverage,
+    parse_buckets,
+    square_bucket,
+)
+from keras_maskrcnn.export.image_header import encoded_image_sizes
+from keras_maskrcnn.export.saved_model import EXPORT_METADATA_FILE, export_ready_model
+from keras_maskrcnn.inference import model_for_canvas, predict_images
 from keras_maskrcnn.model import MaskRCNN, save_model_dir
+from keras_maskrcnn.transform import canvas_for
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # Tolerances: the export runs the same graph as the Keras model (boxes in pixels, scores and
@@ -30,6 +45,10 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 BOX_ATOL = 1e-3
 PROB_ATOL = 1e-5
 FULL_MASK_MISMATCH = 1e-3
+# The oversized file: 12000 x 12000 RGB, 432 MB of uint8 pixels once decoded (1.7 GB as the
+# float32 the resize reads); refused from its header, the peak RSS may grow by at most this.
+HUGE_SIDE = 12000
+MAX_RSS_GROWTH_MIB = 100
 
 # Runs in a fresh interpreter with TensorFlow only: loads the SavedModel, calls each signature,
 # provokes the bad-request errors and writes everything to an .npz + a JSON of messages.
@@ -42,9 +61,11 @@ path, out = sys.argv[1], sys.argv[2]
 data = np.load(out + ".in.npz")
 loaded = tf.saved_model.load(path)
 default = loaded.signatures["serving_default"](images=tf.constant(data["batch"]))
-pngs = [bytes(data[k]) for k in ("png_a", "png_b")]
+square = loaded.signatures["serving_default"](images=tf.constant(data["square"][None]))
+pngs = [bytes(data[k]) for k in ("png_a", "png_b", "png_c")]
 bytes_out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(pngs))
 arrays = {f"default_{k}": v.numpy() for k, v in default.items()}
+arrays.update({f"square_{k}": v.numpy() for k, v in square.items()})
 arrays.update({f"bytes_{k}": v.numpy() for k, v in bytes_out.items()})
 np.savez(out + ".npz", **arrays)
 
@@ -75,6 +96,8 @@ errors = {
     "float_pixels": error_of(lambda: sig(images=tf.zeros([1, 8, 8, 3], tf.float32))),
     "four_channels": error_of(lambda: sig(images=tf.zeros([1, 8, 8, 4], tf.uint8))),
     "not_an_image": error_of(lambda: sig_bytes(image_bytes=tf.constant([b"not an image"]))),
+    "second_not_an_image": error_of(
+        lambda: sig_bytes(image_bytes=tf.constant([pngs[0], b"not an image"]))),
     "modules": sorted(m for m in sys.modules if m.split(".")[0] == "keras_maskrcnn"),
     "rest_same": rest_same,
     "rest_summary": example.summarize({"outputs": {k: v.numpy().tolist()
@@ -102,6 +125,20 @@ def small_random_model():
     return MaskRCNN(config, roi_align_implementation="gather")  # as exported: no rebuild
 
 
+def constant_png(height: int, width: int) -> bytes:
+    """A valid black RGB PNG, written row by row (a few MB of memory for any size)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    compressor = zlib.compressobj(9)
+    row = b"\x00" * (3 * width + 1)  # filter byte 0, then the pixels
+    idat = b"".join([compressor.compress(row) for _ in range(height)] + [compressor.flush()])
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat)
+            + chunk(b"IEND", b""))
+
+
 def _saved_model_cli():
     exe = shutil.which("saved_model_cli")
     if exe:
@@ -119,26 +156,32 @@ def exported(tmp_path_factory):
     assert cli_main(["export", "--model", str(tmp / "model"), "--format", "saved_model",
                      "--output", str(path), "--full-image-masks"]) == 0
     rng = np.random.default_rng(0)
-    image_a, image_b = _image(rng, 90, 120), _image(rng, 110, 70)
+    # landscape (96x128 bucket), portrait (128x96) and square (128x128)
+    image_a, image_b, image_c = _image(rng, 90, 120), _image(rng, 110, 70), _image(rng, 100, 100)
     batch = np.stack([image_a, image_a[:, ::-1]])
     out = str(tmp / "outputs")
-    np.savez(out + ".in.npz", batch=batch, png_a=_png(image_a), png_b=_png(image_b))
+    np.savez(out + ".in.npz", batch=batch, square=image_c, png_a=_png(image_a),
+             png_b=_png(image_b), png_c=_png(image_c))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     fresh = subprocess.Popen([sys.executable, "-c", FRESH_PROCESS, str(path), out,
                               str(EXAMPLES / "tf_serving_request.py")], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     cli = subprocess.Popen([*_saved_model_cli(), "show", "--dir", str(path), "--all"], env=env,
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    reference = predict_images(model, [batch[0], batch[1], image_b])
+    # The Keras path with the per-image canvas: each image on its resized size rounded up to 32,
+    # which for these three is one of the auto buckets.
+    per_image = model.rebuilt(canvas="per_image")
+    images = [batch[0], batch[1], image_b, image_c]
+    reference = predict_images(per_image, images)
     fresh_log, cli_log = fresh.communicate(timeout=300)[0], cli.communicate(timeout=300)[0]
     assert fresh.returncode == 0, fresh_log[-3000:]
     assert cli.returncode == 0, cli_log[-3000:]
     with open(out + ".json") as f:
         errors = json.load(f)
-    return {"model": model, "path": path, "outputs": dict(np.load(out + ".npz")),
-            "errors": errors, "cli": cli_log, "reference": reference,
-            "images": [batch[0], batch[1], image_b],
-            "shapes": [image_a.shape[:2], image_a.shape[:2], image_b.shape[:2]]}
+    return {"model": model, "per_image": per_image, "path": path, "tmp": tmp,
+            "outputs": dict(np.load(out + ".npz")), "errors": errors, "cli": cli_log,
+            "reference": reference, "images": images,
+            "shapes": [image.shape[:2] for image in images]}
 
 
 def _match(ref_boxes, ref_labels, boxes, labels):
@@ -185,13 +228,35 @@ def test_serving_default_matches_keras(exported):
         _check_image(outputs, "default", index, refs[index], exported["shapes"][index])
 
 
+def test_each_image_ran_on_its_own_bucket(exported):
+    """The three test shapes land in the three auto buckets, each the per-image canvas."""
+    config = exported["per_image"].config
+    buckets = auto_buckets(config.min_size, config.max_size)
+    assert buckets == [(96, 128), (128, 96), (128, 128)]
+    chosen = [bucket_for(*shape, buckets, config.min_size, config.max_size)
+              for shape in exported["shapes"][1:]]
+    assert chosen == buckets
+    assert chosen == [canvas_for(*shape, config) for shape in exported["shapes"][1:]]
+    meta = json.loads((exported["path"] / "assets.extra" / EXPORT_METADATA_FILE).read_text())
+    assert meta["buckets"] == [list(b) for b in buckets]
+    assert meta["max_image_pixels"] == DEFAULT_MAX_IMAGE_PIXELS
+    assert meta["precision"] == "float32"
+
+
+def test_serving_default_square_bucket_matches_keras(exported):
+    outputs, refs = exported["outputs"], exported["reference"]
+    _check_image(outputs, "square", 0, refs[3], exported["shapes"][3])
+
+
 def test_serving_default_masks_match_keras_28x28(exported):
     """The 28x28 probabilities equal the Keras graph's (run on the same letterboxed input)."""
     from keras_maskrcnn.data.pipeline import make_inference_inputs
     from keras_maskrcnn.inference import run_model
 
-    model, outputs = exported["model"], exported["outputs"]
-    keras_out = run_model(model, make_inference_inputs(exported["images"][:1], model.config))
+    model, outputs = exported["per_image"], exported["outputs"]
+    canvas = canvas_for(*exported["shapes"][0], model.config)
+    keras_out = run_model(model_for_canvas(model, canvas),
+                          make_inference_inputs(exported["images"][:1], model.config, canvas))
     n = int(keras_out["num_detections"][0])
     ref = exported["reference"][0]
     order = _match(ref["boxes"], ref["labels"], outputs["default_detection_boxes"][0][:n],
@@ -202,9 +267,10 @@ def test_serving_default_masks_match_keras_28x28(exported):
 
 def test_serving_bytes_matches_keras_with_mixed_sizes(exported):
     outputs, refs = exported["outputs"], exported["reference"]
-    # two PNGs of different sizes: full masks are padded to the largest height and width
-    assert outputs["bytes_detection_full_masks"].shape == (2, 8, 110, 120)
-    for index, ref_index in ((0, 0), (1, 2)):
+    # three PNGs of different sizes (three buckets): full masks are padded to the largest
+    # height and width
+    assert outputs["bytes_detection_full_masks"].shape == (3, 8, 110, 120)
+    for index, ref_index in ((0, 0), (1, 2), (2, 3)):
         _check_image(outputs, "bytes", index, refs[ref_index], exported["shapes"][ref_index])
     # the decoded first image is the same as the uint8 tensor of serving_default
     for key in ("detection_boxes", "detection_scores", "detection_masks"):
@@ -220,6 +286,8 @@ def test_bad_requests_fail_with_clear_errors(exported):
     assert "uint8" in errors["float_pixels"]
     assert "no error" not in errors["four_channels"]
     assert "Unknown image file format" in errors["not_an_image"]
+    assert "image_bytes[0]" in errors["not_an_image"]
+    assert "image_bytes[1]: Unknown image file format" in errors["second_not_an_image"]
     assert errors["modules"] == []  # the fresh process never imported keras_maskrcnn
 
 
@@ -261,6 +329,148 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(SystemExit, match="saved_model only"):
         cli_main(["export", "--model", str(tmp_path), "--format", "tflite", "--output",
                   str(tmp_path / "x.tflite"), "--full-image-masks"])
+    for option in (["--precision", "bfloat16"], ["--max-image-pixels", "100"]):
+        with pytest.raises(SystemExit, match="saved_model only"):
+            cli_main(["export", "--model", str(tmp_path), "--format", "tflite", "--output",
+                      str(tmp_path / "x.tflite"), *option])
+    with pytest.raises(SystemExit, match="--buckets"):
+        cli_main(["export", "--model", str(tmp_path), "--format", "saved_model", "--output",
+                  str(tmp_path / "x"), "--buckets", "800x1000"])
+    with pytest.raises(SystemExit, match="exclude each other"):
+        cli_main(["export", "--model", str(tmp_path), "--format", "tflite", "--output",
+                  str(tmp_path / "x.tflite"), "--buckets", "auto", "--input-size", "128"])
+    with pytest.raises(ValueError, match="max_image_pixels"):
+        export_saved_model(tmp_path / "missing", tmp_path / "x", max_image_pixels=0)
     with pytest.raises(SystemExit, match="not a model directory"):
         cli_main(["export", "--model", str(tmp_path / "missing"), "--format", "tflite",
                   "--output", str(tmp_path / "x.tflite")])
+
+
+# Loads the SavedModel in a fresh process, runs one small request, then sends a batch whose
+# second file is HUGE_SIDE x HUGE_SIDE: reports the error and the peak RSS before and after.
+OVERSIZED_PROCESS = r"""
+import json, resource, sys
+import tensorflow as tf
+
+path, small_path, huge_path, out = sys.argv[1:5]
+sig = tf.saved_model.load(path).signatures["serving_bytes"]
+small, huge = open(small_path, "rb").read(), open(huge_path, "rb").read()
+sig(image_bytes=tf.constant([small]))  # everything but the big decode has run once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    sig(image_bytes=tf.constant([small, huge]))
+    error = "no error"
+except Exception as err:  # noqa: BLE001
+    error = f"{type(err).__name__}: {err}"
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open(out, "w") as f:
+    json.dump({"error": error, "before_kib": before, "after_kib": after}, f)
+"""
+
+
+def test_oversized_file_is_refused_before_decoding(exported, tmp_path):
+    """A 12000 x 12000 PNG (144 MP, 0.4 MB compressed) in a batch is refused with the limit and
+    its index, from its header: the peak RSS of the serving process barely moves."""
+    huge = constant_png(HUGE_SIDE, HUGE_SIDE)
+    sizes, _ = encoded_image_sizes(np.array([huge]))
+    assert sizes.numpy().tolist() == [[HUGE_SIDE, HUGE_SIDE]]
+    (tmp_path / "huge.png").write_bytes(huge)
+    (tmp_path / "small.png").write_bytes(_png(exported["images"][2]).tobytes())
+    result = subprocess.run(
+        [sys.executable, "-c", OVERSIZED_PROCESS, str(exported["path"]),
+         str(tmp_path / "small.png"), str(tmp_path / "huge.png"), str(tmp_path / "out.json")],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "out.json").read_text())
+    error = report["error"]
+    assert error.startswith("InvalidArgumentError"), error
+    assert "image_bytes[1] is 12000 x 12000 = 144000000 pixels" in error
+    assert f"limit of {DEFAULT_MAX_IMAGE_PIXELS} pixels" in error
+    growth_mib = (report["after_kib"] - report["before_kib"]) / 1024
+    print(f"peak RSS {report['before_kib'] / 1024:.0f} MiB before, "
+          f"{report['after_kib'] / 1024:.0f} MiB after the refused request")
+    assert growth_mib < MAX_RSS_GROWTH_MIB, report
+
+
+@pytest.fixture(scope="module")
+def square_export(exported):
+    """`--buckets square --max-image-pixels 10000` through the command line."""
+    path = exported["tmp"] / "square" / "1"
+    assert cli_main(["export", "--model", str(exported["tmp"] / "model"), "--format",
+                     "saved_model", "--output", str(path), "--buckets", "square",
+                     "--max-image-pixels", "10000"]) == 0
+    import tensorflow as tf
+
+    return path, tf.saved_model.load(str(path))
+
+
+def test_square_bucket_is_the_fixed_canvas_export(exported, square_export):
+    """One 128 x 128 canvas: the detections of the fixed-canvas Keras model (as before
+    buckets)."""
+    import tensorflow as tf
+
+    path, loaded = square_export
+    meta = json.loads((path / "assets.extra" / EXPORT_METADATA_FILE).read_text())
+    assert meta["buckets"] == [[128, 128]] and meta["max_image_pixels"] == 10000
+    image = exported["images"][0]  # 90 x 120 = 10800 pixels: above the limit
+    small = image[:80, :100]
+    out = {k: v.numpy() for k, v in
+           loaded.signatures["serving_default"](images=tf.constant(small[None])).items()}
+    ref = predict_images(exported["model"], [small])[0]
+    n = int(out["num_detections"][0])
+    assert n == len(ref["scores"]) > 0
+    order = _match(ref["boxes"], ref["labels"], out["detection_boxes"][0][:n],
+                   out["detection_classes"][0][:n])
+    np.testing.assert_allclose(out["detection_boxes"][0][order], ref["boxes"], atol=BOX_ATOL)
+    np.testing.assert_allclose(out["detection_scores"][0][order], ref["scores"],
+                               atol=PROB_ATOL)
+
+
+def test_max_image_pixels_option(exported, square_export):
+    import tensorflow as tf
+
+    _, loaded = square_export
+    image = exported["images"][0]  # 90 x 120
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"each image is 90 x 120 = 10800 pixels .* limit of 10000 pixels"):
+        loaded.signatures["serving_default"](images=tf.constant(image[None]))
+    pngs = [_png(image[:80, :100]).tobytes(), _png(image).tobytes()]
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"image_bytes\[1\] is 90 x 120 = 10800 pixels .* limit of 10000"):
+        loaded.signatures["serving_bytes"](image_bytes=tf.constant(pngs))
+    out = loaded.signatures["serving_bytes"](image_bytes=tf.constant(pngs[:1]))
+    assert out["original_shape"].numpy().tolist() == [[80, 100]]
+
+
+def test_bucket_sets():
+    assert auto_buckets(800, 1333) == [(800, 800), (800, 1088), (1088, 800), (800, 1216),
+                                       (1216, 800), (800, 1344), (1344, 800)]
+    assert square_bucket(800, 1333) == [(1344, 1344)]
+    assert parse_buckets("square", 800, 1333) == [(1344, 1344)]
+    assert parse_buckets(" 800x1088,1088X800 ,800x1088", 800, 1333) == [(800, 1088), (1088, 800)]
+    assert parse_buckets([(96, 128)], 128, 128) == [(96, 128)]
+    assert missing_coverage(parse_buckets("800x1088,1088x800", 800, 1333), 800, 1333) == [
+        (800, 1344), (1344, 800)]
+    assert missing_coverage(auto_buckets(800, 1333), 800, 1333) == []
+    assert missing_coverage(square_bucket(800, 1333), 800, 1333) == []
+    # the photo shapes of tests/data/coco-val2017-10 and a square crop
+    for (h, w), canvas in (((480, 640), (800, 1088)), ((640, 480), (1088, 800)),
+                           ((480, 480), (800, 800)), ((426, 640), (800, 1216)),
+                           ((408, 640), (800, 1344)), ((1080, 1920), (800, 1344))):
+        assert bucket_for(h, w, auto_buckets(800, 1333), 800, 1333) == canvas
+    for bad in ("800x1000", "800", "wide", "0x64", ""):
+        with pytest.raises(ValueError, match="bucket"):
+            parse_buckets(bad, 800, 1333)
+
+
+def test_an_image_that_fits_no_bucket_is_refused():
+    import tensorflow as tf
+
+    index = tf.function(lambda hw: bucket_index_tf(hw, [(96, 128), (128, 128)], "images"))
+    assert int(index(tf.constant([90, 128]))) == 0
+    assert int(index(tf.constant([128, 120]))) == 1
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=r"images: the resized image 130 x 20 .* fits none of the canvases "
+                             r"of this export \(96x128, 128x128"):
+        index(tf.constant([130, 20]))

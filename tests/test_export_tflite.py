@@ -1,6 +1,8 @@
 """TFLite export: builtin ops only (both RoIAlign sampling modes), LiteRT output matches the
-Keras model on the same letterboxed input, quantized variants run, and the LiteRT-only example
-script reproduces `predict_images` without importing TensorFlow."""
+Keras model on the same letterboxed input (square, non-square and bucketed canvases: one
+signature per bucket, the weights stored once), quantized variants run, and the LiteRT-only
+example script reproduces `predict_images` without importing TensorFlow (one canvas, and
+buckets with the per-image canvas)."""
 
 import json
 import os
@@ -17,9 +19,16 @@ from PIL import Image
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.export import QUANTIZE_OPTIONS, export_tflite, letterbox_image, tflite_op_names
 from keras_maskrcnn.export.cli import QUANTIZE_CHOICES
-from keras_maskrcnn.export.tflite import convert_tflite, metadata_path, tflite_ready_model
+from keras_maskrcnn.export.buckets import canvas_inference_model
+from keras_maskrcnn.export.tflite import (
+    bucket_inputs,
+    convert_tflite,
+    metadata_path,
+    tflite_ready_model,
+)
 from keras_maskrcnn.inference import predict_images, run_model
 from keras_maskrcnn.model import MaskRCNN
+from keras_maskrcnn.transform import letterbox
 
 Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
 
@@ -37,9 +46,51 @@ def _keras_outputs(model, inputs):
     return run_model(model, inputs)  # the Keras inference graph in a (cached) tf.function
 
 
-def _run_tflite(path, inputs):
-    runner = Interpreter(model_path=str(path)).get_signature_runner("serving_default")
+def _run_tflite(path, inputs, signature="serving_default"):
+    runner = Interpreter(model_path=str(path)).get_signature_runner(signature)
     return runner(images=inputs["images"], image_shape=inputs["image_shape"])
+
+
+def _load_example():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tflite_predict_example", EXAMPLE)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    return example
+
+
+def _run_example(tmp_path, path, image):
+    """Runs examples/tflite_predict.py in a fresh process; its detections (.npz)."""
+    Image.fromarray(image).save(tmp_path / "image.png")
+    code = ("import importlib.util, json, sys\n"
+            "spec = importlib.util.spec_from_file_location('example', sys.argv[1])\n"
+            "example = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(example)\n"
+            "rc = example.main(sys.argv[2:])\n"
+            "heavy = [m for m in sys.modules if m.split('.')[0] in "
+            "('tensorflow', 'keras', 'keras_maskrcnn')]\n"
+            "print(json.dumps({'rc': rc, 'heavy': heavy}))\n")
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(EXAMPLE), str(path), str(tmp_path / "image.png"),
+         "--output", str(tmp_path / "drawn.png"), "--score-threshold", "0",
+         "--save-npz", str(tmp_path / "det.npz")],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = json.loads(result.stdout.strip().splitlines()[-1])
+    assert status == {"rc": 0, "heavy": []}
+    drawn = np.asarray(Image.open(tmp_path / "drawn.png"))
+    assert drawn.shape == image.shape and not np.array_equal(drawn, image)
+    return np.load(tmp_path / "det.npz")
+
+
+def _assert_same_detections(det, ref):
+    np.testing.assert_array_equal(det["labels"], ref["labels"])
+    np.testing.assert_allclose(det["boxes"], ref["boxes"], atol=1e-2)
+    np.testing.assert_allclose(det["scores"], ref["scores"], atol=1e-3)
+    assert det["masks"].shape == ref["masks"].shape
+    assert np.mean(det["masks"] != ref["masks"]) < 1e-3
 
 
 def _assert_builtin_only(path):
@@ -147,48 +198,94 @@ def test_example_script_runs_with_litert_only(shapes_export, tmp_path):
     imports no TensorFlow and reproduces predict_images on the original image."""
     model, path = shapes_export
     image = _image(np.random.default_rng(2), 100, 72)
-    Image.fromarray(image).save(tmp_path / "image.png")
-    code = ("import importlib.util, json, sys\n"
-            "spec = importlib.util.spec_from_file_location('example', sys.argv[1])\n"
-            "example = importlib.util.module_from_spec(spec)\n"
-            "spec.loader.exec_module(example)\n"
-            "rc = example.main(sys.argv[2:])\n"
-            "heavy = [m for m in sys.modules if m.split('.')[0] in "
-            "('tensorflow', 'keras', 'keras_maskrcnn')]\n"
-            "print(json.dumps({'rc': rc, 'heavy': heavy}))\n")
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(EXAMPLE), str(path), str(tmp_path / "image.png"),
-         "--output", str(tmp_path / "drawn.png"), "--score-threshold", "0",
-         "--save-npz", str(tmp_path / "det.npz")],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    status = json.loads(result.stdout.strip().splitlines()[-1])
-    assert status == {"rc": 0, "heavy": []}
-    drawn = np.asarray(Image.open(tmp_path / "drawn.png"))
-    assert drawn.shape == image.shape and not np.array_equal(drawn, image)
-    det = np.load(tmp_path / "det.npz")
-    ref = predict_images(model, [image])[0]
-    np.testing.assert_array_equal(det["labels"], ref["labels"])
-    np.testing.assert_allclose(det["boxes"], ref["boxes"], atol=1e-2)
-    np.testing.assert_allclose(det["scores"], ref["scores"], atol=1e-3)
-    assert det["masks"].shape == ref["masks"].shape
-    assert np.mean(det["masks"] != ref["masks"]) < 1e-3
+    det = _run_example(tmp_path, path, image)
+    _assert_same_detections(det, predict_images(model, [image])[0])
 
 
 @pytest.mark.parametrize("height, width", [(90, 120), (100, 72), (300, 41), (7, 5), (128, 128)])
 def test_example_letterbox_is_the_resize_rule(height, width):
     """The example's numpy letterbox equals the package's (TensorFlow) resize rule."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("tflite_predict_example", EXAMPLE)
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
+    example = _load_example()
     image = np.random.default_rng(height).integers(0, 256, (height, width, 3)).astype(np.uint8)
-    canvas, image_shape = example.letterbox(image, 64)
-    ref = letterbox_image(image, 64)
-    np.testing.assert_array_equal(image_shape, ref["image_shape"])
-    np.testing.assert_allclose(canvas, ref["images"], atol=1e-3)
+    for size in (64, (64, 96), (96, 64)):  # square, landscape and portrait canvases
+        canvas, image_shape = example.letterbox(image, size)
+        ref = letterbox_image(image, size)
+        np.testing.assert_array_equal(image_shape, ref["image_shape"])
+        np.testing.assert_allclose(canvas, ref["images"], atol=1e-3)
+    # the model's rule on a bucket (resized 96 x 128 for 90 x 120 at 96 / 128)
+    canvas, image_shape = example.letterbox(image, (128, 128), rule=(96, 128))
+    ref = letterbox(image, (128, 128), 96, 128)
+    np.testing.assert_array_equal(image_shape[0], ref["image_shape"])
+    np.testing.assert_allclose(canvas[0], ref["images"], atol=1e-3)
+
+
+def test_non_square_canvas_fit_rule(shapes_export, tmp_path):
+    """`input_size=(96, 128)`: one landscape canvas; a landscape image fills its width, a
+    portrait one its height (the "fit" rule), and LiteRT matches the Keras model on both."""
+    model, _ = shapes_export
+    path = export_tflite(model, tmp_path / "wide.tflite", input_size=(96, 128))
+    _assert_builtin_only(path)
+    meta = json.loads(metadata_path(path).read_text())
+    assert meta["input_size"] == [96, 128] and meta["resize"] == "fit"
+    assert meta["signatures"] == {"serving_default": [96, 128]}
+    export_model = tflite_ready_model(model, (96, 128))
+    for (height, width), resized in (((90, 120), [96, 128]), ((110, 70), [96, 61])):
+        inputs = letterbox_image(_image(np.random.default_rng(height), height, width), (96, 128))
+        assert inputs["images"].shape == (1, 96, 128, 3)
+        np.testing.assert_array_equal(inputs["image_shape"], [resized])
+        _assert_match(_run_tflite(path, inputs), _keras_outputs(export_model, inputs))
+
+
+@pytest.fixture(scope="module")
+def bucket_export(shapes_export, tmp_path_factory):
+    model, _ = shapes_export
+    path = export_tflite(model, tmp_path_factory.mktemp("tflite_buckets") / "buckets.tflite",
+                         buckets="auto")
+    return model, path
+
+
+def test_buckets_one_signature_each_weights_once(bucket_export, shapes_export):
+    """`buckets="auto"`: a signature per canvas, builtin ops only; the file is barely larger
+    than the one-canvas model (the weights are stored once)."""
+    model, path = bucket_export
+    _assert_builtin_only(path)
+    signatures = Interpreter(model_path=str(path)).get_signature_list()
+    assert sorted(signatures) == ["canvas_128x128", "canvas_128x96", "canvas_96x128"]
+    meta = json.loads(metadata_path(path).read_text())
+    assert meta["resize"] == "min_max" and (meta["min_size"], meta["max_size"]) == (128, 128)
+    assert meta["signatures"] == {"canvas_96x128": [96, 128], "canvas_128x96": [128, 96],
+                                  "canvas_128x128": [128, 128]}
+    assert path.stat().st_size < 1.3 * shapes_export[1].stat().st_size
+
+
+@pytest.mark.parametrize("height, width, signature", [
+    (90, 120, "canvas_96x128"), (110, 70, "canvas_128x96"), (100, 100, "canvas_128x128")])
+def test_each_bucket_matches_keras(bucket_export, height, width, signature):
+    """Each bucket's signature on the model's resize rule equals the Keras graph on that canvas
+    (the per-image canvas of `predict_images`)."""
+    model, path = bucket_export
+    meta = json.loads(metadata_path(path).read_text())
+    image = _image(np.random.default_rng(height), height, width)
+    key, inputs = bucket_inputs(image, meta)
+    assert key == signature
+    canvas = tuple(meta["signatures"][key])
+    ref = run_model_on(canvas_inference_model(model, canvas), inputs)
+    _assert_match(_run_tflite(path, inputs, key), ref)
+
+
+def run_model_on(graph, inputs):
+    out = graph({"images": inputs["images"], "image_shape": inputs["image_shape"]},
+                training=False)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def test_example_script_with_buckets_is_predict_images_per_image(bucket_export, tmp_path):
+    """The example picks the bucket of a portrait image and reproduces `predict_images` with
+    the per-image canvas."""
+    model, path = bucket_export
+    image = _image(np.random.default_rng(3), 110, 70)
+    det = _run_example(tmp_path, path, image)
+    _assert_same_detections(det, predict_images(model.rebuilt(canvas="per_image"), [image])[0])
 
 
 def test_bad_arguments(tmp_path):
@@ -201,3 +298,7 @@ def test_bad_arguments(tmp_path):
         export_tflite(tmp_path, tmp_path / "m.tflite", input_size=128.0)
     with pytest.raises(FileNotFoundError, match="config.json"):
         export_tflite(tmp_path, tmp_path / "m.tflite", input_size=128)
+    with pytest.raises(ValueError, match="multiple of 32"):
+        export_tflite(tmp_path, tmp_path / "m.tflite", input_size=(96, 100))
+    with pytest.raises(ValueError, match="height, width"):
+        export_tflite(tmp_path, tmp_path / "m.tflite", input_size=(96, 128, 3))

@@ -174,3 +174,33 @@ def test_rebuilt_is_cached_bounded_and_resynced(tmp_path):
     assert again is cached
     for a, b in zip(again.inference_model.weights, other.inference_model.weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+
+
+def test_dynamic_graph_equals_static_graphs_on_each_canvas():
+    """One shape-polymorphic graph (one trace) gives what a model rebuilt on each canvas gives,
+    torchvision's grid-derived anchor strides included (P6 on odd multiples of 32)."""
+    from keras_maskrcnn.data import make_inference_inputs
+
+    config = tiny_config(image_size=(160, 160), min_size=96, max_size=160, canvas="per_image",
+                         anchor_stride_from_grid=True, round_anchors=True)
+    model = MaskRCNN(config)
+    rng = np.random.default_rng(1)
+    fn = model.dynamic_inference_function()
+    from keras_maskrcnn.transform import canvas_for
+
+    canvases = set()
+    for shape in ((60, 100), (100, 60), (80, 80), (50, 90), (97, 101)):
+        image = rng.integers(0, 255, (*shape, 3), dtype=np.uint8)
+        canvas = canvas_for(*shape, config)
+        canvases.add(canvas)
+        batch = make_inference_inputs([image], config, canvas)
+        dynamic = fn({k: batch[k] for k in ("images", "image_shape")})
+        fixed = MaskRCNN(config.replace(image_size=canvas, canvas="fixed",
+                                        min_size=min(96, min(canvas)),
+                                        max_size=min(160, max(canvas))))
+        fixed.inference_model.set_weights(model.inference_model.get_weights())
+        static = fixed.inference_model({k: batch[k] for k in ("images", "image_shape")})
+        for key in ("detection_boxes", "detection_scores", "detection_classes", "num_detections"):
+            np.testing.assert_allclose(dynamic[key].numpy(), static[key].numpy(), atol=1e-4,
+                                       err_msg=f"{key} on {canvas}")
+    assert len(canvases) >= 4 and len(fn._list_all_concrete_functions()) == 1

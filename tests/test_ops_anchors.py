@@ -151,3 +151,22 @@ def test_stride_from_grid_follows_torchvision_rule():
 def test_bad_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         anchor_ops.generate_anchors(**kwargs)
+
+
+@pytest.mark.parametrize("stride_from_grid", [False, True])
+@pytest.mark.parametrize("round_base", [False, True])
+@pytest.mark.parametrize("size", [(64, 64), (96, 160), (800, 1216), (1088, 800), (224, 352)])
+def test_dynamic_anchors_equal_the_static_ones(size, round_base, stride_from_grid):
+    import tensorflow as tf
+
+    from keras_maskrcnn.ops.anchors import generate_anchors, generate_anchors_tf
+
+    args = dict(strides=(4, 8, 16, 32, 64), sizes=(32, 64, 128, 256, 512),
+                aspect_ratios=(0.5, 1.0, 2.0), offset=0.0, round_base=round_base,
+                stride_from_grid=stride_from_grid)
+    expected = generate_anchors(size, **args)
+    fn = tf.function(lambda h, w: generate_anchors_tf(h, w, **args),
+                     input_signature=[tf.TensorSpec([], tf.int32)] * 2)
+    anchors, counts = fn(tf.constant(size[0]), tf.constant(size[1]))
+    np.testing.assert_array_equal(anchors.numpy(), expected)
+    assert int(counts.numpy().sum()) == len(expected)

@@ -444,3 +444,74 @@ def test_multilevel_bad_arguments():
         pl.multilevel_roi_align(features, boxes[0], 2)
     with pytest.raises(TypeError, match="features"):
         pl.multilevel_roi_align(features[0], boxes, 2)
+
+
+# --------------------------------------------------------------------------- static adaptive
+
+
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("sampling_ratio", [0, 2])
+def test_roi_align_static_matches_reference(aligned, sampling_ratio):
+    # implementation="static": the adaptive ratio with static shapes (a fixed ratio is static
+    # on every path); same numbers as "gather".
+    features = _features()
+    want = roi_align_np(features, BOXES, BOX_INDICES, (2, 3), 0.5, sampling_ratio, aligned)
+    got = _run(features, sampling_ratio=sampling_ratio, aligned=aligned, implementation="static")
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got, _run(features, sampling_ratio=sampling_ratio, aligned=aligned),
+                               atol=1e-6)
+
+
+def test_roi_align_static_gradient_matches_reference_jacobian():
+    features = _features((1, 4, 5, 2), seed=1).astype(np.float64)
+    boxes = np.array([[0.6, 1.2, 7.4, 9.9], [-1.0, 3.0, 3.0, 10.5]], F32)
+    indices = np.zeros(2, np.int32)
+    args = (boxes, indices, (2, 2), 0.5, 0, True)
+    size = features.size
+    basis = np.eye(size).reshape(size, *features.shape)
+    jacobian = np.stack([roi_align_np(e, *args).ravel() for e in basis], axis=1)
+    cotangent = np.random.default_rng(2).normal(size=(2, 2, 2, 2))
+    x = tf.constant(features)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(ra.roi_align(x, *args, "static") * cotangent)
+    grad = tape.gradient(loss, x).numpy().ravel()
+    np.testing.assert_allclose(grad, jacobian.T @ cotangent.ravel(), atol=1e-9)
+
+
+def test_roi_align_static_dynamic_number_of_boxes():
+    features = _features()
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 4]), tf.TensorSpec([None], tf.int32)])
+    def pool(boxes, indices):
+        return ra.roi_align(features, boxes, indices, (2, 3), 0.5, 0, True, "static")
+
+    assert pool(tf.zeros([0, 4]), tf.zeros([0], tf.int32)).shape == (0, 2, 3, 3)
+    want = roi_align_np(features, BOXES, BOX_INDICES, (2, 3), 0.5, 0, True)
+    np.testing.assert_allclose(pool(BOXES, BOX_INDICES).numpy(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_roi_align_adaptive_under_xla():
+    # "gather" and "auto" with the adaptive ratio compile under XLA (the static formulation).
+    features = _features()
+    want = roi_align_np(features, BOXES, BOX_INDICES, (2, 3), 0.5, 0, False)
+    for implementation in ("gather", "auto", "static"):
+        fn = tf.function(
+            lambda f, impl=implementation: ra.roi_align(f, BOXES, BOX_INDICES, (2, 3), 0.5, 0,
+                                                        False, impl),
+            jit_compile=True,
+        )
+        np.testing.assert_allclose(fn(features).numpy(), want, atol=1e-5, rtol=1e-5)
+
+
+def test_multilevel_static_matches_reference():
+    features, boxes = _pyramid(), _pyramid_boxes()
+    want = _np_multilevel(features, boxes, (3, 2), 0, True)
+    got = pl.multilevel_roi_align(features, boxes, (3, 2), sampling_ratio=0,
+                                  implementation="static", **LEVEL_KW)
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5, rtol=1e-5)
+    xla = tf.function(
+        lambda f, b: pl.multilevel_roi_align(f, b, (3, 2), sampling_ratio=0, **LEVEL_KW),
+        jit_compile=True,
+    )
+    np.testing.assert_allclose(xla(features, boxes).numpy(), want, atol=1e-5, rtol=1e-5)

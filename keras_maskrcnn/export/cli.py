@@ -22,7 +22,11 @@ def add_subcommand(subparsers) -> None:
                     "fixed letterboxed input of --input-size pixels, or one signature per "
                     "bucket (--buckets).")
     p.add_argument("--model", required=True, help="model directory (config.json + weights)")
-    p.add_argument("--format", required=True, choices=FORMATS)
+    from keras_maskrcnn.export.onnx import ONNX_FORMAT, ExportFormatAction  # imports no TF
+
+    # ExportFormatAction: --format onnx runs export.onnx; --model may name pretrained weights
+    p.add_argument("--format", required=True, choices=(*FORMATS, ONNX_FORMAT),
+                   action=ExportFormatAction)
     p.add_argument("--output", required=True,
                    help="SavedModel directory (TF Serving: <base>/<version>) or .tflite file")
     p.add_argument("--buckets", metavar="auto|square|HxW,HxW,...", default=None,

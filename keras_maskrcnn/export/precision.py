@@ -21,6 +21,7 @@ from collections.abc import Iterator
 
 import keras
 
+from keras_maskrcnn.layers.pooler import MultiLevelRoIAlign
 from keras_maskrcnn.model import MaskRCNN
 from keras_maskrcnn.runtime import cpu_has_bf16
 from keras_maskrcnn.runtime import resolve_precision as resolve_training_precision
@@ -29,10 +30,10 @@ logger = logging.getLogger("keras_maskrcnn")
 
 PRECISIONS = ("float32", "bfloat16", "auto")
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
-# Weightless layers that take boxes: Keras would cast their float32 box inputs to the compute
-# dtype (bfloat16 holds 1066 as 1064). `ProposalLayer`, `DetectionLayer` and
-# `ImageNormalization` opt out themselves (autocast=False); the poolers are switched here.
-_BOX_INPUT_LAYERS = ("box_pooler", "mask_pooler")
+# `ProposalLayer`, `DetectionLayer` and `ImageNormalization` opt out of Keras' autocast of
+# their inputs themselves (autocast=False: bfloat16 holds 1066 as 1064); the RoIAlign poolers
+# (layers/pooler.py) do not yet, so `_keep_boxes_float32` switches it off on each model built
+# here: their features arrive in bfloat16 as computed, their boxes stay float32.
 _POLICY_ATTRIBUTE = "_kmr_inference_policy"
 
 
@@ -73,8 +74,9 @@ def dtype_policy(policy: str) -> Iterator[None]:
 
 
 def _keep_boxes_float32(model: MaskRCNN) -> None:
-    for name in _BOX_INPUT_LAYERS:
-        getattr(model, name).autocast = False  # read by Layer.__call__ on every call
+    for layer in model.inference_model.layers:
+        if isinstance(layer, MultiLevelRoIAlign):
+            layer.autocast = False  # read by Layer.__call__ on every call
 
 
 def _rebuild_under(model: MaskRCNN, policy: str) -> MaskRCNN:

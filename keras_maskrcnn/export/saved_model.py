@@ -215,7 +215,7 @@ class BucketDetector:
 
     def output_signature(self) -> dict[str, tf.TensorSpec]:
         """Per-image specs of the outputs (for `tf.map_fn`)."""
-        d, p = self.config.detections_per_image, 2 * self.config.mask_pool_size
+        d, p = self.config.detections_per_image, self.config.mask_resolution
         return {"detection_boxes": tf.TensorSpec([d, 4], tf.float32),
                 "detection_scores": tf.TensorSpec([d], tf.float32),
                 "detection_classes": tf.TensorSpec([d], tf.int32),
@@ -297,7 +297,8 @@ def build_serving_module(
                  autograph=False)
     def serve_images(images):
         checks = _check_batch(images, SERVING_DEFAULT)
-        checks += _check_pixels(tf.shape(images)[1:3], max_pixels, f"{SERVING_DEFAULT}: images")
+        checks += _check_pixels(tf.shape(images)[1:3], max_pixels,
+                                f"{SERVING_DEFAULT}: each image")
         with tf.control_dependencies(checks):
             images = tf.identity(images)
         shape = tf.shape(images)

@@ -44,11 +44,31 @@ class AnchorGenerator(layers.Layer):
             for s in self.strides
         )
 
-    def call(self, images):
+    def call(self, images, with_level_sizes: bool = False):
+        """Anchors `[N, 4]`: constants of a static canvas, or computed in the graph when the
+        canvas size is dynamic; with `with_level_sizes` also `[L]` int32 anchors per level."""
         height, width = images.shape[1], images.shape[2]
         if height is None or width is None:
-            raise ValueError("AnchorGenerator needs a static canvas size (images [B, H, W, 3])")
-        return tf.constant(self.anchors((height, width)), dtype=tf.float32)
+            anchors, sizes = self.dynamic_anchors(tf.shape(images)[1], tf.shape(images)[2])
+        else:
+            anchors = tf.constant(self.anchors((height, width)), dtype=tf.float32)
+            sizes = tf.constant(self.level_sizes((height, width)), tf.int32)
+        return (anchors, sizes) if with_level_sizes else anchors
+
+    def dynamic_anchors(self, height: tf.Tensor, width: tf.Tensor):
+        """(anchors [N, 4], level sizes [L]) for a canvas size known only at run time."""
+        return anchor_ops.generate_anchors_tf(
+            height, width, strides=self.strides, sizes=self.sizes,
+            aspect_ratios=self.aspect_ratios, offset=self.offset, round_base=self.round_base,
+            stride_from_grid=self.stride_from_grid)
+
+    def compute_output_spec(self, images, with_level_sizes: bool = False):
+        h, w = images.shape[1], images.shape[2]
+        count = None if h is None or w is None else sum(self.level_sizes((h, w)))
+        anchors = keras.KerasTensor((count, 4), dtype="float32")
+        if not with_level_sizes:
+            return anchors
+        return anchors, keras.KerasTensor((len(self.strides),), dtype="int32")
 
     def get_config(self):
         return {**super().get_config(), "strides": self.strides, "sizes": self.sizes,
@@ -77,6 +97,9 @@ class SingleLevelAnchorGenerator(AnchorGenerator):
     @property
     def num_anchors_per_location(self) -> int:
         return len(self.sizes) * len(self.aspect_ratios)
+
+    def dynamic_anchors(self, height, width):
+        raise NotImplementedError("the C4 architecture needs a fixed canvas (canvas='fixed')")
 
     def anchors(self, image_size: tuple[int, int]) -> np.ndarray:
         # One single-size "level" per size on the same grid, interleaved per location.

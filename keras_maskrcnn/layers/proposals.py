@@ -35,17 +35,17 @@ class ProposalLayer(layers.Layer):
         self.nms_threshold = float(nms_threshold)
         self.min_box_size = float(min_box_size)
 
-    def call(self, logits, deltas, anchors, image_shape):
+    def call(self, logits, deltas, anchors, image_shape, level_sizes=None):
+        """`level_sizes` (`[L]` int32 tensor, optional) replaces the static level sizes for a
+        canvas known only at run time (shape-polymorphic inference)."""
         logits = tf.stop_gradient(tf.cast(logits, tf.float32))
         deltas = tf.stop_gradient(tf.cast(deltas, tf.float32))
         all_boxes, all_scores, all_levels = [], [], []
-        start = 0
-        for level, size in enumerate(self.level_sizes):
-            k = min(self.pre_nms_topk, size)
-            level_logits = logits[:, start:start + size]
+        for level, (level_logits, level_deltas, level_anchors, k) in enumerate(
+                self.split_levels(logits, deltas, anchors, level_sizes)):
             top_logits, top_idx = tf.math.top_k(level_logits, k=k, sorted=True)
-            level_deltas = tf.gather(deltas[:, start:start + size], top_idx, batch_dims=1)
-            level_anchors = tf.gather(anchors[start:start + size], top_idx)
+            level_deltas = tf.gather(level_deltas, top_idx, batch_dims=1)
+            level_anchors = tf.gather(level_anchors, top_idx)
             boxes = box_ops.decode_boxes(level_deltas, level_anchors, weights=(1.0, 1.0, 1.0, 1.0),
                                          scale_clamp=math.log(1000.0 / 16))
             boxes = box_ops.clip_boxes(boxes, image_shape)
@@ -58,7 +58,6 @@ class ProposalLayer(layers.Layer):
             all_boxes.append(boxes)
             all_scores.append(scores)
             all_levels.append(tf.fill(tf.shape(top_idx), level))
-            start += size
         boxes = tf.concat(all_boxes, axis=1)
         scores = tf.concat(all_scores, axis=1)
         levels = tf.concat(all_levels, axis=1)
@@ -68,6 +67,23 @@ class ProposalLayer(layers.Layer):
         valid = tf.range(self.post_nms_topk)[None, :] < num_valid[:, None]
         proposals = tf.gather(boxes, indices, batch_dims=1) * tf.cast(valid, tf.float32)[..., None]
         return proposals, num_valid
+
+    def split_levels(self, logits, deltas, anchors, level_sizes=None):
+        """Per level: (logits [B, n], deltas [B, n, 4], anchors [n, 4], top-k count k), with
+        static sizes or, given `level_sizes` [L] int32, sizes known when the graph runs."""
+        if level_sizes is None:
+            starts = [sum(self.level_sizes[:i]) for i in range(len(self.level_sizes))]
+            return [(logits[:, a:a + n], deltas[:, a:a + n], anchors[a:a + n],
+                     min(self.pre_nms_topk, n)) for a, n in zip(starts, self.level_sizes,
+                                                                strict=True)]
+        count = len(self.level_sizes)
+        level_sizes = tf.cast(level_sizes, tf.int32)
+        pieces = zip(tf.split(logits, level_sizes, axis=1, num=count),
+                     tf.split(deltas, level_sizes, axis=1, num=count),
+                     tf.split(anchors, level_sizes, axis=0, num=count),
+                     tf.unstack(tf.minimum(level_sizes, self.pre_nms_topk), num=count),
+                     strict=True)
+        return list(pieces)
 
     def get_config(self):
         return {**super().get_config(), "level_sizes": self.level_sizes,

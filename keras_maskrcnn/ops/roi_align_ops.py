@@ -55,10 +55,10 @@ from keras_maskrcnn.ops.roi_common import (
     check_boxes,
     check_features,
     check_implementation,
+    check_max_samples,
     check_sampling_ratio,
     check_scale,
     custom_module,
-    check_max_samples,
     flat_geometry,
     in_xla_context,
     no_autograph,
@@ -259,8 +259,9 @@ def _roi_align_static(flat, base, height, width, boxes, scale, output_size, alig
     weights. Same arguments and result as `roi_align_flat`.
     """
     ph, pw = output_size
+    if boxes.shape[0] == 0:  # statically no boxes: no loop (a gather keeps the zero gradient)
+        return tf.gather(flat, tf.zeros([0, ph, pw], tf.int32))
     start_y, extent_y, start_x, extent_x = _roi_extents(boxes, scale, aligned)
-    scale = tf.broadcast_to(scale, tf.shape(start_y))
     count_y = _adaptive_counts(extent_y, ph, max_samples)
     count_x = _adaptive_counts(extent_x, pw, max_samples)
     pairs = count_y * count_x  # sample pairs per bin of each box
