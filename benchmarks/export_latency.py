@@ -110,7 +110,8 @@ def main() -> int:
                      _keras_runner(auto, inputs)))
 
     start = time.perf_counter()
-    saved = export_saved_model(model, workdir / "saved_model" / "1")
+    # one square canvas: the image is S x S (bucketed exports: benchmarks/vs_torchvision.py)
+    saved = export_saved_model(model, workdir / "saved_model" / "1", buckets="square")
     seconds = time.perf_counter() - start
     serving = tf.saved_model.load(str(saved)).signatures["serving_default"]
     pixels = tf.constant(image[None])

@@ -5,7 +5,19 @@ heads, the learning-rate schedule) with `keras.saving`, so that
 `keras.saving.load_model("m.keras")` works after a plain `import keras_maskrcnn`.
 """
 
+import os as _os
+import sys as _sys
+
 __version__ = "0.1.0"
+
+# The `keras-maskrcnn` command imports this package (hence TensorFlow) before its `main` runs:
+# hide TensorFlow's C++ start-up lines there unless `--log-level DEBUG` asks for everything.
+if _os.path.basename(_sys.argv[0] if _sys.argv else "") == "keras-maskrcnn" \
+        and "DEBUG" not in " ".join(_sys.argv).upper():
+    _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from keras_maskrcnn.quiet import filter_native_stderr
+
+    filter_native_stderr()
 
 # Imported for their `@keras.saving.register_keras_serializable` side effect: the model module
 # imports the layers, heads and backbones; the solver holds the learning-rate schedule and the

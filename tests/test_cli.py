@@ -1,6 +1,7 @@
 """The command line on real files: evaluate on the COCO photos, predict, errors."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -78,3 +79,19 @@ def test_model_predicts_nothing_outside_original_image(coco_model_dir, coco10_di
     h, w = image.shape[:2]
     assert np.all(det["boxes"] >= 0) and np.all(det["boxes"][:, [0, 2]] <= h)
     assert np.all(det["boxes"][:, [1, 3]] <= w)
+
+
+def test_console_script_prints_one_line_and_no_tensorflow_chatter(tmp_path):
+    import shutil
+    import subprocess
+
+    script = shutil.which("keras-maskrcnn")
+    assert script, "keras-maskrcnn is not on PATH (pip install -e .)"
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([script, "predict", "--model", str(tmp_path / "none"), "x.jpg",
+                             "--output", str(tmp_path / "out")], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        line for line in result.stderr.strip().splitlines() if "error:" in line]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
