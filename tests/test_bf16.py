@@ -163,7 +163,8 @@ def test_bf16_detections_agree_with_float32_on_photos(trained):
     detections = predict_images(low, photos)
     canvases = {canvas_for(*photo.shape[:2], low.config) for photo in photos}
     assert len(canvases) >= 2
-    for canvas in canvases:  # the per-canvas models predict_images ran (cached)
+    for canvas in canvases:  # models rebuilt for a canvas keep bf16 (predict_images runs the
+        # shape-polymorphic graph of `low` itself, on the same bf16 layers)
         other = model_for_canvas(low, canvas)
         assert model_precision(other) == "bfloat16" and other.mask_pooler.autocast is False
     total, matched, mask_ious = agreement(reference, detections)

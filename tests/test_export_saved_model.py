@@ -474,3 +474,36 @@ def test_an_image_that_fits_no_bucket_is_refused():
                        match=r"images: the resized image 130 x 20 .* fits none of the canvases "
                              r"of this export \(96x128, 128x128"):
         index(tf.constant([130, 20]))
+
+
+def test_per_image_shape_polymorphic_export(exported, tmp_path):
+    """`buckets="per_image"`: one shape-polymorphic graph; a 60 x 120 image runs on 64 x 128
+    (no auto bucket has it) and gives `predict_images`' per-image detections exactly."""
+    import tensorflow as tf
+
+    per_image = exported["per_image"]
+    path = export_saved_model(exported["model"], tmp_path / "per_image", buckets="per_image")
+    meta = json.loads((path / "assets.extra" / EXPORT_METADATA_FILE).read_text())
+    assert meta["buckets"] == "per_image"
+    loaded = tf.saved_model.load(str(path))
+    images = [exported["images"][0][:60], exported["images"][2]]
+    assert canvas_for(*images[0].shape[:2], per_image.config) == (64, 128)
+    refs = predict_images(per_image, images)
+    outputs = {f"bytes_{k}": v.numpy() for k, v in loaded.signatures["serving_bytes"](
+        image_bytes=tf.constant([_png(im).tobytes() for im in images])).items()}
+    outputs.update({f"default_{k}": v.numpy() for k, v in loaded.signatures["serving_default"](
+        images=tf.constant(images[0][None])).items()})
+    for index, ref in enumerate(refs):
+        n = int(outputs["bytes_num_detections"][index])
+        assert n == len(ref["scores"]) > 0
+        order = _match(ref["boxes"], ref["labels"], outputs["bytes_detection_boxes"][index][:n],
+                       outputs["bytes_detection_classes"][index][:n])
+        np.testing.assert_allclose(outputs["bytes_detection_boxes"][index][order], ref["boxes"],
+                                   atol=BOX_ATOL)
+        np.testing.assert_allclose(outputs["bytes_detection_scores"][index][order],
+                                   ref["scores"], atol=PROB_ATOL)
+    for key in ("detection_boxes", "detection_scores", "detection_masks"):
+        np.testing.assert_allclose(outputs[f"default_{key}"][0], outputs[f"bytes_{key}"][0],
+                                   atol=1e-5)
+    with pytest.raises(ValueError, match="per_image"):
+        parse_buckets("per_image", 128, 128)

@@ -18,8 +18,8 @@ from PIL import Image
 
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.export import QUANTIZE_OPTIONS, export_tflite, letterbox_image, tflite_op_names
-from keras_maskrcnn.export.cli import QUANTIZE_CHOICES
 from keras_maskrcnn.export.buckets import canvas_inference_model
+from keras_maskrcnn.export.cli import QUANTIZE_CHOICES
 from keras_maskrcnn.export.tflite import (
     bucket_inputs,
     convert_tflite,

@@ -13,8 +13,10 @@ import tensorflow as tf
 
 import keras_maskrcnn.heads
 import keras_maskrcnn.layers
+from keras_maskrcnn.backbones import tiny_spec
 from keras_maskrcnn.heads import BoxHead, MaskHead, RPNHead
-from keras_maskrcnn.layers.anchors import AnchorGenerator
+from keras_maskrcnn.heads.res5_head import Res5BoxHead, Res5Head
+from keras_maskrcnn.layers.anchors import AnchorGenerator, SingleLevelAnchorGenerator
 from keras_maskrcnn.layers.detections import DetectionLayer, MaskSelector
 from keras_maskrcnn.layers.losses import BoxHeadLoss, MaskLoss, RPNLoss, smooth_l1
 from keras_maskrcnn.layers.pooler import MultiLevelRoIAlign
@@ -121,6 +123,16 @@ CASES = {
     "MaskHead-v2": (
         lambda: MaskHead(num_classes=2, conv_dim=8, num_convs=3, norm="bn"),
         lambda rng: (_normal(rng, 2, 3, 6, 6, 6),)),
+    "SingleLevelAnchorGenerator": (
+        lambda: SingleLevelAnchorGenerator(stride=8, sizes=(16, 32), aspect_ratios=(0.5, 2.0),
+                                           offset=0.5, round_base=True, stride_from_grid=True),
+        lambda rng: (tf.zeros((1, 40, 56, 3)),)),
+    "Res5Head": (
+        lambda: Res5Head(tiny_spec((4, 4, 8, 8)), norm="bn", stride_in_1x1=True),
+        lambda rng: (_normal(rng, 2, 3, 6, 6, 8 * 4),)),
+    "Res5BoxHead": (
+        lambda: Res5BoxHead(num_classes=3),
+        lambda rng: (_normal(rng, 2, 3, 3, 3, 6),)),
 }
 
 

@@ -102,6 +102,25 @@ def test_static_roi_align_equals_adaptive(aligned, output_size):
         np.testing.assert_allclose(got.numpy(), grad, atol=1e-5, rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("sampling_ratio", [1, 2, 3])
+def test_fixed_ratio_under_xla_same_forward_and_gradient(sampling_ratio):
+    # Under XLA a fixed ratio keeps the one-gather forward and gets the loop's gradient.
+    rng = np.random.default_rng(7)
+    features = tf.constant(rng.normal(size=(2, 13, 15, 3)).astype(F32))
+    boxes = _random_boxes(rng, 20, 13, 15)
+    indices = rng.integers(0, 2, 20).astype(np.int32)
+
+    def pool(f):
+        return ra.roi_align(f, boxes, indices, (3, 2), 1.0, sampling_ratio, False, "gather")
+
+    eager = pool(features).numpy()
+    np.testing.assert_allclose(xla(pool)(features).numpy(), eager, atol=1e-6, rtol=1e-6)
+    cotangent = tf.constant(rng.normal(size=eager.shape).astype(F32))
+    want = _grad(pool, features, cotangent).numpy()
+    got = xla(lambda f: _grad(pool, f, cotangent))(features).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_static_roi_align_large_sample_counts_are_not_clipped():
     # Up to 20 x 24 samples per bin (480 pairs): the static path has no cap.
     rng = np.random.default_rng(1)
@@ -301,17 +320,21 @@ def test_subsample_labels_same_under_xla():
 TINY = dict(image_size=(128, 128), min_size=128, max_size=128, train_min_sizes=(),
             backbone="resnet_tiny")
 SMALL_CANVAS = dict(image_size=(128, 128), min_size=128, max_size=128, train_min_sizes=())
-# Every preset, shrunk for CPU time. shapes is small already; the torchvision presets keep
-# their heads, norms, poolers and losses with a tiny backbone; coco_r50_fpn with the tiny
-# backbone here and with its real one in `test_coco_r50_fpn_real_training_step_xla`; r101 and
-# x101 (which only change the backbone) with their real backbones at 128 x 128 (slow).
+# Every preset, shrunk for CPU time. shapes is small already; coco_r50_fpn, coco_r50_c4 and
+# the torchvision presets keep their heads, norms, poolers and losses with a tiny backbone
+# (coco_r50_fpn also with its real backbone in `test_coco_r50_fpn_real_training_step_xla`);
+# the presets that only change the backbone run it for real at 128 x 128 (marked slow: 40 to
+# 85 s each on 2 CPU cores).
 PRESET_CASES = {
     "shapes": ({}, False),
     "coco_r50_fpn": (TINY, False),
+    "coco_r50_c4": (TINY, False),
     "torchvision_r50_fpn": (TINY, False),
     "torchvision_r50_fpn_v2": (TINY, False),
     "coco_r101_fpn": (SMALL_CANVAS, True),
     "coco_x101_32x8d_fpn": (SMALL_CANVAS, True),
+    "coco_x50_32x4d_fpn": (SMALL_CANVAS, True),
+    "coco_r101_c4": (SMALL_CANVAS, True),
 }
 
 
@@ -360,33 +383,59 @@ def _train_step(model, jit_compile):
     return step
 
 
-def _check_xla_step(preset, overrides, batch_size=1):
-    """Runs one training step with and without XLA from the same state; returns the times."""
+def _xla_step_results(preset, overrides, batch_size=1):
+    """One training step with and without XLA from the same state (weights, BatchNorm
+    statistics, batch, sampler seeds): ({jit: losses}, relative L2 error of the XLA weight
+    update, {jit: seconds of the first call (trace + compile + run)})."""
     keras.utils.set_random_seed(0)
     model = build_model(get_config(preset, **overrides))
     model.training_graph()
     batch = _batch(model.config, batch_size)
-    initial = model.get_weights()  # BatchNorm statistics included
+    initial = model.get_weights()
     before = [v.numpy() for v in model.trainable_variables]
-    results, times = {}, {}
+    losses, updates, times = {}, {}, {}
     for jit in (False, True):
         model.set_weights(initial)
         start = time.perf_counter()
-        losses = _train_step(model, jit)(batch)
-        losses = {k: float(v) for k, v in losses.items()}
+        out = _train_step(model, jit)(batch)
+        losses[jit] = {k: float(v) for k, v in out.items()}
         times[jit] = time.perf_counter() - start
-        update = np.concatenate([(v.numpy() - b).ravel()
-                                 for v, b in zip(model.trainable_variables, before, strict=True)])
-        results[jit] = (losses, update)
-    (ref_losses, ref_update), (xla_losses, xla_update) = results[False], results[True]
-    for name, value in ref_losses.items():
-        assert math.isfinite(xla_losses[name]), (name, xla_losses)
-        assert xla_losses[name] == pytest.approx(value, rel=1e-4, abs=1e-5), name
-    # The weight updates (lr * gradient) agree as a whole. Per variable they can differ by ~1%
-    # with random weights: the same happens without XLA for a 1e-6 change of the image.
-    assert np.linalg.norm(ref_update) > 0
-    error = np.linalg.norm(xla_update - ref_update) / np.linalg.norm(ref_update)
-    assert error < 1e-2, error
+        updates[jit] = np.concatenate([(v.numpy() - b).ravel()
+                                       for v, b in zip(model.trainable_variables, before,
+                                                       strict=True)])
+    assert np.linalg.norm(updates[False]) > 0
+    error = np.linalg.norm(updates[True] - updates[False]) / np.linalg.norm(updates[False])
+    return losses, float(error), times
+
+
+def _check_xla_step(preset, overrides, batch_size=1, real_backbone=False):
+    """Asserts that the XLA step's losses are finite and those of the step without XLA, and
+    that the weight updates agree; returns the times."""
+    losses, error, times = _xla_step_results(preset, overrides, batch_size)
+    config = get_config(preset, **overrides)
+    for name, value in losses[False].items():
+        got = losses[True][name]
+        assert math.isfinite(got), (name, losses[True])
+        rel = 1e-4
+        if name in ("mask_loss", "loss"):
+            # XLA's conv rounding moves the proposals slightly (1e-5 px with the tiny backbone,
+            # up to 0.04 px with a randomly initialized real one, whose activations are huge),
+            # which flips the odd mask-target pixel thresholded at 0.5 (crop_mask_targets).
+            # The tiny backbones keep mask logits near 0 (measured 2.5e-4 on the C4 mask
+            # loss); the real ones give logits of hundreds, so that each flipped pixel (14 of
+            # 100k for coco_r50_fpn at 256 x 256) moves the mask loss by percents.
+            rel = 0.1 if real_backbone else 1e-3
+        assert got == pytest.approx(value, rel=rel, abs=1e-5), (name, value, got)
+    # The weight updates (lr * gradient) agree as a whole (relative L2 error; measured: 3e-4 to
+    # 5e-3). Training-mode BatchNorm (shapes' backbone, v2's FPN and heads) subtracts the batch
+    # mean of its incoming gradient, a cancellation that turns float32 reordering into ~1e-2
+    # (1.1% measured for v2, where oneDNN vs Eigen kernels without XLA already give 2e-4; the
+    # static RoIAlign run without XLA matches the gather path to 6e-4 in the same step).
+    batch_norm = "bn" in (config.backbone_norm, config.fpn_norm, config.head_norm)
+    tolerance = 3e-2 if batch_norm else 1e-2
+    if real_backbone:
+        tolerance = 2e-2  # the flipped mask targets above (measured 1e-3 to 3.6e-3)
+    assert error < tolerance, error
     return times
 
 
@@ -394,15 +443,17 @@ def _check_xla_step(preset, overrides, batch_size=1):
     pytest.param(name, marks=[pytest.mark.slow] if slow else [])
     for name, (_, slow) in sorted(PRESET_CASES.items())])
 def test_preset_training_step_compiles_with_xla(preset):
-    overrides, _ = PRESET_CASES[preset]
-    _check_xla_step(preset, overrides, batch_size=2 if preset == "shapes" else 1)
+    overrides, real_backbone = PRESET_CASES[preset]
+    _check_xla_step(preset, overrides, batch_size=2 if preset == "shapes" else 1,
+                    real_backbone=real_backbone)
 
 
-@pytest.mark.slow
 def test_coco_r50_fpn_real_training_step_xla():
     # The real preset (ResNet-50-FPN, 1000 post-NMS proposals, 512 RoIs with the adaptive
-    # sampling ratio) on a 256 x 256 canvas, batch 1.
+    # sampling ratio) on a 256 x 256 canvas, batch 1: about 40 s on 2 CPU cores (8 s without
+    # XLA, 24 s for the XLA compile + run), hence not marked slow.
     times = _check_xla_step("coco_r50_fpn", dict(image_size=(256, 256), min_size=256,
-                                                 max_size=256, train_min_sizes=()))
+                                                 max_size=256, train_min_sizes=()),
+                            real_backbone=True)
     print(f"coco_r50_fpn 256x256 first step: no XLA {times[False]:.1f} s, "
           f"XLA (compile + run) {times[True]:.1f} s")

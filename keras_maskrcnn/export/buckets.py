@@ -18,6 +18,8 @@ Bucket specs (`export --buckets`):
   pre-bucket export: 1344x1344 at 800 / 1333).
 - `"HxW,HxW,..."`: these canvases. An image that fits none of them is rejected at run time with
   an InvalidArgumentError naming its resized size (`missing_coverage` tells at export time).
+- `"per_image"` (SavedModel only, no bucket set): one shape-polymorphic graph, each image padded
+  to its own multiple of 32.
 
 `canvas_inference_model(model, canvas)` is the model's inference graph on another canvas that
 shares every layer, and so every variable, with `model` (Keras `clone_model` with the layers
@@ -43,7 +45,9 @@ from keras_maskrcnn.transform import (
     round_up_to_multiple,
 )
 
-BUCKET_SPECS = ("auto", "square")
+BUCKET_SPECS = ("auto", "square", "per_image")
+# Not a bucket set: the SavedModel's shape-polymorphic graph (export.saved_model).
+PER_IMAGE = "per_image"
 DEFAULT_BUCKETS = "auto"
 # Photo shapes (height, width) of the auto buckets: square, 4:3 and 3:2 (landscape).
 AUTO_PHOTO_SHAPES = ((480, 480), (480, 640), (400, 600))
@@ -101,6 +105,9 @@ def parse_buckets(spec, min_size: float, max_size: float) -> list[Canvas]:
             return auto_buckets(min_size, max_size)
         if name == "square":
             return square_bucket(min_size, max_size)
+        if name == PER_IMAGE:
+            raise ValueError("buckets 'per_image' is a shape-polymorphic graph, not a bucket set: "
+                             "the SavedModel export takes it, TFLite needs static canvases")
         parts = [p for p in spec.split(",") if p.strip()]
         matches = [_BUCKET_PATTERN.match(p) for p in parts]
         if not parts or not all(matches):

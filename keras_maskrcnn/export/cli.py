@@ -12,6 +12,9 @@ DEFAULT_INPUT_SIZE = 512
 DEFAULT_MAX_IMAGE_PIXELS = 36_000_000  # keras_maskrcnn.data.images (kept import-free here)
 
 
+ONNX_FORMAT = "onnx"
+
+
 def add_subcommand(subparsers) -> None:
     """Registers `export` on the main parser's subparsers."""
     p = subparsers.add_parser(
@@ -22,20 +25,17 @@ def add_subcommand(subparsers) -> None:
                     "fixed letterboxed input of --input-size pixels, or one signature per "
                     "bucket (--buckets).")
     p.add_argument("--model", required=True, help="model directory (config.json + weights)")
-    from keras_maskrcnn.export.onnx import ONNX_FORMAT, ExportFormatAction  # imports no TF
-
-    # ExportFormatAction: --format onnx runs export.onnx; --model may name pretrained weights
-    p.add_argument("--format", required=True, choices=(*FORMATS, ONNX_FORMAT),
-                   action=ExportFormatAction)
+    p.add_argument("--format", required=True, choices=(*FORMATS, ONNX_FORMAT))
     p.add_argument("--output", required=True,
                    help="SavedModel directory (TF Serving: <base>/<version>) or .tflite file")
-    p.add_argument("--buckets", metavar="auto|square|HxW,HxW,...", default=None,
+    p.add_argument("--buckets", metavar="auto|square|per_image|HxW,HxW,...", default=None,
                    help="canvases the graph holds (multiples of 32); each image runs on the "
                    "smallest that holds its resized size. auto (saved_model default): square, "
                    "4:3, 3:2 and the catch-all, landscape and portrait (800x800, 800x1088, "
                    "800x1216, 800x1344 and transposes at 800/1333); square: one square canvas "
-                   "of max_size. tflite: one signature canvas_HxW per bucket (default: one "
-                   "--input-size canvas)")
+                   "of max_size; per_image (saved_model): one shape-polymorphic graph, each "
+                   "image padded to a multiple of 32 as the Keras path does. tflite: one "
+                   "signature canvas_HxW per bucket (default: one --input-size canvas)")
     p.add_argument("--full-image-masks", action="store_true",
                    help="saved_model: also output masks pasted into the image (uint8)")
     p.add_argument("--max-image-pixels", type=int, default=None, metavar="N",
@@ -71,7 +71,8 @@ def _check_args(args: argparse.Namespace) -> None:
         from keras_maskrcnn.export.buckets import parse_buckets
 
         try:
-            parse_buckets(args.buckets, 1, 1)  # syntax only; sizes come from the model
+            if not (args.format == "saved_model" and args.buckets.strip().lower() == "per_image"):
+                parse_buckets(args.buckets, 1, 1)  # syntax only; sizes come from the model
         except ValueError as err:
             raise SystemExit(f"--buckets: {err}") from None
     if not Path(args.model).is_dir():
@@ -85,7 +86,15 @@ def _size(path: Path) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Runs the export named by the parsed arguments; returns the exit code."""
+    """Runs the export named by the parsed arguments; returns the exit code. `--model` may name
+    pretrained weights (`pretrained.resolve_model`)."""
+    from keras_maskrcnn.pretrained import resolve_model
+
+    args.model = str(resolve_model(args.model))
+    if args.format == ONNX_FORMAT:
+        from keras_maskrcnn.export.onnx import run_onnx_export
+
+        return run_onnx_export(args)
     _check_args(args)
     if args.format == "saved_model":
         import json
@@ -99,7 +108,8 @@ def run_export(args: argparse.Namespace) -> int:
                                   buckets=args.buckets or "auto", max_image_pixels=limit,
                                   precision=args.precision or "float32")
         meta = json.loads((path / "assets.extra" / EXPORT_METADATA_FILE).read_text())
-        canvases = ", ".join(f"{h}x{w}" for h, w in meta["buckets"])
+        canvases = "per image (multiples of 32)" if isinstance(meta["buckets"], str) else \
+            ", ".join(f"{h}x{w}" for h, w in meta["buckets"])
         print(f"SavedModel written to {path} ({_size(path) / 2**20:.1f} MiB); "
               "signatures: serving_default (uint8 images), serving_bytes (encoded images); "
               f"canvases {canvases}; {meta['precision']}; max_image_pixels "

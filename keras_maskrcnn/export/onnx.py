@@ -24,7 +24,6 @@ mask threshold are stored in the file's metadata (`metadata_props`) and in the s
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 from pathlib import Path
@@ -286,27 +285,6 @@ def predict_onnx(session, image: np.ndarray, input_size: int, mask_threshold: fl
 # ------------------------------------------------------------------------------ CLI
 _TFLITE_OR_SAVED_MODEL_OPTIONS = ("quantize", "buckets", "full_image_masks", "max_image_pixels",
                                   "precision")
-
-
-class ExportFormatAction(argparse.Action):
-    """`--format` of `keras-maskrcnn export`: stores the format and routes the run through
-    `run_export`, which resolves a pretrained `--model` name (`pretrained.resolve_model`) and
-    runs "onnx" here, any other format by the parser's own `func`."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        setattr(namespace, self.dest, values)
-        # parse_args sets the parser's defaults (func) before it runs the actions
-        namespace.func = functools.partial(run_export, parser.get_default("func"))
-
-
-def run_export(default_func, args: argparse.Namespace) -> int:
-    """`keras-maskrcnn export`: `--model` resolved, then the ONNX export or `default_func`."""
-    from keras_maskrcnn.pretrained import resolve_model
-
-    args.model = str(resolve_model(args.model))
-    if args.format == ONNX_FORMAT:
-        return run_onnx_export(args)
-    return default_func(args)
 
 
 def run_onnx_export(args: argparse.Namespace) -> int:

@@ -13,7 +13,9 @@ a few canvases (default "auto": square, 4:3, 3:2 and the catch-all, landscape an
 sharing one set of variables, and runs each image on the smallest that holds its resized size
 (`tf.switch_case`), so a 640 x 480 photo at 800 / 1333 runs on the same 800 x 1088 canvas as the
 Keras path with `canvas="per_image"`, and gives its detections. `buckets="square"` is the one
-square canvas of earlier exports.
+square canvas of earlier exports; `buckets="per_image"` holds the shape-polymorphic graph
+instead (`MaskRCNN.dynamic_inference_function`: anchors computed in the graph), each image padded
+only to a multiple of 32 as the Keras path pads it, for any aspect ratio.
 
 Outputs (dict, D = `config.detections_per_image`, rows past `num_detections` are zeros):
 `detection_boxes [B, D, 4]` float32 (y1, x1, y2, x2) in original-image pixels (the inverse box
@@ -54,6 +56,7 @@ from keras_maskrcnn.config import MaskRCNNConfig
 from keras_maskrcnn.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from keras_maskrcnn.export.buckets import (
     DEFAULT_BUCKETS,
+    PER_IMAGE,
     bucket_index_tf,
     canvas_inference_model,
     format_canvas,
@@ -65,8 +68,10 @@ from keras_maskrcnn.export.precision import model_precision, with_precision
 from keras_maskrcnn.model import CONFIG_FILE, MaskRCNN, load_model_dir, read_model_config
 from keras_maskrcnn.ops.masks import paste_masks_tf
 from keras_maskrcnn.transform import (
+    SIZE_MULTIPLE,
     boxes_to_original_tf,
     resize_and_pad_image,
+    resize_image_tf,
     resized_shape_tf,
 )
 
@@ -225,6 +230,46 @@ class BucketDetector:
                 "original_shape": tf.TensorSpec([2], tf.int32)}
 
 
+class PerImageDetector(BucketDetector):
+    """The shape-polymorphic inference graph (`MaskRCNN.dynamic_inference_function`): each
+    image padded only to a multiple of 32 (`transform.canvas_for` with `canvas="per_image"`),
+    exactly the Keras `predict_images` path, one graph for every size. Same call as
+    `BucketDetector`."""
+
+    def __init__(self, model: MaskRCNN):  # no super().__init__: it builds bucket graphs
+        self.config = model.config
+        self.buckets = []
+        self.function = model.dynamic_inference_function()
+
+    def __call__(self, images: tf.Tensor, what: str) -> dict[str, tf.Tensor]:
+        c = self.config
+        resized = resized_shape_tf(tf.shape(images)[1:3], c.min_size, c.max_size)
+        canvas = (resized + SIZE_MULTIPLE - 1) // SIZE_MULTIPLE * SIZE_MULTIPLE
+        image_shape = tf.cast(resized, tf.float32)
+
+        def letterbox(image):
+            image, _ = resize_image_tf(image, c.min_size, c.max_size)
+            return tf.pad(image, [[0, canvas[0] - resized[0]], [0, canvas[1] - resized[1]],
+                                  [0, 0]])
+
+        padded = tf.map_fn(letterbox, images,
+                           fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32))
+        image_shape = tf.tile(image_shape[None], [tf.shape(images)[0], 1])
+        outputs = self.function({"images": padded, "image_shape": image_shape})
+        result = {name: outputs[name] for name in MODEL_OUTPUTS}
+        result["image_shape"] = image_shape
+        return result
+
+
+def make_detector(model: MaskRCNN, buckets) -> BucketDetector:
+    """`PerImageDetector` for the spec "per_image", else a `BucketDetector` on the canvases of
+    the spec (`export.buckets.parse_buckets`)."""
+    if isinstance(buckets, str) and buckets.strip().lower() == PER_IMAGE:
+        return PerImageDetector(model)
+    return BucketDetector(model, parse_buckets(buckets, model.config.min_size,
+                                               model.config.max_size))
+
+
 def _decode(data, index, max_pixels: int | None):
     """Encoded image (scalar string) -> uint8 [h, w, 3], checked (not empty, pixel limit)."""
     image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
@@ -290,8 +335,7 @@ def build_serving_module(
     """
     config = require_portable(model).config
     max_pixels = check_max_image_pixels(max_image_pixels)
-    canvases = parse_buckets(buckets, config.min_size, config.max_size)
-    detector = BucketDetector(model, canvases)
+    detector = make_detector(model, buckets)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")],
                  autograph=False)
@@ -351,7 +395,8 @@ def export_saved_model(
         output: the SavedModel directory (TF Serving wants `<model_base_path>/<version>/`).
         full_image_masks: also output `detection_full_masks [B, D, Hmax, Wmax]` uint8.
         buckets: the canvases (`export.buckets.parse_buckets`): "auto" (default), "square",
-            "HxW,HxW,..." or a list of (H, W).
+            "HxW,HxW,..." or a list of (H, W); or "per_image": one shape-polymorphic graph,
+            each image padded only to a multiple of 32 (the Keras per-image path exactly).
         max_image_pixels: images with more pixels are refused (None: no limit).
         precision: "float32" (default), "bfloat16" or "auto" (`export.precision`).
 
@@ -362,14 +407,20 @@ def export_saved_model(
         raise TypeError(f"full_image_masks must be a bool, got {full_image_masks!r}")
     max_pixels = check_max_image_pixels(max_image_pixels)
     model = export_ready_model(model_or_dir)
-    canvases = parse_buckets(buckets, model.config.min_size, model.config.max_size)
-    missing = missing_coverage(canvases, model.config.min_size, model.config.max_size)
-    if missing:
-        logger.warning("export: no bucket holds %s: images whose resized size needs it are "
-                       "refused (InvalidArgumentError)", ", ".join(map(format_canvas, missing)))
+    per_image = isinstance(buckets, str) and buckets.strip().lower() == PER_IMAGE
+    if per_image:
+        canvases = PER_IMAGE
+    else:
+        canvases = parse_buckets(buckets, model.config.min_size, model.config.max_size)
+        missing = missing_coverage(canvases, model.config.min_size, model.config.max_size)
+        if missing:
+            logger.warning("export: no bucket holds %s: images whose resized size needs it "
+                           "are refused (InvalidArgumentError)",
+                           ", ".join(map(format_canvas, missing)))
     model = with_precision(model, precision)
     module, signatures = build_serving_module(model, full_image_masks, canvases, max_pixels)
-    metadata = {"buckets": [list(c) for c in canvases], "max_image_pixels": max_pixels,
+    metadata = {"buckets": PER_IMAGE if per_image else [list(c) for c in canvases],
+                "max_image_pixels": max_pixels,
                 "precision": model_precision(model), "min_size": model.config.min_size,
                 "max_size": model.config.max_size, "full_image_masks": full_image_masks,
                 "signatures": [SERVING_DEFAULT, SERVING_BYTES]}

@@ -19,14 +19,18 @@ class MultiLevelRoIAlign(layers.Layer):
 
     Each box is pooled from level floor(canonical_level + log2(sqrt(area) / canonical_size)),
     clamped to the available levels. `method` is "align" (RoIAlign) or "pool" (quantized RoIPool).
-    `implementation` picks the RoIAlign kernel ("auto", "gather", "custom_op", ...); exported
-    models use "gather". With one level (`features` = `[C4]`, `min_level` = 4; see
+    `implementation` picks the RoIAlign kernel ("auto", "gather", "static", "custom_op", ...);
+    exported models use "gather". Under XLA (jit_compile) "auto" and "gather" take the static
+    formulation by themselves (`ops.roi_align_ops`; same numbers, static shapes), so the
+    sampling ratio 0 of the COCO presets compiles. With one level (`features` = `[C4]`, `min_level` = 4; see
     `single_level_roi_pooler`) every box is pooled from that map at scale 2**-min_level.
     """
 
     def __init__(self, output_size: int = 7, sampling_ratio: int = 0, aligned: bool = True,
                  method: str = "align", min_level: int = 2, canonical_size: float = 224.0,
                  canonical_level: int = 4, implementation: str = "auto", **kwargs):
+        # Boxes stay float32 pixel coordinates under mixed precision (features are cast).
+        kwargs.setdefault("autocast", False)
         super().__init__(**kwargs)
         if method not in ("align", "pool"):
             raise ValueError(f"method must be 'align' or 'pool', got {method!r}")

@@ -25,23 +25,26 @@ columns, each box reads only its own window, and the per-bin sums use a sorted s
 shapes are then data-dependent (no XLA), memory follows the boxes' own sample counts. As in
 torchvision, there is no gradient with respect to the boxes.
 
-The static formulation of the adaptive ratio (``implementation="static"``, and automatically
-whenever the adaptive ratio is traced for XLA, ``tf.function(jit_compile=True)``) gives the
-same numbers with static shapes only: every box enumerates its own ``S_y[n] * S_x[n]`` sample
-pairs ``t = k * S_x[n] + l``, and a ``tf.while_loop`` visits ``t = 0 .. max_n S_y[n] S_x[n] - 1``.
-Step ``t`` reads the four bilinear corners of sample ``(k, l)`` of every bin of every box (one
-``[N, ph, 2, pw, 2]`` gather), boxes that have fewer samples are masked with weight 0, and the
-sums are divided by each box's own true count. Nothing is capped, so the numbers are those of
-the adaptive kernel for every RoI size; only the trip count is data-dependent, which XLA
-compiles (a loop with a device-side condition). The gradient is a custom one: a second loop
-that recomputes the same (index, weight) pairs and scatter-adds the incoming gradient, so the
-memory stays one step's gather (``N * ph * pw * 4 * C`` values; 100 MB for 512 RoIs x 7x7
-bins x 256 float32 channels) whatever the sample counts, and no per-step activations are
-kept for the backward pass. The optional ``max_samples`` cap bounds the per-axis count
-``S = min(ceil(roi_extent / pooled), max_samples)`` (the bin is then sampled on a
-``max_samples`` grid along that axis, evenly spread over the bin: a deliberate departure from
-torchvision, which would use more samples, for RoIs longer than ``max_samples * pooled``
-feature pixels); the default ``None`` never clips.
+The static formulation (``implementation="static"`` for the adaptive ratio; used for EVERY
+ratio while tracing for XLA, ``tf.function(jit_compile=True)``, where a fixed ratio keeps the
+one-gather forward above and only takes the loop gradient below) gives the same numbers with
+static shapes only. Box n has ``S_y[n] * S_x[n]`` sample pairs per bin; all (box, pair)
+entries form one box-major list of ``sum_n S_y[n] S_x[n]`` entries, and a ``tf.while_loop``
+walks it in chunks of ``E = max(N, STATIC_MIN_CHUNK)`` entries: entry (n, t) reads the four
+bilinear corners of sample ``(t // S_x[n], t % S_x[n])`` of every bin of box n (one
+``[E, ph, 2, pw, 2]`` gather per step) and is added into box n's output, the weights
+including box n's own ``1 / (S_y[n] S_x[n])``. Nothing is capped: the numbers are the
+adaptive kernel's for every RoI size. Only the trip count, ``ceil(sum_n S_y S_x / E)`` (about
+the MEAN pair count over the boxes, not the largest), is data-dependent, which XLA compiles (a
+loop with a device-side condition). The gradient is a custom one: a second loop recomputes
+the same (index, weight) entries and scatter-adds the incoming gradient, so memory stays one
+step's gather, ``E * ph * pw * 4 * C`` values (100 MB for 512 RoIs x 7x7 bins x 256 float32
+channels), whatever the sample counts, and no per-step activations are kept for the backward
+pass. The optional ``max_samples`` cap bounds the per-axis count at ``S = min(ceil(
+roi_extent / pooled), max_samples)`` ("gather" and "static"): the bin is then sampled on a
+``max_samples`` grid along that axis, evenly spread over the bin, a deliberate departure from
+torchvision (which uses more samples) for RoIs longer than ``max_samples * pooled`` feature
+pixels along an axis; the default ``None`` never clips.
 """
 
 from __future__ import annotations
@@ -247,8 +250,10 @@ STATIC_MIN_CHUNK = 64  # sample pairs per step at least (the step is max(N, this
 
 
 def _roi_align_static(flat, base, height, width, boxes, scale, output_size, aligned,
-                      max_samples: int | None = None):
-    """The adaptive ratio with static shapes (see the module docstring).
+                      max_samples: int | None = None, sampling_ratio: int = 0):
+    """RoIAlign with static shapes and bounded memory (see the module docstring): the adaptive
+    ratio (`sampling_ratio` 0, optionally capped by `max_samples`) or a fixed one (whose
+    forward is `_gather_separable`, as on the "gather" path; only the gradient loops).
 
     Box n has ``pairs[n] = S_y[n] * S_x[n]`` sample pairs per bin; all (box, pair) entries form
     one box-major list of ``sum(pairs)`` entries, which a loop walks in chunks of E = max(N,
@@ -262,8 +267,8 @@ def _roi_align_static(flat, base, height, width, boxes, scale, output_size, alig
     if boxes.shape[0] == 0:  # statically no boxes: no loop (a gather keeps the zero gradient)
         return tf.gather(flat, tf.zeros([0, ph, pw], tf.int32))
     start_y, extent_y, start_x, extent_x = _roi_extents(boxes, scale, aligned)
-    count_y = _adaptive_counts(extent_y, ph, max_samples)
-    count_x = _adaptive_counts(extent_x, pw, max_samples)
+    count_y = _sample_counts(extent_y, ph, sampling_ratio, max_samples)[0]
+    count_x = _sample_counts(extent_x, pw, sampling_ratio, max_samples)[0]
     pairs = count_y * count_x  # sample pairs per bin of each box
     ends = tf.cumsum(pairs)  # entries of boxes 0..n
     total = tf.reduce_sum(pairs)
@@ -308,8 +313,15 @@ def _roi_align_static(flat, base, height, width, boxes, scale, output_size, alig
             pooled = tf.reduce_sum(values * weight[..., None], axis=[2, 4])
             return step + 1, tf.tensor_scatter_nd_add(out, box[:, None], pooled)
 
-        out = loop(forward, tf.zeros(tf.stack([tf.shape(boxes)[0], ph, pw, channels]),
-                                     acc_dtype))
+        if sampling_ratio > 0:
+            # A fixed ratio keeps the one-gather forward of the other paths (same rounding:
+            # mask targets threshold it at 0.5); only its gradient is the loop's.
+            rows, row_w, _ = _axis_table(start_y, extent_y, ph, sampling_ratio, height)
+            cols, col_w, _ = _axis_table(start_x, extent_x, pw, sampling_ratio, width)
+            out = _gather_separable(table, base, width, rows, row_w, cols, col_w)
+        else:
+            out = loop(forward, tf.zeros(tf.stack([tf.shape(boxes)[0], ph, pw, channels]),
+                                         acc_dtype))
 
         def grad(upstream):
             upstream = tf.cast(upstream, acc_dtype)
@@ -337,14 +349,19 @@ def roi_align_flat(flat, base, height, width, boxes, scale, output_size, samplin
     The kernel behind `roi_align` (gather / static paths) and `ops.poolers.multilevel_roi_align`;
     takes already-checked arguments. base / height / width [N] int32 locate each box's map
     (row-major [H, W] block of `flat`, see `roi_common.flat_geometry`); scale is a scalar or [N]
-    float32 spatial scale; output_size a (ph, pw) pair. With the adaptive ratio (0), `static`
-    (or tracing for XLA) selects the static formulation `_roi_align_static`; `max_samples` caps
-    the adaptive per-axis count (None: no cap). A fixed ratio is static on every path.
+    float32 spatial scale; output_size a (ph, pw) pair. Tracing for XLA (any ratio), or
+    `static` with the adaptive ratio (0), selects the static loop formulation
+    `_roi_align_static`; `max_samples` caps the adaptive per-axis count (None: no cap). A fixed
+    ratio is static on every path.
     """
     ph, pw = output_size
-    if sampling_ratio == 0 and (static or in_xla_context()):
+    # Under XLA every ratio takes `_roi_align_static`. A fixed ratio keeps its one-gather
+    # forward there, but gets the loop's gradient: the autodiff gradient of that gather (one
+    # scatter of N * ph * pw * 4 S^2 rows) took 130 s to compile on CPU inside the Mask R-CNN
+    # training step, vs 8 s with the loop (same run time, same numbers).
+    if in_xla_context() or (static and sampling_ratio == 0):
         return _roi_align_static(flat, base, height, width, boxes, scale, output_size, aligned,
-                                 max_samples)
+                                 max_samples, sampling_ratio)
     start_y, extent_y, start_x, extent_x = _roi_extents(boxes, scale, aligned)
     rows, row_w, ky = _axis_table(start_y, extent_y, ph, sampling_ratio, height, max_samples)
     cols, col_w, kx = _axis_table(start_x, extent_x, pw, sampling_ratio, width, max_samples)
