@@ -22,8 +22,9 @@ class MultiLevelRoIAlign(layers.Layer):
     `implementation` picks the RoIAlign kernel ("auto", "gather", "static", "custom_op", ...);
     exported models use "gather". Under XLA (jit_compile) "auto" and "gather" take the static
     formulation by themselves (`ops.roi_align_ops`; same numbers, static shapes), so the
-    sampling ratio 0 of the COCO presets compiles. With one level (`features` = `[C4]`, `min_level` = 4; see
-    `single_level_roi_pooler`) every box is pooled from that map at scale 2**-min_level.
+    sampling ratio 0 of the COCO presets compiles. With one level (`features` = `[C4]`,
+    `min_level` = 4; see `single_level_roi_pooler`) every box is pooled from that map at scale
+    2**-min_level.
     """
 
     def __init__(self, output_size: int = 7, sampling_ratio: int = 0, aligned: bool = True,
