@@ -170,3 +170,16 @@ def test_dynamic_anchors_equal_the_static_ones(size, round_base, stride_from_gri
     anchors, counts = fn(tf.constant(size[0]), tf.constant(size[1]))
     np.testing.assert_array_equal(anchors.numpy(), expected)
     assert int(counts.numpy().sum()) == len(expected)
+
+
+def test_single_level_dynamic_anchors_equal_the_static_ones():
+    import tensorflow as tf
+
+    from keras_maskrcnn.layers.anchors import SingleLevelAnchorGenerator
+
+    layer = SingleLevelAnchorGenerator(stride=16, sizes=(32, 64, 128), round_base=True,
+                                       stride_from_grid=True)
+    for size in ((64, 96), (800, 1216), (224, 160)):
+        anchors, counts = layer.dynamic_anchors(tf.constant(size[0]), tf.constant(size[1]))
+        np.testing.assert_array_equal(anchors.numpy(), layer.anchors(size))
+        assert tuple(counts.numpy()) == layer.level_sizes(size)

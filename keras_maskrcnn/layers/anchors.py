@@ -99,7 +99,17 @@ class SingleLevelAnchorGenerator(AnchorGenerator):
         return len(self.sizes) * len(self.aspect_ratios)
 
     def dynamic_anchors(self, height, width):
-        raise NotImplementedError("the C4 architecture needs a fixed canvas (canvas='fixed')")
+        """(anchors [N, 4], level sizes [1]) for a canvas size known only at run time, in the
+        order of `anchors` (location, then size, then aspect ratio)."""
+        per_size, _ = anchor_ops.generate_anchors_tf(
+            height, width, strides=self.strides * len(self.sizes), sizes=self.sizes,
+            aspect_ratios=self.aspect_ratios, offset=self.offset, round_base=self.round_base,
+            stride_from_grid=self.stride_from_grid)
+        per_ratio = len(self.aspect_ratios)
+        # [S * cells * R, 4] (size-major) -> [cells, S * R, 4] (location-major).
+        grid = tf.reshape(per_size, [len(self.sizes), -1, per_ratio, 4])
+        anchors = tf.reshape(tf.transpose(grid, [1, 0, 2, 3]), [-1, 4])
+        return anchors, tf.shape(anchors)[:1]
 
     def anchors(self, image_size: tuple[int, int]) -> np.ndarray:
         # One single-size "level" per size on the same grid, interleaved per location.
