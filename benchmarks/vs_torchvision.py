@@ -24,9 +24,16 @@ runtimes take turns photo by photo within each round, so load from other process
 all of them. Printed: a table of median seconds over `--repeats` rounds (after one warm-up
 call each), the ratios, the CPU model and its bf16 support.
 
-    python benchmarks/vs_torchvision.py [--quick] [--repeats 3] [--threads N] [--no-tflite]
+Then the training step (`vs_torchvision_train.py`): torchvision (FrozenBN, trainable layers 3)
+against ours in float32, float32 with XLA and mixed bfloat16 (where the CPU has native bf16), on
+the square photo at `--train-size` (800: 800 x 800, batch 1), each in its own worker process,
+alternating step by step.
 
---quick: min_size 320 / max_size 512 (canvases 320 x 448, 448 x 320, 320 x 320) and one round.
+    python benchmarks/vs_torchvision.py [--quick] [--repeats 3] [--threads N] [--no-tflite]
+        [--no-train | --train-only] [--train-size 800] [--no-xla]
+
+--quick: min_size 320 / max_size 512 (canvases 320 x 448, 448 x 320, 320 x 320), training at
+320 x 320, one round.
 """
 
 from __future__ import annotations
@@ -284,13 +291,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bf16", dest="bf16", action="store_true", default=None,
                         help="also time bfloat16 (default: where the CPU has native bf16)")
     parser.add_argument("--no-bf16", dest="bf16", action="store_false")
+    parser.add_argument("--no-train", dest="train", action="store_false",
+                        help="skip the training-step comparison")
+    parser.add_argument("--train-only", action="store_true",
+                        help="only the training-step comparison")
+    parser.add_argument("--train-size", type=int, default=800)
+    parser.add_argument("--no-xla", dest="xla", action="store_false",
+                        help="leave the XLA training step out (its compilation takes minutes)")
     parser.add_argument("--keep", help="keep the weights and exports here")
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.torch_worker:
         return torch_worker(Path(args.torch_worker), args.min_size, args.max_size, args.threads)
     if args.quick:
-        args.min_size, args.max_size, args.repeats = 320, 512, 1
+        args.min_size, args.max_size, args.repeats, args.train_size = 320, 512, 1, 320
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from keras_maskrcnn.runtime import cpu_flags, cpu_has_bf16, cpu_model
@@ -303,29 +317,30 @@ def main(argv: list[str] | None = None) -> int:
     np.savez(workdir / "photos.npz", **photos)
     print(f"calibrating torchvision weights (seed {SEED}) in a worker process ...", flush=True)
     torch_run = TorchRunner(workdir, args.min_size, args.max_size, args.threads)  # before TF
+    inference = None
     try:
-        import tensorflow as tf
-
         from keras_maskrcnn.convert.torchvision import convert_torchvision
 
         start = time.perf_counter()
         model_dir = convert_torchvision(workdir / "state.npz", workdir / "converted",
                                         min_size=args.min_size, max_size=args.max_size)
         print(f"  converted in {time.perf_counter() - start:.0f} s", flush=True)
-        runners = [("torchvision", torch_run)] + tf_runners(model_dir, workdir, photos, args)
-        names = [name for name, _ in runners]
-        times = {(n, p): [] for n in names for p in photos}
-        counts = {}
-        for name, run in runners:  # warm-up: traces, per-canvas rebuilds, allocations
-            for photo in photos:
-                counts[(name, photo)] = run(photo)[1]
-        for _ in range(args.repeats):
-            for photo in photos:
-                for name, run in runners:
-                    times[(name, photo)].append(run(photo)[0])
+        if not args.train_only:
+            inference = time_inference(torch_run, model_dir, workdir, photos, args)
     finally:
         torch_run.close()
-    median = {k: statistics.median(v) for k, v in times.items()}
+    training = None
+    if args.train or args.train_only:
+        from vs_torchvision_train import VARIANTS, compare_training  # this folder is on sys.path
+
+        variants = [v for v in VARIANTS if (args.xla or "XLA" not in v)
+                    and (args.bf16 or "bf16" not in v)]
+        print(f"training step at {args.train_size}x{args.train_size}, batch 1: "
+              f"{', '.join(['torchvision', *variants])} ...", flush=True)
+        training = compare_training(workdir, photos["square"], args.train_size, args.repeats,
+                                    args.threads, variants)
+
+    import tensorflow as tf
 
     flags = cpu_flags()
     bf16_flags = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
@@ -334,11 +349,37 @@ def main(argv: list[str] | None = None) -> int:
           f"torch {torch_run.info['torch']}, torchvision {torch_run.info['torchvision']}, "
           f"TF {tf.__version__}; min_size {args.min_size}, max_size {args.max_size}; median "
           f"of {args.repeats} round(s)")
-    print("\n| photo (canvas) | " + " | ".join(names) + " |")
-    print("|---" * (len(names) + 1) + "|")
+    if inference is not None:
+        print_inference(*inference, photos, args)
+    if training is not None:
+        print_training(training, args.train_size)
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def time_inference(torch_run, model_dir: Path, workdir: Path, photos: dict, args):
+    """(names, median seconds per (runtime, photo), detections per (runtime, photo))."""
+    runners = [("torchvision", torch_run)] + tf_runners(model_dir, workdir, photos, args)
+    names = [name for name, _ in runners]
+    times = {(n, p): [] for n in names for p in photos}
+    counts = {}
+    for name, run in runners:  # warm-up: traces, per-canvas rebuilds, allocations
+        for photo in photos:
+            counts[(name, photo)] = run(photo)[1]
+    for _ in range(args.repeats):
+        for photo in photos:
+            for name, run in runners:
+                times[(name, photo)].append(run(photo)[0])
+    return names, {k: statistics.median(v) for k, v in times.items()}, counts
+
+
+def print_inference(names, median, counts, photos, args) -> None:
     from keras_maskrcnn.config import get_config
     from keras_maskrcnn.transform import canvas_for
 
+    print("\n| photo (canvas) | " + " | ".join(names) + " |")
+    print("|---" * (len(names) + 1) + "|")
     config = get_config("torchvision_r50_fpn", min_size=args.min_size, max_size=args.max_size)
     for photo, image in photos.items():
         h, w = canvas_for(*image.shape[:2], config)
@@ -359,9 +400,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{median[(a, p)] / median[(b, p)]:.2f}" for p in photos) + " |")
     print("\ndetections per photo: " + ", ".join(
         f"{n}: " + "/".join(str(counts[(n, p)]) for p in photos) for n in names))
-    if not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+
+
+def print_training(median: dict[str, float], size: int) -> None:
+    print(f"\ntraining step, {size}x{size}, batch 1 (SGD, FrozenBN, res2 and stem frozen):")
+    print("| runtime | s/step | / torchvision |\n|---|---|---|")
+    for name, seconds in median.items():
+        print(f"| {name} | {seconds:.3f} | {seconds / median['torchvision']:.2f} |")
 
 
 if __name__ == "__main__":

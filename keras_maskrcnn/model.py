@@ -243,7 +243,8 @@ class MaskRCNN(keras.Model):
             c.rpn_positive_fraction, name="anchor_targets", dtype=FLOAT32)
         self.detection_targets = DetectionTargetLayer(
             c.roi_batch_per_image, c.roi_positive_fraction, c.roi_foreground_iou,
-            c.box_coder_weights, c.mask_resolution, name="detection_targets", dtype=FLOAT32)
+            c.box_coder_weights, c.mask_resolution, trim_masks=not self.is_c4,
+            name="detection_targets", dtype=FLOAT32)
         self.rpn_loss = RPNLoss(c.rpn_batch_per_image, c.rpn_box_loss_beta, name="rpn_loss", dtype=FLOAT32)
         self.box_loss = BoxHeadLoss(c.box_loss_beta, name="box_head_loss", dtype=FLOAT32)
         self.mask_loss = MaskLoss(name="mask_head_loss", dtype=FLOAT32)

@@ -16,6 +16,7 @@ import keras_maskrcnn.layers
 from keras_maskrcnn.backbones import tiny_spec
 from keras_maskrcnn.heads import BoxHead, MaskHead, RPNHead
 from keras_maskrcnn.heads.res5_head import Res5BoxHead, Res5Head
+from keras_maskrcnn.layers import targets
 from keras_maskrcnn.layers.anchors import AnchorGenerator, SingleLevelAnchorGenerator
 from keras_maskrcnn.layers.detections import DetectionLayer, MaskSelector
 from keras_maskrcnn.layers.losses import BoxHeadLoss, MaskLoss, RPNLoss, smooth_l1
@@ -244,6 +245,59 @@ def test_detection_targets_put_foreground_first_with_targets():
     assert cls[2] == 0
     np.testing.assert_array_equal(t["mask_weights"].numpy()[0], [1, 1])
     assert t["mask_targets"].shape == (1, 2, 4, 4)
+
+
+def test_used_length_from_definition():
+    in_use = np.zeros((3, 9), bool)
+    in_use[0, [0, 2]] = True
+    in_use[2, 6] = True  # a gap before it: the length still reaches it
+    assert int(targets.used_length(tf.constant(in_use))) == 7
+    assert int(targets.used_length(tf.constant(np.zeros((2, 5), bool)))) == 1
+
+
+def _padded_ground_truth(rng, counts, padded):
+    """gt_boxes [B, padded, 4], gt_classes (objects, one crowd in image 0, then zeros),
+    gt_masks [B, padded, 8, 8]."""
+    boxes = _boxes(rng, len(counts), padded).numpy()
+    classes = np.zeros((len(counts), padded), np.int32)
+    for b, n in enumerate(counts):
+        classes[b, :n] = rng.integers(1, 4, n)
+        boxes[b, n:] = 0.0
+    classes[0, 1] = -1
+    masks = (rng.uniform(size=(len(counts), padded, 8, 8)) > 0.5).astype(np.float32)
+    return tf.constant(boxes), tf.constant(classes), tf.constant(masks)
+
+
+def test_trimmed_padding_gives_the_static_targets(monkeypatch):
+    """Outside XLA the matching uses only the ground-truth columns in use and the mask outputs
+    only the foreground slots in use; the targets equal the static (XLA) formulation's."""
+    rng = np.random.default_rng(3)
+    gt_boxes, gt_classes, gt_masks = _padded_ground_truth(rng, [3, 5], padded=12)
+    anchors = _boxes(rng, 300)
+    proposals = tf.concat([gt_boxes[:, :5] + rng.uniform(-3, 3, (2, 5, 4)).astype(np.float32),
+                           _boxes(rng, 2, 40)], axis=1)
+    seeds = _int([[1, 2], [3, 4]])
+    anchor_layer = AnchorTargetLayer(batch_per_image=64)
+    roi_layer = DetectionTargetLayer(batch_per_image=32, positive_fraction=0.5, mask_size=6,
+                                     trim_masks=True)
+    anchor_trimmed = anchor_layer(anchors, gt_boxes, gt_classes, seeds)
+    trimmed = roi_layer(proposals, _int([45, 30]), gt_boxes, gt_classes, gt_masks, seeds)
+    monkeypatch.setattr(targets, "in_xla_context", lambda: True)  # the static formulation
+    anchor_static = anchor_layer(anchors, gt_boxes, gt_classes, seeds)
+    static = roi_layer(proposals, _int([45, 30]), gt_boxes, gt_classes, gt_masks, seeds)
+    for a, b in zip(anchor_trimmed, anchor_static, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert int((anchor_static[0].numpy() == 1).sum()) > 0
+    used = int(static["mask_weights"].numpy().sum(1).max())
+    assert 0 < used < static["mask_weights"].shape[1]  # something to trim
+    for name, value in static.items():
+        got = trimmed[name].numpy()
+        if name.startswith("mask_"):
+            assert got.shape[1] == used, name
+            rest = value.numpy()[:, used:]
+            assert not rest.any() if name != "mask_rois" else True
+            value = value[:, :used]
+        np.testing.assert_array_equal(got, value.numpy(), err_msg=name)
 
 
 def test_losses_match_numpy():

@@ -4,6 +4,11 @@ Shapes: B images, N anchors, G padded ground-truth boxes, R proposals, S sampled
 RoIs that can be foreground (the first F of the S), P mask size.
 Ground-truth classes: 1..K objects, 0 padding, -1 crowd (never positive, never negative where a
 candidate lies mostly inside a crowd region).
+
+Padding costs nothing outside XLA: matching runs on the ground-truth columns in use (G' <= G)
+and, with `trim_masks`, the mask branch on the foreground slots in use (F' <= F). Under XLA
+(`jit_compile`) every shape stays static (G and F). The results are the same either way: the
+cut-off columns and slots are padding.
 """
 
 from __future__ import annotations
@@ -15,8 +20,25 @@ from keras import layers
 from keras_maskrcnn.ops import boxes as box_ops
 from keras_maskrcnn.ops import masks as mask_ops
 from keras_maskrcnn.ops import sampling
+from keras_maskrcnn.ops.roi_common import in_xla_context
 
 CROWD_IOA = 0.5
+
+
+def used_length(in_use: tf.Tensor) -> tf.Tensor:
+    """1 + the last index along axis 1 that is in use in any row of `in_use [B, K]` bool:
+    int32 scalar in [1, K] (1 when nothing is in use, so shapes never become empty)."""
+    positions = tf.range(1, tf.shape(in_use)[1] + 1)[None, :]
+    return tf.maximum(tf.reduce_max(tf.where(in_use, positions, 0)), 1)
+
+
+def trim_padding(in_use: tf.Tensor, *tensors: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """`tensors` (each `[B, K, ...]`) cut along axis 1 to `used_length(in_use)`, or unchanged
+    while tracing for XLA (static shapes)."""
+    if in_xla_context():
+        return tensors
+    length = used_length(in_use)
+    return tuple(t[:, :length] for t in tensors)
 
 
 def match_boxes(candidates: tf.Tensor, gt_boxes: tf.Tensor, gt_classes: tf.Tensor):
@@ -66,7 +88,8 @@ class AnchorTargetLayer(layers.Layer):
         self.positive_fraction = float(positive_fraction)
 
     def call(self, anchors, gt_boxes, gt_classes, seeds=None):
-        iou, max_iou, matched, in_crowd = match_boxes(anchors, gt_boxes, gt_classes)
+        used_boxes, used_classes = trim_padding(gt_classes != 0, gt_boxes, gt_classes)
+        iou, max_iou, matched, in_crowd = match_boxes(anchors, used_boxes, used_classes)
         best_per_gt = tf.reduce_max(iou, axis=1, keepdims=True)  # [B, 1, G]
         is_best = tf.reduce_any((iou == best_per_gt) & (best_per_gt > 0.0), axis=2)
         positive = (max_iou >= self.positive_iou) | is_best
@@ -96,12 +119,15 @@ class DetectionTargetLayer(layers.Layer):
       `mask_rois [B, F, 4]`, `mask_classes [B, F]` int32, `mask_targets [B, F, P, P]` in {0, 1},
       `mask_weights [B, F]` (1 for foreground RoIs).
     Positives are placed first, so the F = round(S * positive_fraction) first slots hold them all.
+    With `trim_masks` (outside XLA) the four mask outputs keep only the first F' slots, F' the
+    largest foreground count of the batch: the mask head then runs on real foreground only.
     """
 
     def __init__(self, batch_per_image: int = 512, positive_fraction: float = 0.25,
                  foreground_iou: float = 0.5, box_coder_weights=(10.0, 10.0, 5.0, 5.0),
-                 mask_size: int = 28, **kwargs):
+                 mask_size: int = 28, trim_masks: bool = False, **kwargs):
         super().__init__(**kwargs)
+        self.trim_masks = bool(trim_masks)
         self.batch_per_image = int(batch_per_image)
         self.positive_fraction = float(positive_fraction)
         self.foreground_iou = float(foreground_iou)
@@ -118,7 +144,8 @@ class DetectionTargetLayer(layers.Layer):
         candidates = tf.concat([proposals, gt_boxes], axis=1)
         proposal_valid = tf.range(num_rois)[None, :] < num_proposals[:, None]
         valid = tf.concat([proposal_valid, gt_classes > 0], axis=1)
-        _, max_iou, matched, in_crowd = match_boxes(candidates, gt_boxes, gt_classes)
+        used_boxes, used_classes = trim_padding(gt_classes != 0, gt_boxes, gt_classes)
+        _, max_iou, matched, in_crowd = match_boxes(candidates, used_boxes, used_classes)
         positive = valid & (max_iou >= self.foreground_iou)
         negative = valid & (max_iou < self.foreground_iou) & ~in_crowd
         total = candidates.shape[1]
@@ -137,10 +164,14 @@ class DetectionTargetLayer(layers.Layer):
         rois = rois * tf.cast(slot_valid, tf.float32)[..., None]
 
         fg = min(self.num_foreground, num_samples)
-        mask_rois = rois[:, :fg]
-        mask_weights = tf.cast(slot_positive[:, :fg], tf.float32)
+        mask_rois, mask_positive, mask_matched, mask_classes = \
+            rois[:, :fg], slot_positive[:, :fg], slot_matched[:, :fg], class_targets[:, :fg]
+        if self.trim_masks:
+            mask_rois, mask_positive, mask_matched, mask_classes = trim_padding(
+                mask_positive, mask_rois, mask_positive, mask_matched, mask_classes)
+        mask_weights = tf.cast(mask_positive, tf.float32)
         mask_targets = mask_ops.crop_mask_targets(
-            gt_masks, gt_boxes, mask_rois, slot_matched[:, :fg], output_size=self.mask_size)
+            gt_masks, gt_boxes, mask_rois, mask_matched, output_size=self.mask_size)
         mask_targets = mask_targets * mask_weights[..., None, None]
         outputs = {
             "rois": rois,
@@ -148,7 +179,7 @@ class DetectionTargetLayer(layers.Layer):
             "box_targets": box_targets,
             "weights": tf.cast(slot_valid, tf.float32),
             "mask_rois": mask_rois,
-            "mask_classes": class_targets[:, :fg],
+            "mask_classes": mask_classes,
             "mask_targets": mask_targets,
             "mask_weights": mask_weights,
         }
@@ -158,4 +189,5 @@ class DetectionTargetLayer(layers.Layer):
         return {**super().get_config(), "batch_per_image": self.batch_per_image,
                 "positive_fraction": self.positive_fraction,
                 "foreground_iou": self.foreground_iou,
-                "box_coder_weights": self.box_coder_weights, "mask_size": self.mask_size}
+                "box_coder_weights": self.box_coder_weights, "mask_size": self.mask_size,
+                "trim_masks": self.trim_masks}
