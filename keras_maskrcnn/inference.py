@@ -8,7 +8,8 @@ pasted into the original image and thresholded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import tensorflow as tf
@@ -58,6 +59,25 @@ def postprocess(
     }
 
 
+def model_runs(
+    model: MaskRCNN, images: Sequence[np.ndarray], batch_size: int = 1,
+) -> Iterator[tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]]:
+    """Runs the model over RGB uint8 images `[h, w, 3]` (any size): yields `(outputs, batch,
+    count)` per model call (`count` images; `postprocess(outputs, batch, i)` maps image i back
+    to original pixels). Per-image canvases run one image at a time."""
+    model.ensure_finite_weights()
+    c = model.config
+    per_image = c.canvas == "per_image"
+    if per_image:
+        batch_size = 1
+    for start in range(0, len(images), batch_size):
+        chunk = list(images[start:start + batch_size])
+        canvas = canvas_for(*np.asarray(chunk[0]).shape[:2], c) if per_image else c.image_size
+        batch = make_inference_inputs(chunk, c, canvas)
+        # Per-image canvases run the shape-polymorphic graph: no rebuild or retrace per size.
+        yield run_model(model, batch, dynamic=per_image), batch, len(chunk)
+
+
 def predict_images(
     model: MaskRCNN, images: Sequence[np.ndarray], batch_size: int = 1,
     paste_method: str | None = None,
@@ -66,22 +86,11 @@ def predict_images(
 
     `paste_method` ("exact" / "torchvision") defaults to the config's `mask_paste`.
     """
-    model.ensure_finite_weights()
     c = model.config
     paste_method = paste_method or c.mask_paste
-    if c.canvas == "per_image":
-        batch_size = 1
-    results = []
-    per_image = c.canvas == "per_image"
-    for start in range(0, len(images), batch_size):
-        chunk = list(images[start:start + batch_size])
-        canvas = canvas_for(*np.asarray(chunk[0]).shape[:2], c) if per_image else c.image_size
-        batch = make_inference_inputs(chunk, c, canvas)
-        # Per-image canvases run the shape-polymorphic graph: no rebuild or retrace per size.
-        outputs = run_model(model, batch, dynamic=per_image)
-        results.extend(postprocess(outputs, batch, i, c.mask_threshold, paste_method)
-                       for i in range(len(chunk)))
-    return results
+    return [postprocess(outputs, batch, i, c.mask_threshold, paste_method)
+            for outputs, batch, count in model_runs(model, images, batch_size)
+            for i in range(count)]
 
 
 def model_for_canvas(model: MaskRCNN, canvas: tuple[int, int]) -> MaskRCNN:
@@ -107,26 +116,29 @@ def evaluate(
     model: MaskRCNN, source, batch_size: int = 2, iou_types=("bbox", "segm"),
     max_images: int | None = None, verbose: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """COCO bbox/segm metrics of `model` on a dataset source (CocoDataset, ShapesDataset)."""
+    """COCO bbox/segm metrics of `model` on a dataset source (CocoDataset, ShapesDataset).
+
+    Three stages overlap: reading the next images, the model, and pasting + RLE-encoding the
+    previous detections (threads: decoding, the model and pycocotools release the GIL). Images
+    that cannot be read are named in a warning and left out of the metrics."""
     image_ids = list(source.image_ids)[:max_images] if max_images else list(source.image_ids)
+    chunks = [image_ids[s:s + batch_size] for s in range(0, len(image_ids), batch_size)]
     mapping = category_map(model.config, source)
-    results: list[dict] = []
     bad: list[int] = []
-    for start in range(0, len(image_ids), batch_size):
-        ids, images = [], []
-        for image_id in image_ids[start:start + batch_size]:
-            try:
-                images.append(source.load_image(image_id))
-                ids.append(image_id)
-            except BadImageError as err:
-                logger.warning("evaluate: skipping %s", err)
-                bad.append(image_id)
-        if not ids:
-            continue
-        for image_id, det in zip(ids, predict_images(model, images, batch_size), strict=True):
-            results.extend(detections_to_coco_results(
-                image_id, det["boxes"], det["scores"], det["labels"],
-                mapping, masks=det["masks"]))
+    finished = []
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as finisher:
+        loading = reader.submit(read_images, source, chunks[0]) if chunks else None
+        for k in range(len(chunks)):
+            ids, images, failed = loading.result()
+            bad.extend(failed)
+            if k + 1 < len(chunks):
+                loading = reader.submit(read_images, source, chunks[k + 1])
+            offset = 0
+            for outputs, batch, count in model_runs(model, images, batch_size):
+                finished.append(finisher.submit(coco_results, model.config, outputs, batch,
+                                                ids[offset:offset + count], mapping))
+                offset += count
+        results = [r for future in finished for r in future.result()]
     if bad:
         logger.warning("evaluate: %d of %d images could not be read and were left out",
                        len(bad), len(image_ids))
@@ -135,3 +147,27 @@ def evaluate(
         raise ValueError("evaluate: none of the images could be read (see the warnings)")
     return evaluate_coco(source.coco, results, iou_types=iou_types, image_ids=kept,
                          verbose=verbose)
+
+
+def read_images(source, image_ids: Sequence[int]) -> tuple[list[int], list[np.ndarray], list[int]]:
+    """(ids read, their RGB images, ids that could not be read: each named in a warning)."""
+    ids, images, bad = [], [], []
+    for image_id in image_ids:
+        try:
+            images.append(source.load_image(image_id))
+            ids.append(image_id)
+        except BadImageError as err:
+            logger.warning("evaluate: skipping %s", err)
+            bad.append(image_id)
+    return ids, images, bad
+
+
+def coco_results(config, outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray],
+                 image_ids: Sequence[int], mapping: dict[int, int]) -> list[dict]:
+    """COCO result dicts (boxes and RLE masks in original pixels) of one model call."""
+    results = []
+    for i, image_id in enumerate(image_ids):
+        det = postprocess(outputs, batch, i, config.mask_threshold, config.mask_paste)
+        results.extend(detections_to_coco_results(
+            image_id, det["boxes"], det["scores"], det["labels"], mapping, masks=det["masks"]))
+    return results

@@ -94,6 +94,14 @@ def schedule_for_run(config: MaskRCNNConfig, total_steps: int,
                     config.lr_schedule == "cosine")
 
 
+def fused_momentum_available() -> bool:
+    """TensorFlow's fused momentum kernel (`ResourceApplyMomentum`: accum = momentum * accum +
+    g; w -= lr * accum, torch's update) applies: TensorFlow backend, one replica (under several
+    replicas the update goes through Keras's distributed assign)."""
+    return keras.backend.backend() == "tensorflow" and \
+        tf.distribute.get_strategy().num_replicas_in_sync == 1
+
+
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
 class TorchSGD(keras.optimizers.Optimizer):
     """SGD with momentum and L2 weight decay exactly as `torch.optim.SGD` (dampening 0, no
@@ -132,6 +140,13 @@ class TorchSGD(keras.optimizers.Optimizer):
         if self.decays(variable):
             gradient = gradient + keras.ops.cast(self.l2_decay, variable.dtype) * variable
         buf = self.momentums[self._get_variable_index(variable)]
+        if fused_momentum_available():
+            # One kernel for both lines below (a single pass over the weights, not five).
+            tf.raw_ops.ResourceApplyMomentum(
+                var=variable.handle, accum=buf.handle, lr=lr, grad=gradient,
+                momentum=tf.cast(self.momentum, variable.dtype), use_locking=False,
+                use_nesterov=False)
+            return
         self.assign(buf, keras.ops.cast(self.momentum, variable.dtype) * buf + gradient)
         self.assign_sub(variable, lr * buf)
 

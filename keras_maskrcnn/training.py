@@ -208,8 +208,8 @@ def make_train_step(model: MaskRCNN, env: RunEnvironment) -> Callable:
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables,
                                                                        strict=True)]
         ctx = tf.distribute.get_replica_context()
-        squared = tf.cast(tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32)))
-                                    for g in grads]), tf.float32)
+        # l2_loss (sum of squares / 2) is one fused pass per gradient.
+        squared = 2.0 * tf.add_n([tf.nn.l2_loss(tf.cast(g, tf.float32)) for g in grads])
         if loss_scaled:
             squared = squared / tf.square(tf.cast(optimizer.scale_loss(tf.constant(1.0)),
                                                   tf.float32))
@@ -223,7 +223,9 @@ def make_train_step(model: MaskRCNN, env: RunEnvironment) -> Callable:
         ok = finite_loss & finite_grads
         grads = [tf.where(ok, g, tf.zeros_like(g)) for g in grads]
         optimizer.apply_gradients(zip(grads, variables, strict=True))
-        local_weights_ok = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v))
+        # A sum is finite iff every term is (short of overflowing 3e38, itself a divergence):
+        # one pass over the weights instead of a boolean copy of them.
+        local_weights_ok = tf.reduce_all([tf.math.is_finite(tf.reduce_sum(v))
                                           for v in variables])
         bad_weights = ctx.all_reduce(tf.distribute.ReduceOp.SUM,
                                      1.0 - tf.cast(local_weights_ok, tf.float32))

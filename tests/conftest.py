@@ -6,6 +6,13 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Parallel workers (pyproject's addopts: one per core) each take one thread, as do the
+    # processes they start: two workers of two threads each on two cores run slower than one.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for name in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS"):  # inter-op: left (collectives)
+        os.environ.setdefault(name, threads)
 
 DATA_DIR = Path(__file__).parent / "data"
 COCO10_DIR = DATA_DIR / "coco-val2017-10"
@@ -16,3 +23,18 @@ def coco10_dir() -> Path:
     """Ten real COCO val2017 images with their annotations (packaged with the tests)."""
     return COCO10_DIR
 
+
+
+# The longest files first, so that the two workers finish together (xdist hands out whole
+# files in collection order).
+LONGEST_FIRST = ("test_training", "test_xla", "test_precision", "test_c4", "test_model",
+                 "test_bf16", "test_distribute", "test_torchvision_parity",
+                 "test_export_saved_model", "test_atomic")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        stem = Path(str(item.fspath)).stem
+        return LONGEST_FIRST.index(stem) if stem in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a file is kept

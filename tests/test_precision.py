@@ -26,7 +26,7 @@ config = get_config("shapes", image_size=(64, 64), min_size=64, max_size=64,
                     tiny_widths=(8, 16, 16, 32), fpn_channels=32, box_head_dim=64,
                     mask_head_dim=16, anchor_sizes=(8, 16, 32, 64, 128), warmup_steps=5)
 source = ShapesDataset(num_images=64, image_size=64, seed=0)
-batch = next(iter(make_dataset(source, config, training=True, batch_size=4, seed=0)))[0]
+batch = next(iter(make_dataset(source, config, training=True, batch_size=2, seed=0)))[0]
 keras.utils.set_random_seed(0)
 reference = build_model(config)
 fixed32 = {k: float(v) for k, v in reference.compute_losses(batch).items()}
@@ -35,7 +35,7 @@ low = build_model(config)
 low.inference_model.set_weights(reference.inference_model.get_weights())
 fixed = {k: float(v) for k, v in low.compute_losses(batch).items()}
 records = []
-train(config, source, out_dir, max_steps=steps, steps_per_epoch=steps // 5, batch_size=4,
+train(config, source, out_dir, max_steps=steps, steps_per_epoch=steps // 5, batch_size=2,
       seed=0, env=env, callbacks=[records.append], print_fn=lambda s: None)
 print("RESULT " + json.dumps({"fixed32": fixed32, "fixed": fixed, "epochs": records,
                               "precision": env.precision}))
