@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         args.min_size, args.max_size, args.repeats, args.train_size = 320, 512, 1, 320
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from keras_maskrcnn.runtime import cpu_flags, cpu_has_bf16, cpu_model
+    from keras_maskrcnn.runtime import cpu_has_bf16
 
     if args.bf16 is None:
         args.bf16 = cpu_has_bf16()
@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  converted in {time.perf_counter() - start:.0f} s", flush=True)
         if not args.train_only:
             inference = time_inference(torch_run, model_dir, workdir, photos, args)
+            print_header(torch_run, args)
+            print_inference(*inference, photos, args)
     finally:
         torch_run.close()
     training = None
@@ -340,7 +342,18 @@ def main(argv: list[str] | None = None) -> int:
         training = compare_training(workdir, photos["square"], args.train_size, args.repeats,
                                     args.threads, variants)
 
+    if training is not None:
+        print_header(torch_run, args)
+        print_training(training, args.train_size)
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+def print_header(torch_run, args) -> None:
     import tensorflow as tf
+
+    from keras_maskrcnn.runtime import cpu_flags, cpu_has_bf16, cpu_model
 
     flags = cpu_flags()
     bf16_flags = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
@@ -348,14 +361,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{cpu_has_bf16()} ({', '.join(bf16_flags) or 'no AVX512_BF16 / AMX'}); "
           f"torch {torch_run.info['torch']}, torchvision {torch_run.info['torchvision']}, "
           f"TF {tf.__version__}; min_size {args.min_size}, max_size {args.max_size}; median "
-          f"of {args.repeats} round(s)")
-    if inference is not None:
-        print_inference(*inference, photos, args)
-    if training is not None:
-        print_training(training, args.train_size)
-    if not args.keep:
-        shutil.rmtree(workdir, ignore_errors=True)
-    return 0
+          f"of {args.repeats} round(s)", flush=True)
 
 
 def time_inference(torch_run, model_dir: Path, workdir: Path, photos: dict, args):

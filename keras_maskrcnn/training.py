@@ -236,8 +236,11 @@ def make_train_step(model: MaskRCNN, env: RunEnvironment) -> Callable:
         out["finite_weights"] = tf.cast(bad_weights == 0.0, tf.float32)
         return out
 
+    # XLA compiles the replica step; reading the iterator stays outside (no XLA kernel).
+    compiled = tf.function(replica_step, jit_compile=True) if env.jit_compile else replica_step
+
     def step(iterator):
-        out = strategy.run(replica_step, args=(next(iterator),))
+        out = strategy.run(compiled, args=(next(iterator),))
         if strategy.num_replicas_in_sync == 1:
             return out
         # Losses are per-replica shares of the global loss (sum); the rest is already reduced.
@@ -245,7 +248,7 @@ def make_train_step(model: MaskRCNN, env: RunEnvironment) -> Callable:
                                    else tf.distribute.ReduceOp.MEAN, v, axis=None)
                 for k, v in out.items()}
 
-    return tf.function(step, jit_compile=env.jit_compile, reduce_retracing=True)
+    return tf.function(step, reduce_retracing=True)
 
 
 def divergence(out: dict[str, float], step: int) -> str | None:
