@@ -60,6 +60,30 @@ def op_times(logdir: Path) -> dict[str, float]:
     return totals
 
 
+def trunk_seconds(model, batch, repeats: int = 3) -> float:
+    """Median seconds of forward + backward through backbone, FPN and RPN head only."""
+    images = tf.constant(batch["images"])
+    shape = tf.constant(batch["image_shape"])
+    variables = model.fpn.trainable_variables + model.rpn_head.trainable_variables
+
+    @tf.function
+    def run():
+        with tf.GradientTape() as tape:
+            features = model.fpn(model.normalize(images, shape))
+            logits, deltas = model.rpn_head(features)
+            loss = tf.add_n([tf.reduce_mean(tf.cast(f, tf.float32)) for f in features]) + \
+                1e-3 * tf.cast(tf.reduce_sum(logits) + tf.reduce_sum(deltas), tf.float32)
+        return tape.gradient(loss, variables)
+
+    run()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        float(tf.reduce_sum(run()[0]))
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -69,6 +93,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--top", type=int, default=25, help="slowest single ops to list")
+    parser.add_argument("--floor", action="store_true",
+                        help="also time backbone + FPN + RPN head forward and backward alone "
+                             "(loss: sum of their outputs), the step's convolutional floor")
     args = parser.parse_args()
 
     from train_step import synthetic_batch  # this folder is on sys.path
@@ -98,11 +125,14 @@ def main() -> None:
         float(step(data)["loss"])
     tf.profiler.experimental.stop()
     times = op_times(logdir)
+    floor = trunk_seconds(model, batch) if args.floor else None
     per_step = {k: v / args.steps for k, v in times.items()}
     total = sum(per_step.values())
     print(f"CPU: {cpu_model()}; {config.name} {args.size}x{args.size}, batch "
           f"{args.batch_size}, {env.precision}; wall {wall:.2f} s/step; op time "
           f"{total:.2f} s/step (summed over threads)")
+    if floor is not None:
+        print(f"backbone + FPN + RPN head forward and backward alone: {floor:.2f} s")
     groups: dict[tuple[str, str], float] = collections.defaultdict(float)
     for name, seconds in per_step.items():
         groups[part_of(name.rsplit(":", 1)[0])] += seconds
