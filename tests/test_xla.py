@@ -467,8 +467,9 @@ def test_coco_r50_fpn_real_training_step_xla():
 
 
 def test_train_loop_runs_with_jit_compile_on(tmp_path):
-    """`train --jit-compile on`: the replica step compiles with XLA, the input iterator stays
-    outside it (IteratorGetNext has no XLA kernel), and the losses are those without XLA."""
+    """`train --jit-compile on`: the replica step compiles with XLA and the input iterator stays
+    outside it (IteratorGetNext has no XLA kernel: compiling the whole step failed). XLA's
+    losses equal those without XLA: the preset tests above."""
     from keras_maskrcnn.data import ShapesDataset
     from keras_maskrcnn.runtime import RunEnvironment
     from keras_maskrcnn.training import train
@@ -476,14 +477,11 @@ def test_train_loop_runs_with_jit_compile_on(tmp_path):
     config = get_config("shapes", image_size=(64, 64), min_size=64, max_size=64,
                         tiny_widths=(8, 8, 16, 16), fpn_channels=16, box_head_dim=32,
                         mask_head_dim=8, anchor_sizes=(8, 16, 32, 64, 128), train_min_sizes=())
-    source = ShapesDataset(num_images=8, image_size=64, seed=0)
-    losses = {}
-    for jit in ("off", "on"):
-        env = RunEnvironment.create(jit_compile=jit)
-        assert env.jit_compile == (jit == "on")
-        records = []
-        train(config, source, tmp_path / jit, max_steps=2, steps_per_epoch=2, batch_size=2,
-              seed=0, env=env, callbacks=[records.append], print_fn=lambda s: None)
-        losses[jit] = records[-1]["loss"]
-    assert math.isfinite(losses["on"])
-    assert losses["on"] == pytest.approx(losses["off"], rel=1e-3)
+    env = RunEnvironment.create(jit_compile="on")
+    assert env.jit_compile
+    records = []
+    result = train(config, ShapesDataset(num_images=4, image_size=64, seed=0), tmp_path,
+                   max_steps=2, steps_per_epoch=2, batch_size=2, seed=0, env=env,
+                   callbacks=[records.append], print_fn=lambda s: None)
+    assert result.step == 2 and math.isfinite(records[-1]["loss"])
+    assert (tmp_path / "model.weights.h5").exists()
