@@ -88,7 +88,7 @@ CASES = {
     "DetectionTargetLayer": (
         lambda: DetectionTargetLayer(batch_per_image=8, positive_fraction=0.5,
                                      foreground_iou=0.4, box_coder_weights=(5.0, 5.0, 2.0, 2.0),
-                                     mask_size=6),
+                                     mask_size=6, trim_masks=True),
         lambda rng: (_boxes(rng, 2, 10), _int([10, 7]), _boxes(rng, 2, 3),
                      _int([[1, 2, 0], [3, 3, 1]]),
                      tf.constant(rng.uniform(size=(2, 3, 12, 12)) > 0.5, tf.float32),

@@ -48,9 +48,11 @@ def match_boxes(candidates: tf.Tensor, gt_boxes: tf.Tensor, gt_classes: tf.Tenso
       candidates: `[B, N, 4]` or `[N, 4]` (shared by the batch) input pixels.
       gt_boxes: `[B, G, 4]`; gt_classes: `[B, G]` int32.
     Returns:
-      `iou [B, N, G]` (-1 on padding and crowd columns), `max_iou [B, N]`, `matched [B, N]` int32,
-      `in_crowd [B, N]` bool (intersection over the candidate's area with a crowd box > 0.5).
+      `iou [B, N, G']` (-1 on padding and crowd columns), `max_iou [B, N]`, `matched [B, N]`
+      int32 into G, `in_crowd [B, N]` bool (intersection over the candidate's area with a crowd
+      box > 0.5). G' = G under XLA, else the ground-truth columns in use (`trim_padding`).
     """
+    gt_boxes, gt_classes = trim_padding(gt_classes != 0, gt_boxes, gt_classes)
     if candidates.shape.rank == 2:
         candidates = tf.broadcast_to(candidates[None], [tf.shape(gt_boxes)[0], *candidates.shape])
     is_object = (gt_classes > 0)[:, None, :]
@@ -88,8 +90,7 @@ class AnchorTargetLayer(layers.Layer):
         self.positive_fraction = float(positive_fraction)
 
     def call(self, anchors, gt_boxes, gt_classes, seeds=None):
-        used_boxes, used_classes = trim_padding(gt_classes != 0, gt_boxes, gt_classes)
-        iou, max_iou, matched, in_crowd = match_boxes(anchors, used_boxes, used_classes)
+        iou, max_iou, matched, in_crowd = match_boxes(anchors, gt_boxes, gt_classes)
         best_per_gt = tf.reduce_max(iou, axis=1, keepdims=True)  # [B, 1, G]
         is_best = tf.reduce_any((iou == best_per_gt) & (best_per_gt > 0.0), axis=2)
         positive = (max_iou >= self.positive_iou) | is_best
@@ -144,8 +145,7 @@ class DetectionTargetLayer(layers.Layer):
         candidates = tf.concat([proposals, gt_boxes], axis=1)
         proposal_valid = tf.range(num_rois)[None, :] < num_proposals[:, None]
         valid = tf.concat([proposal_valid, gt_classes > 0], axis=1)
-        used_boxes, used_classes = trim_padding(gt_classes != 0, gt_boxes, gt_classes)
-        _, max_iou, matched, in_crowd = match_boxes(candidates, used_boxes, used_classes)
+        _, max_iou, matched, in_crowd = match_boxes(candidates, gt_boxes, gt_classes)
         positive = valid & (max_iou >= self.foreground_iou)
         negative = valid & (max_iou < self.foreground_iou) & ~in_crowd
         total = candidates.shape[1]
