@@ -207,7 +207,7 @@ def tf_runners(model_dir: Path, workdir: Path, photos: dict, args) -> list[tuple
     from keras_maskrcnn.export.precision import with_precision
     from keras_maskrcnn.export.tflite import bucket_inputs, metadata_path
     from keras_maskrcnn.inference import model_for_canvas, predict_images
-    from keras_maskrcnn.model import load_model_dir
+    from keras_maskrcnn.model_dir import load_model_dir
     from keras_maskrcnn.transform import canvas_for
 
     model = load_model_dir(model_dir)  # default RoIAlign ("auto": the custom op if built)
@@ -298,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-size", type=int, default=800)
     parser.add_argument("--no-xla", dest="xla", action="store_false",
                         help="leave the XLA training step out (its compilation takes minutes)")
+    parser.add_argument("--trunk", action="store_true",
+                        help="also time backbone + FPN + RPN head forward and backward alone "
+                             "(both runtimes' convolutional floor of the training step)")
     parser.add_argument("--keep", help="keep the weights and exports here")
     parser.add_argument("--torch-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -333,10 +336,15 @@ def main(argv: list[str] | None = None) -> int:
         torch_run.close()
     training = None
     if args.train or args.train_only:
-        from vs_torchvision_train import VARIANTS, compare_training  # this folder is on sys.path
+        from vs_torchvision_train import (  # this folder is on sys.path
+            TRUNK_VARIANTS,
+            VARIANTS,
+            compare_training,
+        )
 
         variants = [v for v in VARIANTS if (args.xla or "XLA" not in v)
                     and (args.bf16 or "bf16" not in v)]
+        variants += list(TRUNK_VARIANTS) if args.trunk else []
         print(f"training step at {args.train_size}x{args.train_size}, batch 1: "
               f"{', '.join(['torchvision', *variants])} ...", flush=True)
         training = compare_training(workdir, photos["square"], args.train_size, args.repeats,
@@ -413,6 +421,9 @@ def print_training(median: dict[str, float], size: int) -> None:
     print("| runtime | s/step | / torchvision |\n|---|---|---|")
     for name, seconds in median.items():
         print(f"| {name} | {seconds:.3f} | {seconds / median['torchvision']:.2f} |")
+    if "ours float32 trunk" in median:
+        print("(trunk: backbone + FPN + RPN head forward and backward alone; ours / torchvision "
+              f"trunk {median['ours float32 trunk'] / median['torchvision trunk']:.2f})")
 
 
 if __name__ == "__main__":

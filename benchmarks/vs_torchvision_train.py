@@ -10,7 +10,11 @@ COCO photo resized to `size` x `size` (batch 1) with eight elliptical instances 
 written next to it, read by torchvision through pycocotools and by us through `CocoDataset` /
 `make_dataset` (decoded once and cached: the step alone is timed, as torch's is).
 
-    python benchmarks/vs_torchvision.py --train-only [--train-size 800] [--repeats 3]
+    python benchmarks/vs_torchvision.py --train-only [--train-size 800] [--repeats 3] [--trunk]
+
+`--trunk` adds both runtimes' convolutional floor: forward and backward through backbone, FPN and
+RPN head alone (same trainable layers, loss = mean of each feature map + 1e-3 x the sum of the RPN
+outputs), i.e. the part of the step that both spend in the same oneDNN convolutions.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ VARIANTS = {  # name -> (precision, XLA)
     "ours float32 XLA": ("float32", "on"),
     "ours mixed bf16": ("mixed_bfloat16", "off"),
 }
+TRUNK_VARIANTS = ("torchvision trunk", "ours float32 trunk")
 
 
 def write_training_data(workdir: Path, photo: np.ndarray, seed: int = 0) -> tuple[Path, Path]:
@@ -72,7 +77,7 @@ def _serve(step) -> int:
     return 0
 
 
-def torch_train_worker(workdir: Path, size: int, threads: int) -> int:
+def torch_train_worker(workdir: Path, size: int, threads: int, trunk: bool = False) -> int:
     import torch
     from pycocotools.coco import COCO
     from torchvision.models import resnet50
@@ -116,12 +121,25 @@ def torch_train_worker(workdir: Path, size: int, threads: int) -> int:
         optimizer.step()
         return float(total.detach())
 
-    return _serve(step)
+    def trunk_step() -> float:
+        images, _ = model.transform([x])
+        features = list(model.backbone(images.tensors).values())
+        logits, deltas = model.rpn.head(features)
+        total = sum(f.mean() for f in features) + 1e-3 * (
+            sum(t.sum() for t in logits) + sum(t.sum() for t in deltas))
+        optimizer.zero_grad()
+        total.backward()
+        return float(total.detach())
+
+    return _serve(trunk_step if trunk else step)
 
 
-def tf_train_worker(workdir: Path, size: int, precision: str, jit: str) -> int:
+def tf_train_worker(workdir: Path, size: int, precision: str, jit: str,
+                    trunk: bool = False) -> int:
+    import tensorflow as tf
+
     from keras_maskrcnn.data import CocoDataset, make_dataset
-    from keras_maskrcnn.model import load_model_dir, read_model_config
+    from keras_maskrcnn.model_dir import load_model_dir, read_model_config
     from keras_maskrcnn.runtime import RunEnvironment
     from keras_maskrcnn.solver import make_optimizer
     from keras_maskrcnn.training import make_train_step
@@ -135,6 +153,12 @@ def tf_train_worker(workdir: Path, size: int, precision: str, jit: str) -> int:
     source = CocoDataset(workdir / "train.json", workdir / "train_images")
     data = make_dataset(source, config, training=True, batch_size=1, seed=0)
     iterator = iter(data.take(2).cache().repeat())
+    if trunk:
+        from profile_train_step import trunk_step  # this folder is on sys.path
+
+        batch = next(iterator)
+        run = trunk_step(model, batch["images"], batch["image_shape"])
+        return _serve(lambda: float(tf.reduce_sum(run()[0])))
     step_fn = make_train_step(model, env)
     return _serve(lambda: float(step_fn(iterator)["loss"]))
 
@@ -176,13 +200,14 @@ def compare_training(workdir: Path, photo: np.ndarray, size: int, repeats: int, 
     try:
         for name in ["torchvision", *variants]:
             start = time.perf_counter()
-            if name == "torchvision":
+            trunk = ["--trunk"] if name in TRUNK_VARIANTS else []
+            if name.startswith("torchvision"):
                 args = ["--torch-train-worker", str(workdir), "--size", str(size),
-                        "--threads", str(threads)]
+                        "--threads", str(threads), *trunk]
             else:
-                precision, jit = VARIANTS[name]
+                precision, jit = VARIANTS[name.removesuffix(" trunk")]
                 args = ["--tf-train-worker", str(workdir), "--size", str(size),
-                        "--precision", precision, "--jit", jit]
+                        "--precision", precision, "--jit", jit, *trunk]
             workers[name] = StepWorker(args)
             print(f"  {name}: ready (build + first step {time.perf_counter() - start:.0f} s)",
                   flush=True)
@@ -206,13 +231,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--jit", default="off")
+    parser.add_argument("--trunk", action="store_true")
     args = parser.parse_args(argv)
     if args.torch_train_worker:
-        return torch_train_worker(Path(args.torch_train_worker), args.size, args.threads)
+        return torch_train_worker(Path(args.torch_train_worker), args.size, args.threads,
+                                  args.trunk)
     import os
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return tf_train_worker(Path(args.tf_train_worker), args.size, args.precision, args.jit)
+    return tf_train_worker(Path(args.tf_train_worker), args.size, args.precision, args.jit,
+                           args.trunk)
 
 
 if __name__ == "__main__":

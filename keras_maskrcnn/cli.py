@@ -164,7 +164,7 @@ def cmd_evaluate(args) -> int:
         save_pr_curves,
     )
     from keras_maskrcnn.inference import evaluate
-    from keras_maskrcnn.model import load_model_dir
+    from keras_maskrcnn.model_dir import load_model_dir
     from keras_maskrcnn.pretrained import resolve_model
 
     model = load_model_dir(resolve_model(args.model))
@@ -184,7 +184,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_predict(args) -> int:
     from keras_maskrcnn.files import expand_image_paths, predict_files
-    from keras_maskrcnn.model import load_model_dir
+    from keras_maskrcnn.model_dir import load_model_dir
     from keras_maskrcnn.pretrained import resolve_model
 
     model = load_model_dir(resolve_model(args.model))

@@ -12,17 +12,11 @@ anchor and RoI targets and the five losses beside the same path. `model.fit` tra
 
 from __future__ import annotations
 
-import json
-import logging
-import tempfile
 from collections import OrderedDict
-from pathlib import Path
 
-import h5py
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn.atomic import atomic_path, atomic_write_text
 from keras_maskrcnn.backbones import build_resnet, resnet_from_config, resnet_spec_from_config
 from keras_maskrcnn.backbones.fpn import fpn_from_config
 from keras_maskrcnn.config import MaskRCNNConfig, get_config
@@ -34,7 +28,6 @@ from keras_maskrcnn.heads import (
     res5_head_from_config,
     rpn_head_from_config,
 )
-from keras_maskrcnn.heads.legacy import current_layout
 from keras_maskrcnn.layers.anchors import AnchorGenerator, SingleLevelAnchorGenerator
 from keras_maskrcnn.layers.detections import DetectionLayer, MaskSelector
 from keras_maskrcnn.layers.losses import BoxHeadLoss, MaskLoss, RPNLoss
@@ -46,16 +39,11 @@ from keras_maskrcnn.layers.targets import AnchorTargetLayer, DetectionTargetLaye
 LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "class_loss", "box_loss", "mask_loss")
 INFERENCE_INPUTS = ("images", "image_shape")
 TRAINING_INPUTS = ("images", "image_shape", "gt_boxes", "gt_classes", "gt_masks", "sample_seed")
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.weights.h5"
-CONFIG_ATTRIBUTE = "keras_maskrcnn_config"
 REBUILT_CACHE_SIZE = 4
-OPTIMIZER_PREFIX = "optimizer/"
 # Box geometry, sampling, targets and losses always run in float32, whatever the dtype policy
 # (mixed precision computes only the backbone, FPN and heads in float16 / bfloat16).
 FLOAT32 = "float32"
 
-logger = logging.getLogger("keras_maskrcnn")
 
 
 class ExtraGraphs:
@@ -454,119 +442,6 @@ def build_model(config: MaskRCNNConfig | str, **overrides) -> MaskRCNN:
     return model
 
 
-# ------------------------------------------------------------------------------ model directory
-def save_model_dir(model: MaskRCNN, directory: str | Path) -> Path:
-    """Writes a model directory: `config.json` + `model.weights.h5`, each atomically.
-
-    The weights file also carries the config (HDF5 attribute `CONFIG_ATTRIBUTE`) and is renamed
-    into place first: a save killed at any instant leaves either the previous model or the new
-    weights with their own config, which `load_model_dir` then uses.
-    """
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    config_json = model.config.replace(backbone_weights=None).to_json()
-    with atomic_path(directory / WEIGHTS_FILE, suffix=".weights.h5") as tmp:
-        model.save_weights(str(tmp))
-        with h5py.File(tmp, "a") as f:
-            f.attrs[CONFIG_ATTRIBUTE] = config_json
-    atomic_write_text(directory / CONFIG_FILE, config_json + "\n")
-    return directory
-
-
-def read_model_config(directory: str | Path) -> MaskRCNNConfig:
-    """The config of a model directory: the one stored with its weights when `config.json`
-    disagrees with it (a save interrupted between its two renames), else `config.json`."""
-    directory = Path(directory)
-    config_path, weights_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-    for path in (config_path, weights_path):
-        if not path.exists():
-            raise FileNotFoundError(
-                f"{path} not found: a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE} "
-                "(written by `keras-maskrcnn train --output DIR` or `convert`)")
-    config = MaskRCNNConfig.from_json(config_path)
-    stored = weights_config(weights_path)
-    if stored is not None and stored != config:
-        logger.warning("%s does not match the config stored with %s (interrupted save?); "
-                       "using the weights' own config", config_path, weights_path.name)
-        return stored
-    return config
-
-
-def weights_config(weights_path: str | Path) -> MaskRCNNConfig | None:
-    """The config stored inside a weights file by `save_model_dir`, or None (older files)."""
-    with h5py.File(weights_path, "r") as f:
-        text = f.attrs.get(CONFIG_ATTRIBUTE)
-    if text is None:
-        return None
-    return MaskRCNNConfig.from_dict(json.loads(text))
-
-
-def load_model_dir(directory: str | Path, roi_align_implementation: str = "auto",
-                   config: MaskRCNNConfig | None = None) -> MaskRCNN:
-    """Rebuilds the model of a model directory and loads its weights strictly: every weight of
-    the file must be used and every weight of the model loaded, with the same shapes.
-
-    `config` (default: `read_model_config(directory)`) builds the model instead.
-    """
-    directory = Path(directory)
-    config = config or read_model_config(directory)
-    model = MaskRCNN(config, roi_align_implementation=roi_align_implementation)
-    load_weights_strict(model, directory / WEIGHTS_FILE)
-    return model
-
-
-def weight_shapes(weights_path: str | Path) -> dict[str, tuple[int, ...]]:
-    """Dataset path -> shape of every model variable stored in a Keras `.weights.h5` file (the
-    optimizer state Keras adds after `compile` is left out)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and not name.startswith(OPTIMIZER_PREFIX):
-            shapes[name] = tuple(obj.shape)
-
-    with h5py.File(weights_path, "r") as f:
-        f.visititems(visit)
-    return shapes
-
-
-def expected_weight_shapes(model: MaskRCNN) -> dict[str, tuple[int, ...]]:
-    """The paths and shapes `model.save_weights` would write (written to a scratch file)."""
-    with tempfile.TemporaryDirectory() as scratch:
-        path = Path(scratch) / "expected.weights.h5"
-        model.save_weights(str(path))
-        return weight_shapes(path)
-
-
-def load_weights_strict(model: MaskRCNN, weights_path: str | Path) -> None:
-    """`model.load_weights` after checking that the file and the model hold the same variables
-    (paths and shapes); raises ValueError naming the differences otherwise."""
-    with current_layout(weights_path) as path:  # older weight layouts upgraded on the fly
-        check_weights_match(model, path, display=Path(weights_path))
-        model.load_weights(str(path))
-
-
-def check_weights_match(model: MaskRCNN, weights_path: Path, display: Path) -> None:
-    """Raises ValueError unless the file holds exactly the model's variables and shapes."""
-    stored = weight_shapes(weights_path)
-    expected = expected_weight_shapes(model)
-    problems = []
-    unused = sorted(set(stored) - set(expected))
-    missing = sorted(set(expected) - set(stored))
-    shapes = sorted(p for p in set(stored) & set(expected) if stored[p] != expected[p])
-    if unused:
-        problems.append(f"{len(unused)} weight(s) in the file the model does not use "
-                        f"(e.g. {', '.join(unused[:3])})")
-    if missing:
-        problems.append(f"{len(missing)} model weight(s) not in the file "
-                        f"(e.g. {', '.join(missing[:3])})")
-    for p in shapes[:3]:
-        problems.append(f"{p}: file {stored[p]} vs model {expected[p]}")
-    if problems:
-        raise ValueError(f"{display} does not match the model of its config: "
-                         + "; ".join(problems)
-                         + " (was config.json edited, or the weights written by another model?)")
-
-
 def non_finite_weights(model: MaskRCNN) -> list[str]:
     """Paths of the model's weights that hold NaN or Inf values (empty when all are finite)."""
     return [w.path for w in model.weights
@@ -580,3 +455,18 @@ def require_finite_weights(model: MaskRCNN, what: str = "model") -> None:
         raise ValueError(f"the {what} holds non-finite (NaN/Inf) weights in {len(bad)} "
                          f"variable(s), e.g. {', '.join(bad[:3])}: it cannot give meaningful "
                          "detections; use an earlier checkpoint or retrain")
+
+
+# The model-directory functions moved to `keras_maskrcnn.model_dir`; the old import path
+# (`from keras_maskrcnn.model import load_model_dir`, in releases and user code) keeps working.
+MOVED_TO_MODEL_DIR = ("CONFIG_FILE", "WEIGHTS_FILE", "CONFIG_ATTRIBUTE", "save_model_dir",
+                      "read_model_config", "weights_config", "load_model_dir", "weight_shapes",
+                      "expected_weight_shapes", "load_weights_strict", "check_weights_match")
+
+
+def __getattr__(name: str):
+    if name in MOVED_TO_MODEL_DIR:
+        from keras_maskrcnn import model_dir
+
+        return getattr(model_dir, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,15 +36,8 @@ from keras_maskrcnn.atomic import (
     remove_stale_temporaries,
 )
 from keras_maskrcnn.config import MaskRCNNConfig
-from keras_maskrcnn.model import (
-    CONFIG_FILE,
-    LOSS_NAMES,
-    MaskRCNN,
-    build_model,
-    read_model_config,
-    save_model_dir,
-    unpack_batch,
-)
+from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, build_model, unpack_batch
+from keras_maskrcnn.model_dir import CONFIG_FILE, read_model_config, save_model_dir
 from keras_maskrcnn.runtime import RunEnvironment
 from keras_maskrcnn.solver import WarmupStepDecay, make_optimizer, schedule_for_run
 

@@ -14,13 +14,15 @@ import pytest
 
 from keras_maskrcnn.atomic import atomic_write_json, atomic_write_text, strict_json
 from keras_maskrcnn.config import get_config
-from keras_maskrcnn.model import build_model, load_model_dir, read_model_config, save_model_dir
+from keras_maskrcnn.model import build_model
+from keras_maskrcnn.model_dir import load_model_dir, read_model_config, save_model_dir
 
 SAVER = r"""
 import sys
 import numpy as np
 from keras_maskrcnn.config import get_config
-from keras_maskrcnn.model import build_model, save_model_dir
+from keras_maskrcnn.model import build_model
+from keras_maskrcnn.model_dir import save_model_dir
 directory = sys.argv[1]
 config = get_config("shapes", mask_head_dim=8, box_head_dim=32, fpn_channels=16)
 model = build_model(config)

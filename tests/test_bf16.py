@@ -133,7 +133,7 @@ def trained(tmp_path_factory):
     """A small model (the shapes preset's ResNet) trained TRAIN_STEPS on the ten photos."""
     from keras_maskrcnn.config import get_config
     from keras_maskrcnn.data import CocoDataset
-    from keras_maskrcnn.model import load_model_dir
+    from keras_maskrcnn.model_dir import load_model_dir
     from keras_maskrcnn.training import train
 
     source = CocoDataset(DATA / "annotations.json", DATA / "images")

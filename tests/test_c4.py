@@ -36,7 +36,8 @@ from keras_maskrcnn.heads import MaskHead, Res5BoxHead, Res5Head
 from keras_maskrcnn.inference import predict_images, run_model
 from keras_maskrcnn.layers.anchors import SingleLevelAnchorGenerator
 from keras_maskrcnn.layers.pooler import single_level_roi_pooler
-from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, build_model, load_model_dir, save_model_dir
+from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, build_model
+from keras_maskrcnn.model_dir import load_model_dir, save_model_dir
 from keras_maskrcnn.training import make_optimizer
 
 TV_RESNET50_NO_FC = 25_557_032 - 2_049_000

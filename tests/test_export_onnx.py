@@ -26,7 +26,8 @@ from PIL import Image
 
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.inference import postprocess, run_model
-from keras_maskrcnn.model import MaskRCNN, save_model_dir
+from keras_maskrcnn.model import MaskRCNN
+from keras_maskrcnn.model_dir import save_model_dir
 
 HAVE_ONNX = all(importlib.util.find_spec(m) is not None for m in ("tf2onnx", "onnx", "onnxruntime"))
 pytestmark = pytest.mark.skipif(not HAVE_ONNX and not os.environ.get("CI"),

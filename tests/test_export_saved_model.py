@@ -35,7 +35,8 @@ from keras_maskrcnn.export.buckets import (
 from keras_maskrcnn.export.image_header import encoded_image_sizes
 from keras_maskrcnn.export.saved_model import EXPORT_METADATA_FILE, export_ready_model
 from keras_maskrcnn.inference import model_for_canvas, predict_images
-from keras_maskrcnn.model import MaskRCNN, save_model_dir
+from keras_maskrcnn.model import MaskRCNN
+from keras_maskrcnn.model_dir import save_model_dir
 from keras_maskrcnn.transform import canvas_for
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -20,7 +20,7 @@ from keras_maskrcnn.heads.legacy import (
     legacy_renames,
     upgrade_weights_file,
 )
-from keras_maskrcnn.model import WEIGHTS_FILE, load_model_dir, save_model_dir
+from keras_maskrcnn.model_dir import WEIGHTS_FILE, load_model_dir, save_model_dir
 
 LEGACY_DIR = Path(__file__).parent / "data" / "legacy_models"
 
@@ -180,3 +180,13 @@ def test_box_and_mask_heads_layout(norm):
         BoxHead(2, num_fcs=0)
     with pytest.raises(ValueError, match="norm"):
         MaskHead(2, norm="gn")
+
+
+def test_model_directory_names_keep_their_old_import_path():
+    import keras_maskrcnn.model as model_module
+    import keras_maskrcnn.model_dir as model_dir
+
+    for name in model_module.MOVED_TO_MODEL_DIR:
+        assert getattr(model_module, name) is getattr(model_dir, name), name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        model_module.no_such_name  # noqa: B018

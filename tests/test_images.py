@@ -55,7 +55,8 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path):
 @pytest.fixture(scope="module")
 def shapes_model_dir(tmp_path_factory):
     from keras_maskrcnn.config import get_config
-    from keras_maskrcnn.model import build_model, save_model_dir
+    from keras_maskrcnn.model import build_model
+    from keras_maskrcnn.model_dir import save_model_dir
 
     directory = tmp_path_factory.mktemp("model")
     save_model_dir(build_model(get_config("shapes")), directory)

@@ -10,7 +10,8 @@ import tensorflow as tf
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.data import ShapesDataset, make_dataset
 from keras_maskrcnn.inference import predict_images
-from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, build_model, load_model_dir, save_model_dir
+from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, build_model
+from keras_maskrcnn.model_dir import load_model_dir, save_model_dir
 from keras_maskrcnn.training import make_optimizer
 
 
@@ -155,7 +156,8 @@ def test_per_image_canvas_pads_each_image_to_a_multiple_of_32():
 
 
 def test_rebuilt_is_cached_bounded_and_resynced(tmp_path):
-    from keras_maskrcnn.model import REBUILT_CACHE_SIZE, save_model_dir
+    from keras_maskrcnn.model import REBUILT_CACHE_SIZE
+    from keras_maskrcnn.model_dir import save_model_dir
 
     config = tiny_config()
     model = MaskRCNN(config)

@@ -252,7 +252,7 @@ def synthetic_v1_state(num_classes: int, rng: np.random.Generator) -> dict[str, 
 def converted(tmp_path_factory):
     """`keras-maskrcnn convert torchvision state.npz` on a synthetic 3-class state dict."""
     from keras_maskrcnn.cli import main
-    from keras_maskrcnn.model import load_model_dir
+    from keras_maskrcnn.model_dir import load_model_dir
 
     directory = tmp_path_factory.mktemp("convert")
     state = synthetic_v1_state(4, np.random.default_rng(RNG_SEED))

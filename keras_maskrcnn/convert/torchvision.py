@@ -533,7 +533,8 @@ def convert_torchvision(
         raise ValueError(f"v2={v2} but the state dict is a {kind}")
     config = torchvision_config(infer_num_classes(state), min_size, max_size, detected,
                                 image_size=image_size)
-    from keras_maskrcnn.model import MaskRCNN, save_model_dir
+    from keras_maskrcnn.model import MaskRCNN
+    from keras_maskrcnn.model_dir import save_model_dir
 
     model = MaskRCNN(config)
     load_torchvision_weights(model, state, frozen_bn_eps=frozen_bn_eps)

@@ -65,7 +65,8 @@ from keras_maskrcnn.export.buckets import (
 )
 from keras_maskrcnn.export.image_header import check_encoded_images
 from keras_maskrcnn.export.precision import model_precision, with_precision
-from keras_maskrcnn.model import CONFIG_FILE, MaskRCNN, load_model_dir, read_model_config
+from keras_maskrcnn.model import MaskRCNN
+from keras_maskrcnn.model_dir import CONFIG_FILE, load_model_dir, read_model_config
 from keras_maskrcnn.ops.masks import paste_masks_tf
 from keras_maskrcnn.transform import (
     SIZE_MULTIPLE,
