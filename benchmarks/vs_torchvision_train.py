@@ -156,7 +156,7 @@ def tf_train_worker(workdir: Path, size: int, precision: str, jit: str,
     if trunk:
         from profile_train_step import trunk_step  # this folder is on sys.path
 
-        batch = next(iterator)
+        batch = next(iterator)[0]  # (inputs, targets) pairs as Keras takes them
         run = trunk_step(model, batch["images"], batch["image_shape"])
         return _serve(lambda: float(tf.reduce_sum(run()[0])))
     step_fn = make_train_step(model, env)

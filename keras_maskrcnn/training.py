@@ -322,6 +322,9 @@ def train(
     if per_epoch < 1:
         raise TrainingError(f"the dataset has fewer images ({len(list(source.image_ids))}) "
                             f"than one batch ({batch}): lower --batch-size")
+    if not skip_bad_images:
+        check_image_files(source, "--images")
+        check_image_files(val_source, "--val-images")
     total = int(max_steps) if max_steps else int(epochs or 1) * per_epoch
     schedule = schedule_for_run(config, total, batch)
     run = {"seed": seed, "batch_size": batch, "steps_per_epoch": per_epoch,
@@ -485,6 +488,18 @@ class _Loop:
         path = save_checkpoint(self.model, self.output_dir, step, self.epoch_of(step),
                                self.keep, self.run_info)
         logger.info("checkpoint %s written in %.1f s", path.name, time.monotonic() - started)
+
+
+def check_image_files(source, flag: str) -> None:
+    """Raises TrainingError, before anything is built or written, if image files listed by a
+    dataset source (one with `missing_images`, i.e. `CocoDataset`) are not on disk."""
+    missing = source.missing_images() if hasattr(source, "missing_images") else []
+    if missing:
+        first = missing[0]
+        raise TrainingError(
+            f"{len(missing)} image(s) listed in {source.annotations_path} are not in "
+            f"{source.images_dir} (e.g. {source.file_name(first)}, image id {first}): fix "
+            f"{flag} or the json, or pass --skip-bad-images to train without them")
 
 
 def data_error_message(err: Exception) -> str:

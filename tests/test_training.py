@@ -247,6 +247,21 @@ def test_bad_training_image_stops_with_its_name(tmp_path, coco10_dir, kind):
     assert not (tmp_path / "run" / "model.weights.h5").exists()
 
 
+def test_missing_validation_image_refused_before_anything_is_built(tmp_path, coco10_dir):
+    from keras_maskrcnn.data import CocoDataset
+    from keras_maskrcnn.training import TrainingError, train
+
+    annotations, images, name = coco_copy(tmp_path, coco10_dir, "missing")
+    config = get_config(tiny_config(tmp_path / "tiny.json"))
+    complete = CocoDataset(coco10_dir / "annotations.json", coco10_dir / "images")
+    incomplete = CocoDataset(annotations, images)
+    assert [incomplete.file_name(i) for i in incomplete.missing_images()] == [name]
+    assert complete.missing_images() == []
+    with pytest.raises(TrainingError, match=f"1 image.*{name}.*--val-images"):
+        train(config, complete, tmp_path / "run", max_steps=1, val_source=incomplete)
+    assert not (tmp_path / "run").exists()
+
+
 def test_skip_bad_images_trains_and_counts(tmp_path, coco10_dir):
     annotations, images, name = coco_copy(tmp_path, coco10_dir, "truncated")
     result = run(coco_train_cmd(tmp_path, annotations, images, "--skip-bad-images"), timeout=300)

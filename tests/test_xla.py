@@ -16,7 +16,7 @@ import tensorflow as tf
 from reference_roi_align import bilinear, roi_align_np
 
 from keras_maskrcnn.config import PRESETS, get_config
-from keras_maskrcnn.model import build_model
+from keras_maskrcnn.model import LOSS_NAMES, build_model
 from keras_maskrcnn.ops import poolers as pl
 from keras_maskrcnn.ops import roi_align_ops as ra
 from keras_maskrcnn.ops import sampling
@@ -439,9 +439,10 @@ def _check_xla_step(preset, overrides, batch_size=1, real_backbone=False):
     return times
 
 
-# Opt-in too (`-m slow`): v2 adds BatchNorm in the FPN and heads, the same XLA ops as the shapes
-# backbone's BatchNorm compiled above (40 s on one core of the two-worker suite).
-OPT_IN = {"torchvision_r50_fpn_v2"}
+# Opt-in too (`-m slow`): v2 adds BatchNorm in the FPN and heads (40 s on one core of the
+# two-worker suite), the same XLA ops as the shapes backbone's BatchNorm, itself compiled in the
+# default suite by test_train_loop_runs_with_jit_compile_on (the full shapes case: 20 s).
+OPT_IN = {"torchvision_r50_fpn_v2", "shapes"}
 
 
 @pytest.mark.parametrize("preset", [
@@ -468,8 +469,10 @@ def test_coco_r50_fpn_real_training_step_xla():
 
 def test_train_loop_runs_with_jit_compile_on(tmp_path):
     """`train --jit-compile on`: the replica step compiles with XLA and the input iterator stays
-    outside it (IteratorGetNext has no XLA kernel: compiling the whole step failed). XLA's
-    losses equal those without XLA: the preset tests above."""
+    outside it (IteratorGetNext has no XLA kernel: compiling the whole step failed), with the
+    losses of the same run without XLA. The shapes preset (BatchNorm in the backbone) at its
+    own size: its step against the step without XLA, weight updates included, is the opt-in
+    preset case above."""
     from keras_maskrcnn.data import ShapesDataset
     from keras_maskrcnn.runtime import RunEnvironment
     from keras_maskrcnn.training import train
@@ -477,11 +480,16 @@ def test_train_loop_runs_with_jit_compile_on(tmp_path):
     config = get_config("shapes", image_size=(64, 64), min_size=64, max_size=64,
                         tiny_widths=(8, 8, 16, 16), fpn_channels=16, box_head_dim=32,
                         mask_head_dim=8, anchor_sizes=(8, 16, 32, 64, 128), train_min_sizes=())
-    env = RunEnvironment.create(jit_compile="on")
-    assert env.jit_compile
-    records = []
-    result = train(config, ShapesDataset(num_images=4, image_size=64, seed=0), tmp_path,
-                   max_steps=2, steps_per_epoch=2, batch_size=2, seed=0, env=env,
-                   callbacks=[records.append], print_fn=lambda s: None)
-    assert result.step == 2 and math.isfinite(records[-1]["loss"])
-    assert (tmp_path / "model.weights.h5").exists()
+    losses = {}
+    for jit in ("on", "off"):
+        env = RunEnvironment.create(jit_compile=jit)
+        assert env.jit_compile == (jit == "on")
+        records = []
+        result = train(config, ShapesDataset(num_images=4, image_size=64, seed=0),
+                       tmp_path / jit, max_steps=2, steps_per_epoch=2, batch_size=2, seed=0,
+                       env=env, callbacks=[records.append], print_fn=lambda s: None)
+        assert result.step == 2 and (tmp_path / jit / "model.weights.h5").exists()
+        losses[jit] = records[-1]
+    for name in (*LOSS_NAMES, "loss"):
+        assert math.isfinite(losses["on"][name]), name
+        assert losses["on"][name] == pytest.approx(losses["off"][name], rel=1e-3, abs=1e-5), name
