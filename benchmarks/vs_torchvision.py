@@ -27,10 +27,11 @@ call each), the ratios, the CPU model and its bf16 support.
 Then the training step (`vs_torchvision_train.py`): torchvision (FrozenBN, trainable layers 3)
 against ours in float32, float32 with XLA and mixed bfloat16 (where the CPU has native bf16), on
 the square photo at `--train-size` (800: 800 x 800, batch 1), each in its own worker process,
-alternating step by step.
+alternating step by step; `--trunk` adds each runtime's backbone + FPN + RPN head forward and
+backward alone, the convolutional floor both steps share.
 
     python benchmarks/vs_torchvision.py [--quick] [--repeats 3] [--threads N] [--no-tflite]
-        [--no-train | --train-only] [--train-size 800] [--no-xla]
+        [--no-train | --train-only] [--train-size 800] [--no-xla] [--trunk]
 
 --quick: min_size 320 / max_size 512 (canvases 320 x 448, 448 x 320, 320 x 320), training at
 320 x 320, one round.
