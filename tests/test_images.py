@@ -52,6 +52,19 @@ def test_pixel_limit_is_checked_before_decoding(tmp_path):
     assert load_rgb_image(path, max_pixels=None).shape == (2000, 3000, 3)
 
 
+def test_our_pixel_limit_not_pils(tmp_path, monkeypatch):
+    """PIL's process-wide bomb limit neither names itself nor refuses what max_pixels allows
+    (a 12000 x 12000 PNG is over PIL's 89M default; here PIL's limit is lowered instead)."""
+    path = tmp_path / "big.png"
+    Image.new("L", (3000, 2000)).save(path)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(BadImageError, match="6000000 pixels is above the limit of 5000000"):
+        load_rgb_image(path, max_pixels=5_000_000)
+    assert load_rgb_image(path, max_pixels=10_000_000).shape == (2000, 3000, 3)
+    assert load_rgb_image(path, max_pixels=None).shape == (2000, 3000, 3)
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
 @pytest.fixture(scope="module")
 def shapes_model_dir(tmp_path_factory):
     from keras_maskrcnn.config import get_config

@@ -7,6 +7,7 @@ limit, always fails the same way: `BadImageError("bad image PATH: REASON")`.
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 # take ~10 GB); 36 MP keeps every common camera size (24 MP: 6000 x 4000).
 DEFAULT_MAX_IMAGE_PIXELS = 36_000_000
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+_PIL_LIMIT_LOCK = threading.Lock()
 
 
 class BadImageError(ValueError):
@@ -46,6 +48,20 @@ def to_rgb8(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+def open_without_pil_limit(path: Path) -> Image.Image:
+    """`PIL.Image.open` (header only, nothing decoded) without PIL's own decompression-bomb
+    limit, a process-wide 89M pixels that would override `max_pixels` both ways (name its own
+    limit instead of ours, and refuse images a raised `--max-image-pixels` allows); the caller
+    checks the size before decoding. The global is restored at once, under a lock."""
+    with _PIL_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def load_rgb_image(path: str | Path,
                    max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """Reads an image file as uint8 RGB `[h, w, 3]` (grayscale, palette, RGBA, CMYK, 16-bit
@@ -57,7 +73,7 @@ def load_rgb_image(path: str | Path,
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with open_without_pil_limit(path) as img:
                 width, height = img.size
                 check_image_size(height, width, path, max_pixels)
                 img.load()
