@@ -45,7 +45,12 @@ def _dataset_source(args, split: str):
             "(and optionally --val-annotations/--val-images for validation)")
     from keras_maskrcnn.data import CocoDataset
 
-    return CocoDataset(annotations, images)
+    return CocoDataset(annotations, images, max_image_pixels=pixel_limit(args))
+
+
+def pixel_limit(args) -> int | None:
+    """--max-image-pixels as a limit: None for 0 (no limit)."""
+    return args.max_image_pixels or None
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -56,6 +61,20 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shapes-train-images", type=int, default=2000)
     p.add_argument("--shapes-val-images", type=int, default=100)
     p.add_argument("--shapes-image-size", type=int, default=128)
+    add_pixel_limit_arg(p)
+
+
+def add_pixel_limit_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-image-pixels", type=non_negative_int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                   metavar="N", help="refuse image files with more pixels than this before "
+                   "decoding them (default %(default)s; 0: no limit)")
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
 
 
 def _config_for(args, source):
@@ -197,7 +216,7 @@ def cmd_predict(args) -> int:
     if not files:
         raise UserError(f"no image files in {' '.join(args.images)}")
     records = predict_files(model, files, args.output, score_threshold=args.score_threshold,
-                            max_image_pixels=args.max_image_pixels, draw=not args.no_draw)
+                            max_image_pixels=pixel_limit(args), draw=not args.no_draw)
     done = {r["file_name"] for r in records}
     print(f"{len(records)} detections on {len(files)} images written to {args.output}")
     missing = [p for p in files if not (Path(args.output) / f"{p.stem}.png").exists()
@@ -283,8 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--score-threshold", type=float, default=0.5)
     p.add_argument("--no-draw", action="store_true", help="only write predictions.json")
-    p.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
-                   help="refuse images with more pixels than this (default %(default)s)")
+    add_pixel_limit_arg(p)
     p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
                    help="compute in bfloat16 (same weights; boxes, scores and masks stay "
                    "float32): about twice as fast on CPUs with AVX512_BF16 / AMX, emulated and "

@@ -106,3 +106,22 @@ def test_evaluate_draws_pr_curves(evaluate_run):
 def test_pr_curves_are_optional():
     args = build_parser().parse_args(["evaluate", "--model", "m"])
     assert args.pr_curves is None and args.json is None
+
+
+def test_max_image_pixels_flag_reaches_the_coco_reader(shapes_model_dir, coco10_dir, capsys,
+                                                        caplog):
+    """train and evaluate take --max-image-pixels (0: no limit) for their COCO images."""
+    from keras_maskrcnn.cli import pixel_limit
+
+    for command in ("train", "evaluate", "predict"):
+        extra = ["--model", "m"] if command != "train" else []
+        extra += ["x.jpg", "--output", "o"] if command == "predict" else []
+        args = build_parser().parse_args([command, *extra, "--max-image-pixels", "0"])
+        assert pixel_limit(args) is None, command
+    rc = main(["evaluate", "--model", str(shapes_model_dir), "--dataset", "coco",
+               "--annotations", str(coco10_dir / "annotations.json"),
+               "--images", str(coco10_dir / "images"), "--max-image-pixels", "1000"])
+    err = capsys.readouterr().err + caplog.text  # the skipped files are logged warnings
+    assert rc != 0 and "above the limit of 1000" in err and "--max-image-pixels" in err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["evaluate", "--model", "m", "--max-image-pixels", "-1"])

@@ -35,7 +35,7 @@ def check_image_size(height: int, width: int, path: str | Path = "image",
     if max_pixels is not None and height * width > max_pixels:
         raise BadImageError(path, f"{width} x {height} = {height * width} pixels is above the "
                             f"limit of {max_pixels} (max_image_pixels); downscale it or raise "
-                            "the limit")
+                            "the limit (--max-image-pixels N, 0: none)")
 
 
 def to_rgb8(img: Image.Image) -> np.ndarray:
