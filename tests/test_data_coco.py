@@ -211,3 +211,88 @@ def test_class_names_fix_label_order(coco10_dir):
     with pytest.raises(ValueError, match="unicorn"):
         CocoDataset(coco10_dir / "annotations.json", coco10_dir / "images",
                     class_names=["unicorn"])
+
+
+def _set(path, value):
+    def change(data):
+        record = data
+        for key in path[:-1]:
+            record = record[key]
+        if value is KeyError:
+            del record[path[-1]]
+        else:
+            record[path[-1]] = value
+    return change
+
+
+MALFORMED = {
+    # case: (change, words the one-line error must hold)
+    "bbox_text": (_set(("annotations", 0, "bbox"), [1, 2, "x", 4]), ["annotation id", "'bbox'"]),
+    "bbox_short": (_set(("annotations", 0, "bbox"), [1, 2, 3]), ["annotation id", "'bbox'"]),
+    "no_bbox": (_set(("annotations", 0, "bbox"), KeyError), ["annotation id", "'bbox'"]),
+    "no_ann_id": (_set(("annotations", 0, "id"), KeyError), ["annotation id None", "'id'"]),
+    "image_id_text": (_set(("annotations", 0, "image_id"), "abc"), ["'image_id'", "integer"]),
+    "odd_polygon": (_set(("annotations", 0, "segmentation"), [[1, 2, 3]]),
+                    ["'segmentation'", "polygon 0", "3 coordinates"]),
+    "two_points": (_set(("annotations", 0, "segmentation"), [[1, 2, 3, 4]]),
+                   ["polygon 0", "at least 6"]),
+    "empty_segmentation": (_set(("annotations", 0, "segmentation"), []), ["empty list"]),
+    "polygon_text": (_set(("annotations", 0, "segmentation"), [[1, 2, "a", 4, 5, 6]]),
+                     ["polygon 0", "numbers"]),
+    "rle_size": (_set(("annotations", 0, "segmentation"), {"counts": "PP", "size": [1, 2]}),
+                 ["RLE size [1, 2]", "[height, width]"]),
+    "rle_counts": (lambda d: d["annotations"][0].update(segmentation={
+        "counts": "zzz", "size": [d["images"][0]["height"], d["images"][0]["width"]]}),
+        ["RLE 'counts'"]),
+    "rle_runs": (lambda d: d["annotations"][0].update(segmentation={
+        "counts": [5, 5], "size": [d["images"][0]["height"], d["images"][0]["width"]]}),
+        ["run lengths summing to"]),
+    "no_height": (_set(("images", 0, "height"), KeyError), ["images[0]", "'height'"]),
+    "zero_width": (_set(("images", 0, "width"), 0), ["images[0]", "'width'", "positive"]),
+    "duplicate_image": (lambda d: d["images"].append(dict(d["images"][0])),
+                        ["appears twice"]),
+    "category_without_name": (_set(("categories", 0, "name"), KeyError), ["categories[0]"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_record_named_at_construction(tmp_path, coco10_dir, raw, case):
+    """Each malformed record fails when the file is opened (not mid-run), in one line naming
+    the file, the record and the field."""
+    import copy
+
+    change, words = MALFORMED[case]
+    data = copy.deepcopy(raw)
+    first = data["images"][0]["id"]
+    data["annotations"].sort(key=lambda a: a["image_id"] != first)  # [0] is on images[0]
+    change(data)
+    ann, images = _write_copy(tmp_path, coco10_dir, data, copy_images=False)
+    with pytest.raises(ValueError) as info:
+        CocoDataset(ann, images)
+    message = str(info.value)
+    assert "\n" not in message and "instances.json" in message, message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_valid_rle_forms_are_accepted(tmp_path, coco10_dir, raw):
+    """Compressed (string) and uncompressed (run lengths) RLE of the image's size load."""
+    import collections
+    import copy
+
+    data = copy.deepcopy(raw)
+    counts = collections.Counter(a["image_id"] for a in data["annotations"])
+    image = next(i for i in data["images"] if counts[i["id"]] >= 2)
+    h, w = image["height"], image["width"]
+    mask = np.zeros((h, w), np.uint8, order="F")
+    mask[10:20, 30:50] = 1
+    compressed = mask_utils.encode(mask)["counts"].decode()
+    runs = [10 * h + 10, 10, h * w - (10 * h + 20)]  # column-major: 10 pixels of column 10
+    mine = [a for a in data["annotations"] if a["image_id"] == image["id"]]
+    for ann in mine:
+        ann["iscrowd"] = 0
+    mine[0]["segmentation"] = {"size": [h, w], "counts": compressed}
+    mine[1]["segmentation"] = {"size": [h, w], "counts": runs}
+    ann, images = _write_copy(tmp_path, coco10_dir, data)
+    sums = CocoDataset(ann, images).load_annotations(image["id"])["masks"].sum(axis=(1, 2))
+    assert 200 in sums.tolist() and 10 in sums.tolist()

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ logger = logging.getLogger("keras_maskrcnn")
 
 _REQUIRED_FIELDS = ("images", "annotations", "categories")
 _MAX_IDS_IN_MESSAGE = 5
+# The characters of pycocotools' compressed RLE strings (6 bits per character from '0').
+RLE_CHARS = frozenset(chr(c) for c in range(48, 112))
 
 
 def coco_bbox_to_yxyx(bbox: Any) -> np.ndarray:
@@ -76,11 +79,59 @@ def build_coco_index(data: dict) -> COCO:
 
 
 def _is_degenerate(ann: dict) -> bool:
-    bbox = ann.get("bbox")
-    if bbox is None or len(bbox) != 4:
-        raise ValueError(f"annotation id {ann.get('id')}: 'bbox' must be [x, y, w, h], "
-                         f"got {bbox!r}")
+    bbox = ann["bbox"]  # checked by CocoDataset._check_annotation
     return float(bbox[2]) <= 0 or float(bbox[3]) <= 0
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _all_finite(values: list) -> bool:
+    """Every item a finite number (one C-level sum instead of a check per coordinate: COCO
+    train2017 holds 40M polygon coordinates)."""
+    try:
+        return math.isfinite(sum(values, 0.0))
+    except TypeError:
+        return False
+
+
+def segmentation_problem(seg: Any, height: int, width: int) -> str | None:
+    """What is wrong with a COCO "segmentation" of an image of `height` x `width`, or None.
+
+    Valid: a non-empty list of polygons, each a flat list of an even number >= 6 of finite
+    coordinates; or an RLE {"size": [height, width], "counts": string (compressed) or list of
+    non-negative run lengths summing to height * width}.
+    """
+    if isinstance(seg, list):
+        if not seg:
+            return "is an empty list (no polygon): give the instance's mask"
+        for k, poly in enumerate(seg):
+            if not isinstance(poly, list) or not _all_finite(poly):
+                return f"polygon {k} must be a flat list of numbers [x1, y1, x2, y2, ...]"
+            if len(poly) < 6 or len(poly) % 2:
+                return (f"polygon {k} has {len(poly)} coordinates: a polygon needs an even "
+                        "number, at least 6 (three points)")
+        return None
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if size != [height, width]:
+            return f"RLE size {size!r} is not the image's [height, width] [{height}, {width}]"
+        if isinstance(counts, list):
+            if not all(_is_int(c) and c >= 0 for c in counts) or sum(counts) != height * width:
+                return (f"RLE counts must be non-negative run lengths summing to height x width "
+                        f"= {height * width}")
+            return None
+        if not isinstance(counts, str) or not counts or not RLE_CHARS.issuperset(counts):
+            return ("RLE 'counts' must be a compressed RLE string (pycocotools' encoding) or "
+                    "a list of run lengths")
+        return None
+    return f"must be a list of polygons or an RLE object, got {type(seg).__name__}"
 
 
 class CocoDataset:
@@ -119,10 +170,14 @@ class CocoDataset:
         data = _read_json(self.annotations_path)
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"images folder not found: {self.images_dir}; check --images")
-        self.coco = build_coco_index(data)
-        self._init_labels(data["categories"], class_names)
-        self._images = {int(img["id"]): img for img in data["images"]}
+        # Every record is checked before pycocotools indexes it (it would raise a bare
+        # KeyError, or decode a malformed mask later, in the middle of a run).
+        self._images = self._index_images(data["images"])
         self.image_ids = sorted(self._images)
+        self._init_labels(data["categories"], class_names)
+        for ann in data["annotations"]:
+            self._check_annotation(ann)
+        self.coco = build_coco_index(data)
         self._anns_by_image = self._index_annotations(data["annotations"])
         first = self.image_ids[:20]
         if first and not any((self.images_dir / self.file_name(i)).is_file() for i in first):
@@ -131,7 +186,32 @@ class CocoDataset:
                 f"{self.images_dir} (e.g. {self.file_name(first[0])}); check --images")
 
     # ----------------------------------------------------------------------------- set-up
+    def _index_images(self, images: list) -> dict[int, dict]:
+        """id -> image record, each with an integer id, a file_name and positive sizes."""
+        by_id: dict[int, dict] = {}
+        for k, img in enumerate(images):
+            where = f"{self.annotations_path}: images[{k}]"
+            if not isinstance(img, dict):
+                raise ValueError(f"{where} must be an object, got {img!r}")
+            for key in ("id", "file_name", "height", "width"):
+                if key not in img:
+                    raise ValueError(f"{where} (id {img.get('id')}) has no {key!r}")
+            if not _is_int(img["id"]):
+                raise ValueError(f"{where}: 'id' must be an integer, got {img['id']!r}")
+            for key in ("height", "width"):
+                if not _is_int(img[key]) or int(img[key]) <= 0:
+                    raise ValueError(f"{where} (id {img['id']}): {key!r} must be a positive "
+                                     f"integer, got {img[key]!r}")
+            if int(img["id"]) in by_id:
+                raise ValueError(f"{where}: image id {img['id']} appears twice")
+            by_id[int(img["id"])] = img
+        return by_id
+
     def _init_labels(self, categories: list, class_names: list | None) -> None:
+        for k, cat in enumerate(categories):
+            if not isinstance(cat, dict) or not _is_int(cat.get("id")) or "name" not in cat:
+                raise ValueError(f"{self.annotations_path}: categories[{k}] must have an "
+                                 f"integer 'id' and a 'name', got {cat!r}")
         cats = sorted(categories, key=lambda c: int(c["id"]))
         if class_names is None:
             chosen = cats
@@ -159,8 +239,7 @@ class CocoDataset:
     def _index_annotations(self, anns: list) -> dict[int, list[dict]]:
         by_image: dict[int, list[dict]] = {i: [] for i in self.image_ids}
         degenerate, other_category = [], 0
-        for ann in anns:
-            self._check_annotation(ann)
+        for ann in anns:  # each checked by __init__
             if _is_degenerate(ann):
                 degenerate.append(ann.get("id"))
                 continue
@@ -181,17 +260,31 @@ class CocoDataset:
         return by_image
 
     def _check_annotation(self, ann: dict) -> None:
-        ann_id = ann.get("id")
-        for key in ("image_id", "category_id", "segmentation"):
+        """Raises ValueError naming the file, the annotation id and the field of a malformed
+        annotation (ids, bbox, polygon or RLE mask)."""
+        if not isinstance(ann, dict):
+            raise ValueError(f"{self.annotations_path}: an annotation must be an object, got "
+                             f"{ann!r}")
+        where = f"{self.annotations_path}: annotation id {ann.get('id')}"
+        for key in ("id", "image_id", "category_id", "bbox", "segmentation"):
             if key not in ann:
-                raise ValueError(f"{self.annotations_path}: annotation id {ann_id} has no "
-                                 f"{key!r}")
+                raise ValueError(f"{where} has no {key!r}")
+        for key in ("id", "image_id", "category_id"):
+            if not _is_int(ann[key]):
+                raise ValueError(f"{where}: {key!r} must be an integer, got {ann[key]!r}")
         if int(ann["category_id"]) not in self._known_category_ids:
-            raise ValueError(f"{self.annotations_path}: annotation id {ann_id} refers to unknown "
-                             f"category id {ann['category_id']}")
+            raise ValueError(f"{where} refers to unknown category id {ann['category_id']}")
         if int(ann["image_id"]) not in self._images:
-            raise ValueError(f"{self.annotations_path}: annotation id {ann_id} refers to unknown "
-                             f"image id {ann['image_id']}")
+            raise ValueError(f"{where} refers to unknown image id {ann['image_id']}")
+        bbox = ann["bbox"]
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_finite, bbox)):
+            raise ValueError(f"{where}: 'bbox' must be 4 finite numbers [x, y, width, height], "
+                             f"got {bbox!r}")
+        image = self._images[int(ann["image_id"])]
+        problem = segmentation_problem(ann["segmentation"], int(image["height"]),
+                                       int(image["width"]))
+        if problem:
+            raise ValueError(f"{where}: 'segmentation' {problem}")
 
     # ----------------------------------------------------------------------------- access
     def image_info(self, image_id: int) -> dict:
