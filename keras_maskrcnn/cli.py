@@ -58,9 +58,9 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
                    help="'shapes': the built-in generated set; 'coco': COCO-format files")
     p.add_argument("--annotations", help="COCO instances JSON (with --dataset coco)")
     p.add_argument("--images", help="folder of the images named in --annotations")
-    p.add_argument("--shapes-train-images", type=int, default=2000)
-    p.add_argument("--shapes-val-images", type=int, default=100)
-    p.add_argument("--shapes-image-size", type=int, default=128)
+    p.add_argument("--shapes-train-images", type=positive_int, default=2000)
+    p.add_argument("--shapes-val-images", type=positive_int, default=100)
+    p.add_argument("--shapes-image-size", type=image_side, default=128)
     add_pixel_limit_arg(p)
 
 
@@ -71,9 +71,34 @@ def add_pixel_limit_arg(p: argparse.ArgumentParser) -> None:
 
 
 def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return _bounded_int(text, 0)
+
+
+def positive_int(text: str) -> int:
+    return _bounded_int(text, 1)
+
+
+def _bounded_int(text: str, low: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+    return value
+
+
+def image_side(text: str) -> int:
+    return _bounded_int(text, 32)  # the coarsest FPN level (stride 32) needs one pixel
+
+
+def unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
     return value
 
 
@@ -237,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataset_args(p)
     p.add_argument("--val-annotations", help="COCO json evaluated during training")
     p.add_argument("--val-images", help="images of --val-annotations")
-    p.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS",
+    p.add_argument("--eval-every", type=positive_int, default=1, metavar="EPOCHS",
                    help="evaluate on the validation set every this many epochs (default 1)")
     p.add_argument("--config", help="preset name (shapes, coco_r50_fpn, ...) or config JSON")
     p.add_argument("--init-from", metavar="DIR",
@@ -246,20 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone-weights", metavar="imagenet|FILE",
                    help="ImageNet backbone: 'imagenet' (keras.applications, downloaded) or a "
                    "local keras.applications ResNet weights file")
-    p.add_argument("--epochs", type=int,
+    p.add_argument("--epochs", type=positive_int,
                    help=f"epochs (default {DEFAULT_EPOCHS}; the shapes demo: {DEMO_EPOCHS} x "
                    f"{DEMO_STEPS} steps)")
-    p.add_argument("--max-steps", type=int, help="total steps (instead of --epochs)")
-    p.add_argument("--steps-per-epoch", type=int,
+    p.add_argument("--max-steps", type=positive_int, help="total steps (instead of --epochs)")
+    p.add_argument("--steps-per-epoch", type=positive_int,
                    help="steps per epoch (default: one pass over the dataset)")
-    p.add_argument("--batch-size", type=int, help="global batch size (default: the config's)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size (default: the config's)")
     p.add_argument("--output", help=f"model directory to write (default {DEMO_OUTPUT})")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an --output folder that holds a different model")
-    p.add_argument("--checkpoint-every", type=int, metavar="STEPS",
+    p.add_argument("--checkpoint-every", type=positive_int, metavar="STEPS",
                    help="checkpoint every this many steps (default: every epoch, and at least "
                    "every 30 minutes)")
-    p.add_argument("--keep-checkpoints", type=int, default=3, metavar="K",
+    p.add_argument("--keep-checkpoints", type=positive_int, default=3, metavar="K",
                    help="keep the newest K checkpoints (default 3)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="skip unreadable images with a warning instead of stopping")
@@ -275,10 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strategy", default="auto",
                    choices=("auto", "one_device", "mirrored", "multi_worker"),
                    help="tf.distribute strategy (multi_worker reads TF_CONFIG)")
-    p.add_argument("--cpu-devices", type=int,
+    p.add_argument("--cpu-devices", type=positive_int,
                    help="split the CPU into N logical devices (to run --strategy mirrored "
                    "without GPUs)")
-    p.add_argument("--log-every", type=int, metavar="STEPS", help="progress line interval")
+    p.add_argument("--log-every", type=positive_int, metavar="STEPS", help="progress line interval")
     p.add_argument("--verbose", type=int, default=2, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
 
@@ -292,15 +317,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw precision-recall curves (IoU 0.50, 0.75, mean over 0.50:0.95; all "
                    "classes averaged, area all, maxDets 100) as this PNG, one panel per iou type "
                    "(default: not drawn)")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--max-images", type=int)
+    p.add_argument("--batch-size", type=positive_int, default=2)
+    p.add_argument("--max-images", type=positive_int)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="draw detections and write predictions.json")
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("images", nargs="+", help="image files, folders or glob patterns")
     p.add_argument("--output", required=True, help="output folder")
-    p.add_argument("--score-threshold", type=float, default=0.5)
+    p.add_argument("--score-threshold", type=unit_interval, default=0.5)
     p.add_argument("--no-draw", action="store_true", help="only write predictions.json")
     add_pixel_limit_arg(p)
     p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",

@@ -263,6 +263,13 @@ def train(
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
+    for name, value in (("batch_size", batch_size), ("epochs", epochs),
+                        ("max_steps", max_steps), ("steps_per_epoch", steps_per_epoch),
+                        ("checkpoint_every", checkpoint_every), ("keep_checkpoints",
+                                                                 keep_checkpoints)):
+        if value is not None and int(value) < 1:
+            raise TrainingError(f"{name} must be >= 1, got {value} "
+                                f"(--{name.replace('_', '-')})")
     batch = int(batch_size or config.batch_size)
     if batch % env.strategy.num_replicas_in_sync:
         raise TrainingError(f"--batch-size {batch} must be a multiple of the "

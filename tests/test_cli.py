@@ -96,3 +96,35 @@ def test_console_script_prints_one_line_and_no_tensorflow_chatter(tmp_path):
     assert result.stderr.strip().splitlines() == [
         line for line in result.stderr.strip().splitlines() if "error:" in line]
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["train", "--batch-size", "0"], ["train", "--batch-size", "-2"], ["train", "--epochs", "0"],
+    ["train", "--max-steps", "-1"], ["train", "--steps-per-epoch", "0"],
+    ["train", "--checkpoint-every", "0"], ["train", "--keep-checkpoints", "0"],
+    ["train", "--eval-every", "0"], ["train", "--shapes-image-size", "8"],
+    ["train", "--max-image-pixels", "-1"], ["evaluate", "--model", "m", "--batch-size", "0"],
+    ["evaluate", "--model", "m", "--max-images", "0"],
+    ["predict", "--model", "m", "x.jpg", "--output", "o", "--score-threshold", "1.5"],
+    ["predict", "--model", "m", "x.jpg", "--output", "o", "--score-threshold", "high"],
+])
+def test_out_of_range_flags_are_one_line_errors(argv, capsys):
+    from keras_maskrcnn.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"argument {argv[-2]}" in err and ("must be" in err or "invalid" in err), err
+
+
+def test_train_api_refuses_non_positive_counts(tmp_path):
+    from keras_maskrcnn.config import get_config
+    from keras_maskrcnn.data import ShapesDataset
+    from keras_maskrcnn.training import TrainingError, train
+
+    source = ShapesDataset(num_images=4, image_size=64, seed=0)
+    for name in ("batch_size", "max_steps", "epochs", "keep_checkpoints"):
+        with pytest.raises(TrainingError, match=f"{name} must be >= 1"):
+            train(get_config("shapes"), source, tmp_path / name, **{name: 0})
+        assert not (tmp_path / name).exists()
