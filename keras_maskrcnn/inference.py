@@ -112,6 +112,38 @@ def category_map(config, source=None) -> dict[int, int]:
     return config.label_to_category_id
 
 
+def class_mismatch(config, source, mapping: dict[int, int]) -> str | None:
+    """Why the model's classes, mapped to category ids by `mapping`, are not the dataset's
+    categories (then the AP compares different classes), or None. Names are compared where
+    both are known (case and spaces ignored)."""
+    known = getattr(source, "label_to_category_id", None)
+    names = getattr(source, "class_names", None)
+    if not known or not names:
+        return None
+    dataset = {int(cid): str(names[label]) for label, cid in known.items()}
+    absent = sorted({cid for cid in mapping.values() if cid not in dataset})
+    if len(absent) == len(mapping):
+        return (f"none of the model's {len(mapping)} classes is a category of the dataset "
+                f"(model category ids {sorted(mapping.values())[:5]}..., dataset "
+                f"{sorted(dataset)[:5]}...): all AP will be 0; evaluate a model trained on "
+                "these classes")
+
+    def norm(name: str) -> str:
+        return name.lower().replace(" ", "").replace("_", "")
+
+    model_names = config.class_names
+    if len(model_names) != config.num_classes + 1:
+        return None
+    differ = [(model_names[label], dataset[cid]) for label, cid in sorted(mapping.items())
+              if cid in dataset and norm(model_names[label]) != norm(dataset[cid])]
+    if len(differ) > len(mapping) // 2:
+        pairs = ", ".join(f"{a!r} vs {b!r}" for a, b in differ[:3])
+        return (f"{len(differ)} of the model's {len(mapping)} classes have another name in the "
+                f"dataset under the same category id ({pairs}): is this the model of this "
+                "dataset?")
+    return None
+
+
 def evaluate(
     model: MaskRCNN, source, batch_size: int = 2, iou_types=("bbox", "segm"),
     max_images: int | None = None, verbose: bool = True,
@@ -124,6 +156,9 @@ def evaluate(
     image_ids = list(source.image_ids)[:max_images] if max_images else list(source.image_ids)
     chunks = [image_ids[s:s + batch_size] for s in range(0, len(image_ids), batch_size)]
     mapping = category_map(model.config, source)
+    mismatch = class_mismatch(model.config, source, mapping)
+    if mismatch:
+        logger.warning("evaluate: %s", mismatch)
     bad: list[int] = []
     finished = []
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as finisher:

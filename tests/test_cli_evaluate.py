@@ -125,3 +125,22 @@ def test_max_image_pixels_flag_reaches_the_coco_reader(shapes_model_dir, coco10_
     assert rc != 0 and "above the limit of 1000" in err and "--max-image-pixels" in err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["evaluate", "--model", "m", "--max-image-pixels", "-1"])
+
+
+def test_class_mismatch_is_named(coco10_dir):
+    """A model evaluated on a dataset of other classes gets a warning, its own data none."""
+    from keras_maskrcnn.data import CocoDataset
+    from keras_maskrcnn.inference import category_map, class_mismatch
+
+    shapes = get_config("shapes")
+    same = ShapesDataset(num_images=2, image_size=64, seed=SHAPES_VAL_SEED)
+    assert class_mismatch(shapes, same, category_map(shapes, same)) is None
+    coco = CocoDataset(coco10_dir / "annotations.json", coco10_dir / "images")
+    message = class_mismatch(shapes, coco, category_map(shapes, coco))
+    assert message and "'square' vs 'person'" in message
+    trained_on_coco = get_config("shapes", num_classes=coco.num_classes,
+                                 class_names=tuple(coco.class_names))
+    assert class_mismatch(trained_on_coco, coco, category_map(trained_on_coco, coco)) is None
+    elsewhere = get_config("shapes", category_ids=(1001, 1002, 1003))
+    message = class_mismatch(elsewhere, coco, category_map(elsewhere, coco))
+    assert message and "none of the model's 3 classes" in message
