@@ -169,9 +169,17 @@ def _run_length(args) -> tuple[int | None, int | None, bool]:
     return epochs, args.steps_per_epoch, False
 
 
+def require_folder(path: str | None, flag: str = "--output") -> None:
+    """UserError if `path` exists and is not a folder (a file where a folder is written)."""
+    if path and Path(path).exists() and not Path(path).is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder: give a folder path")
+
+
 def cmd_train(args) -> int:
     from keras_maskrcnn.runtime import RunEnvironment
     from keras_maskrcnn.training import train
+
+    require_folder(args.output)
 
     env = RunEnvironment.create(args.strategy, args.precision, args.jit_compile,
                                 args.cpu_devices)
@@ -231,6 +239,7 @@ def cmd_predict(args) -> int:
     from keras_maskrcnn.model_dir import load_model_dir
     from keras_maskrcnn.pretrained import resolve_model
 
+    require_folder(args.output)
     model = load_model_dir(resolve_model(args.model))
     model.ensure_finite_weights()
     if args.precision != "float32":

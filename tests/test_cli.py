@@ -128,3 +128,15 @@ def test_train_api_refuses_non_positive_counts(tmp_path):
         with pytest.raises(TrainingError, match=f"{name} must be >= 1"):
             train(get_config("shapes"), source, tmp_path / name, **{name: 0})
         assert not (tmp_path / name).exists()
+
+
+@pytest.mark.parametrize("command", ["train", "predict"])
+def test_output_that_is_a_file_is_a_one_line_error(command, tmp_path, capsys):
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    argv = {"train": ["train", "--dataset", "shapes", "--max-steps", "1"],
+            "predict": ["predict", "--model", str(tmp_path / "no_model"), "x.jpg"]}[command]
+    assert main([*argv, "--output", str(target)]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err
+    assert target.read_text() == "keep me"
