@@ -62,6 +62,27 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
         raise
 
 
+def require_file_target(path: str | Path, what: str) -> None:
+    """ValueError if `path`, where one file (`what`) is to be written, is a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: {what} is one file; give a file path")
+
+
+def require_replaceable_folder(path: str | Path, marker: str, what: str) -> None:
+    """ValueError unless the folder `what` may be written at `path`: nothing there, an empty
+    folder, or an earlier `what` (a folder holding `marker`), which it then replaces. Never a
+    file, nor a folder of other files (replacing it would delete them)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ValueError(f"{path} is a file: a {what} is a folder; give a folder path")
+    if any(path.iterdir()) and not (path / marker).exists():
+        raise ValueError(f"{path} is a folder of other files, not a {what}: writing there "
+                         "would replace them; give a new or empty folder")
+
+
 def replace(tmp: Path, path: Path) -> None:
     """Renames `tmp` over `path` (a folder over a folder via an aside name) and syncs the folder."""
     if tmp.is_dir() and path.exists():

@@ -88,3 +88,39 @@ def test_predicting_with_nan_weights_is_refused():
     kernel.assign(np.full(kernel.shape, np.nan, np.float32))
     with pytest.raises(ValueError, match="non-finite"):
         predict_images(model, [np.zeros((64, 64, 3), np.uint8)])
+
+
+def test_export_targets_never_replace_other_files(tmp_path, capsys):
+    """A SavedModel folder replaces only nothing, an empty folder or an earlier SavedModel;
+    a one-file export is refused a folder. The user's files stay."""
+    from keras_maskrcnn.atomic import require_file_target, require_replaceable_folder
+    from keras_maskrcnn.cli import main
+    from keras_maskrcnn.config import get_config
+    from keras_maskrcnn.model import build_model
+    from keras_maskrcnn.model_dir import save_model_dir
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_text("precious")
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    earlier = tmp_path / "earlier"
+    earlier.mkdir()
+    (earlier / "saved_model.pb").write_text("")
+    for path in (tmp_path / "new", tmp_path / "empty", earlier):
+        require_replaceable_folder(path, "saved_model.pb", "SavedModel")
+    (tmp_path / "empty").mkdir()
+    require_replaceable_folder(tmp_path / "empty", "saved_model.pb", "SavedModel")
+    with pytest.raises(ValueError, match="folder of other files"):
+        require_replaceable_folder(photos, "saved_model.pb", "SavedModel")
+    with pytest.raises(ValueError, match="is a file"):
+        require_replaceable_folder(afile, "saved_model.pb", "SavedModel")
+    with pytest.raises(ValueError, match="is a folder"):
+        require_file_target(photos, "a TFLite model")
+    model_dir = save_model_dir(build_model(get_config("shapes")), tmp_path / "model")
+    for fmt, target in (("saved_model", photos), ("saved_model", afile), ("tflite", photos)):
+        assert main(["export", "--format", fmt, "--model", str(model_dir), "--output",
+                     str(target)]) == 2, (fmt, target)
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and str(target) in err, err
+    assert (photos / "holiday.jpg").read_text() == "precious" and afile.read_text() == "mine"

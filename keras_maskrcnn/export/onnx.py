@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from keras_maskrcnn.atomic import atomic_path, atomic_write_json
+from keras_maskrcnn.atomic import atomic_path, atomic_write_json, require_file_target
 
 if TYPE_CHECKING:
     from keras_maskrcnn.model import MaskRCNN
@@ -150,6 +150,7 @@ def export_onnx(
     Returns:
         The path of the .onnx file.
     """
+    require_file_target(output, "an ONNX model")
     size = _check_input_size(input_size)
     onnx = _require("onnx")
     model = onnx_ready_model(model_or_dir, size)

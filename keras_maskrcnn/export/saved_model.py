@@ -51,7 +51,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from keras_maskrcnn.atomic import atomic_path
+from keras_maskrcnn.atomic import atomic_path, require_replaceable_folder
 from keras_maskrcnn.config import MaskRCNNConfig
 from keras_maskrcnn.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from keras_maskrcnn.export.buckets import (
@@ -406,6 +406,7 @@ def export_saved_model(
     """
     if not isinstance(full_image_masks, bool):
         raise TypeError(f"full_image_masks must be a bool, got {full_image_masks!r}")
+    require_replaceable_folder(output, "saved_model.pb", "SavedModel")
     max_pixels = check_max_image_pixels(max_image_pixels)
     model = export_ready_model(model_or_dir)
     per_image = isinstance(buckets, str) and buckets.strip().lower() == PER_IMAGE

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_maskrcnn.atomic import atomic_path, atomic_write_json
+from keras_maskrcnn.atomic import atomic_path, atomic_write_json, require_file_target
 from keras_maskrcnn.export.buckets import (
     bucket_for,
     canvas_inference_model,
@@ -211,6 +211,7 @@ def export_tflite(
     Returns:
         The path of the .tflite file.
     """
+    require_file_target(output, "a TFLite model")
     quantize = _check_quantize(quantize)
     if buckets is None:
         canvas = _check_input_size(input_size)
