@@ -59,10 +59,16 @@ def save_checkpoint(model: MaskRCNN, output_dir: Path, step: int, epoch: int, ke
 
 
 def checkpoint_info(path: Path) -> dict:
-    with h5py.File(path, "r") as f:
-        return {"step": int(f.attrs["step"]), "epoch": int(f.attrs["epoch"]),
-                "run": json.loads(f.attrs["run"]),
-                "config": MaskRCNNConfig.from_dict(json.loads(f.attrs["config"]))}
+    """Step, epoch, run description and config of a checkpoint; ValueError naming the file if
+    it cannot be read (checkpoints are written atomically: only a damaged disk or a copy)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return {"step": int(f.attrs["step"]), "epoch": int(f.attrs["epoch"]),
+                    "run": json.loads(f.attrs["run"]),
+                    "config": MaskRCNNConfig.from_dict(json.loads(f.attrs["config"]))}
+    except (OSError, KeyError) as err:
+        raise ValueError(f"checkpoint {path} cannot be read ({err}): delete it to resume from "
+                         "the one before, or pass --overwrite to start again") from None
 
 
 def restore_checkpoint(model: MaskRCNN, path: Path) -> None:

@@ -175,6 +175,12 @@ def require_folder(path: str | None, flag: str = "--output") -> None:
         raise UserError(f"{flag} {path} is a file, not a folder: give a folder path")
 
 
+def require_file(path: str | None, flag: str) -> None:
+    """UserError if `path`, where one file is written, is a folder (checked before the work)."""
+    if path and Path(path).is_dir():
+        raise UserError(f"{flag} {path} is a folder, not a file: give a file path")
+
+
 def cmd_train(args) -> int:
     from keras_maskrcnn.runtime import RunEnvironment
     from keras_maskrcnn.training import train
@@ -219,6 +225,8 @@ def cmd_evaluate(args) -> int:
     from keras_maskrcnn.model_dir import load_model_dir
     from keras_maskrcnn.pretrained import resolve_model
 
+    require_file(args.json, "--json")
+    require_file(args.pr_curves, "--pr-curves")
     model = load_model_dir(resolve_model(args.model))
     source = _dataset_source(args, "val")
     metrics = evaluate(model, source, batch_size=args.batch_size, max_images=args.max_images)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +150,7 @@ class MaskRCNNConfig:
     clipnorm: float | None = None
 
     def __post_init__(self) -> None:
+        self._check_types()
         _check_choice("architecture", self.architecture, ARCHITECTURES)
         _check_choice("backbone", self.backbone, BACKBONES)
         _check_choice("backbone_norm", self.backbone_norm, NORMS)
@@ -171,6 +173,9 @@ class MaskRCNNConfig:
                 f"rpn_head_convs and box_head_fcs must be >= 1, got {self.rpn_head_convs} and "
                 f"{self.box_head_fcs}"
             )
+        if len(self.image_size) != 2:
+            raise ValueError(f"config field image_size must be [height, width], got "
+                             f"{list(self.image_size)}")
         h, w = self.image_size
         if h % 32 or w % 32 or h <= 0 or w <= 0:
             raise ValueError(f"image_size must be positive multiples of 32, got {self.image_size}")
@@ -200,6 +205,16 @@ class MaskRCNNConfig:
                 f"class_names must have num_classes + 1 = {self.num_classes + 1} entries "
                 f"(index 0 = background), got {len(self.class_names)}"
             )
+
+    def _check_types(self) -> None:
+        """ValueError naming the first field whose value is not of its default's kind (a
+        string where a number goes, a number where a list goes, ...); fields defaulting to
+        None take anything their use accepts."""
+        for field in dataclasses.fields(self):
+            value, default = getattr(self, field.name), field.default
+            problem = _type_problem(field.name, value, default)
+            if problem:
+                raise ValueError(f"config field {field.name} must be {problem}, got {value!r}")
 
     @property
     def strides(self) -> tuple[int, ...]:
@@ -258,8 +273,8 @@ class MaskRCNNConfig:
         kwargs = {}
         for key, value in values.items():
             default = known[key].default
-            if isinstance(value, list) or isinstance(default, tuple):
-                value = tuple(value) if value is not None else None
+            if isinstance(value, list):  # anything else is named by _check_types
+                value = tuple(value)
             kwargs[key] = value
         return cls(**kwargs)
 
@@ -272,7 +287,46 @@ class MaskRCNNConfig:
             raise FileNotFoundError(f"config file not found: {path}") from err
         except json.JSONDecodeError as err:
             raise ValueError(f"config file {path} is not valid JSON: {err}") from err
-        return cls.from_dict(values)
+        if not isinstance(values, dict):
+            raise ValueError(f"config file {path} must hold a JSON object of config fields")
+        try:
+            return cls.from_dict(values)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"config file {path}: {err}") from None
+
+
+_STRING_ITEMS = ("class_names",)
+_INT_ITEMS = ("category_ids", "image_size", "train_min_sizes", "tiny_widths")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+        math.isfinite(value)
+
+
+def _type_problem(name: str, value: Any, default: Any) -> str | None:
+    """What `value` of field `name` should be given its `default`, or None when it fits."""
+    if default is None or default is dataclasses.MISSING:
+        return None
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        integral = _is_number(value) and float(value).is_integer()
+        return None if integral else "an integer"
+    if isinstance(default, float):
+        return None if _is_number(value) else "a finite number"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    if isinstance(default, tuple):
+        if not isinstance(value, tuple):
+            return "a list"
+        if name in _STRING_ITEMS:
+            return None if all(isinstance(v, str) for v in value) else "a list of strings"
+        if name in _INT_ITEMS:
+            ok = all(_is_number(v) and float(v).is_integer() for v in value)
+            return None if ok else "a list of integers"
+        return None if all(_is_number(v) for v in value) else "a list of numbers"
+    return None
 
 
 def migrate(values: dict[str, Any]) -> dict[str, Any]:

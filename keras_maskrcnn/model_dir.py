@@ -61,10 +61,19 @@ def read_model_config(directory: str | Path) -> MaskRCNNConfig:
     return config
 
 
+def unreadable_weights(path: str | Path, err: OSError) -> ValueError:
+    """The one-line error of a weights file HDF5 cannot open (truncated, corrupt, not HDF5)."""
+    return ValueError(f"{path} is not a readable weights file ({err}): it is truncated or "
+                      "corrupt; copy it again, or use a checkpoint from checkpoints/")
+
+
 def weights_config(weights_path: str | Path) -> MaskRCNNConfig | None:
     """The config stored inside a weights file by `save_model_dir`, or None (older files)."""
-    with h5py.File(weights_path, "r") as f:
-        text = f.attrs.get(CONFIG_ATTRIBUTE)
+    try:
+        with h5py.File(weights_path, "r") as f:
+            text = f.attrs.get(CONFIG_ATTRIBUTE)
+    except OSError as err:
+        raise unreadable_weights(weights_path, err) from None
     if text is None:
         return None
     return MaskRCNNConfig.from_dict(json.loads(text))
@@ -109,9 +118,12 @@ def expected_weight_shapes(model: MaskRCNN) -> dict[str, tuple[int, ...]]:
 def load_weights_strict(model: MaskRCNN, weights_path: str | Path) -> None:
     """`model.load_weights` after checking that the file and the model hold the same variables
     (paths and shapes); raises ValueError naming the differences otherwise."""
-    with current_layout(weights_path) as path:  # older weight layouts upgraded on the fly
-        check_weights_match(model, path, display=Path(weights_path))
-        model.load_weights(str(path))
+    try:
+        with current_layout(weights_path) as path:  # older weight layouts upgraded on the fly
+            check_weights_match(model, path, display=Path(weights_path))
+            model.load_weights(str(path))
+    except OSError as err:
+        raise unreadable_weights(weights_path, err) from None
 
 
 def check_weights_match(model: MaskRCNN, weights_path: Path, display: Path) -> None:

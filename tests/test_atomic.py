@@ -124,3 +124,18 @@ def test_export_targets_never_replace_other_files(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "Traceback" not in err and str(target) in err, err
     assert (photos / "holiday.jpg").read_text() == "precious" and afile.read_text() == "mine"
+
+
+def test_truncated_weights_and_checkpoint_are_one_line_errors(tmp_path):
+    from keras_maskrcnn.checkpoints import checkpoint_info
+    from keras_maskrcnn.config import get_config
+    from keras_maskrcnn.model import build_model
+    from keras_maskrcnn.model_dir import WEIGHTS_FILE, load_model_dir, save_model_dir
+
+    directory = save_model_dir(build_model(get_config("shapes")), tmp_path / "model")
+    weights = directory / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ValueError, match="is not a readable weights file.*truncated or corrupt"):
+        load_model_dir(directory)
+    with pytest.raises(ValueError, match="checkpoint .* cannot be read"):
+        checkpoint_info(weights)

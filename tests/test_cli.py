@@ -140,3 +140,10 @@ def test_output_that_is_a_file_is_a_one_line_error(command, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "is a file, not a folder" in err and "Traceback" not in err
     assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("flag", ["--json", "--pr-curves"])
+def test_evaluate_file_flag_that_is_a_folder_fails_first(flag, tmp_path, capsys):
+    assert main(["evaluate", "--model", str(tmp_path / "no_model"), flag, str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} {tmp_path} is a folder" in err and "Traceback" not in err

@@ -65,3 +65,34 @@ def test_category_ids_map_labels_and_are_validated():
     assert get_config("shapes").label_to_category_id == {1: 1, 2: 2, 3: 3}
     with pytest.raises(ValueError, match="category_ids"):
         get_config("shapes", category_ids=(1, 2))
+
+
+@pytest.mark.parametrize("field, value, words", [
+    ("num_classes", "three", "must be an integer"),
+    ("min_size", None, "must be an integer"),
+    ("learning_rate", "fast", "must be a finite number"),
+    ("horizontal_flip", 1, "true or false"),
+    ("image_size", [64], "[height, width]"),
+    ("image_size", [64.5, 64], "list of integers"),
+    ("anchor_sizes", ["a", 2, 3, 4, 5], "list of numbers"),
+    ("class_names", [1, 2, 3, 4], "list of strings"),
+    ("pixel_mean", 5, "must be a list"),
+    ("optimizer", 3, "must be a string"),
+])
+def test_field_of_the_wrong_kind_is_named_with_its_file(tmp_path, field, value, words):
+    values = json.loads(get_config("shapes").to_json())
+    values[field] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(ValueError) as info:
+        MaskRCNNConfig.from_json(path)
+    message = str(info.value)
+    assert str(path) in message and field in message and words in message, message
+
+
+def test_integral_floats_and_int_lists_still_load(tmp_path):
+    values = json.loads(get_config("shapes").to_json())
+    values["min_size"], values["pixel_mean"] = 128.0, [120, 115, 100]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    assert MaskRCNNConfig.from_json(path).pixel_mean == (120, 115, 100)
