@@ -272,7 +272,6 @@ class MaskRCNNConfig:
             )
         kwargs = {}
         for key, value in values.items():
-            default = known[key].default
             if isinstance(value, list):  # anything else is named by _check_types
                 value = tuple(value)
             kwargs[key] = value
