@@ -301,9 +301,14 @@ def train(
         start = 0
         latest = latest_checkpoint(output_dir)
         if latest is not None and not overwrite:
-            start = checkpoint_info(latest[1])["step"]
+            info = checkpoint_info(latest[1])
+            start = info["step"]
             restore_checkpoint(model, latest[1])
             print_fn(f"resuming from step {start} of {total} ({latest[1].name})")
+            changed = run_changes(info["run"], run)
+            if changed:
+                logger.warning("resuming with %s: the data order, augmentation or LR schedule "
+                               "differ from the interrupted run's from here on", changed)
         history = load_history(output_dir, start) if start else []
         print_fn(f"schedule: {schedule.describe()}; {per_epoch} steps per epoch; "
                  f"{env.describe()}")
@@ -444,6 +449,15 @@ class _Loop:
         path = save_checkpoint(self.model, self.output_dir, step, self.epoch_of(step),
                                self.keep, self.run_info)
         logger.info("checkpoint %s written in %.1f s", path.name, time.monotonic() - started)
+
+
+def run_changes(before: dict, now: dict) -> str:
+    """The run settings that differ between a checkpoint's run and this one ("" if none), e.g.
+    "--batch-size 2 -> 4, --seed 0 -> 5"."""
+    names = {"total_steps": "max_steps"}  # the flag that sets it
+    return ", ".join(f"--{names.get(key, key).replace('_', '-')} {before[key]} -> {now[key]}"
+                     for key in ("batch_size", "seed", "steps_per_epoch", "total_steps")
+                     if key in before and before[key] != now.get(key))
 
 
 def check_image_files(source, flag: str) -> None:

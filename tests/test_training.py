@@ -321,3 +321,12 @@ def test_validation_during_training_keeps_best(tmp_path, coco10_dir):
     history = json.loads((tmp_path / "run" / "history.json").read_text())["epochs"]
     assert all("val_segm_AP" in r and "val_bbox_AP" in r for r in history)
     assert (tmp_path / "run" / "best" / "model.weights.h5").exists()
+
+
+def test_resume_with_other_run_settings_is_named():
+    from keras_maskrcnn.training import run_changes
+
+    before = {"seed": 0, "batch_size": 2, "steps_per_epoch": 3, "total_steps": 9}
+    assert run_changes(before, dict(before)) == ""
+    now = {**before, "batch_size": 4, "total_steps": 12}
+    assert run_changes(before, now) == "--batch-size 2 -> 4, --max-steps 9 -> 12"
