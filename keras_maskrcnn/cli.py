@@ -36,13 +36,21 @@ def _dataset_source(args, split: str):
         count = args.shapes_train_images if split == "train" else args.shapes_val_images
         return ShapesDataset(num_images=count, image_size=args.shapes_image_size, seed=seed)
     annotations, images = args.annotations, args.images
-    if split == "val":
-        annotations = getattr(args, "val_annotations", None) or annotations
-        images = getattr(args, "val_images", None) or images
+    flags = ("--annotations", "--images")
+    if getattr(args, "val_images", None) and not args.val_annotations:
+        raise UserError("--val-images needs --val-annotations (the COCO json of those images)")
+    if split == "val" and getattr(args, "val_annotations", None):
+        annotations, images = args.val_annotations, args.val_images or images
+        flags = ("--val-annotations", "--val-images" if args.val_images else "--images")
     if not annotations or not images:
         raise SystemExit(
             "--dataset coco needs --annotations A.json and --images DIR "
             "(and optionally --val-annotations/--val-images for validation)")
+    if Path(annotations).is_dir():
+        raise UserError(f"{flags[0]} {annotations} is a folder: give the COCO json file")
+    if not Path(images).is_dir():
+        raise UserError(f"{flags[1]} {images} is not a folder (the folder holding the images "
+                        f"of {annotations})")
     from keras_maskrcnn.data import CocoDataset
 
     return CocoDataset(annotations, images, max_image_pixels=pixel_limit(args))

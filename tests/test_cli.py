@@ -147,3 +147,23 @@ def test_evaluate_file_flag_that_is_a_folder_fails_first(flag, tmp_path, capsys)
     assert main(["evaluate", "--model", str(tmp_path / "no_model"), flag, str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"{flag} {tmp_path} is a folder" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", ["images_is_a_file", "val_images_missing", "annotations_dir",
+                                  "val_images_alone"])
+def test_dataset_flags_name_the_wrong_one(case, coco10_dir, tmp_path, capsys):
+    ann, images = str(coco10_dir / "annotations.json"), str(coco10_dir / "images")
+    extra, expected = {
+        "images_is_a_file": (["--annotations", ann, "--images", ann], "--images"),
+        "val_images_missing": (["--annotations", ann, "--images", images, "--val-annotations",
+                                ann, "--val-images", str(tmp_path / "nope")], "--val-images"),
+        "annotations_dir": (["--annotations", str(coco10_dir), "--images", images],
+                            "--annotations"),
+        "val_images_alone": (["--annotations", ann, "--images", images, "--val-images", images],
+                             "--val-annotations"),
+    }[case]
+    rc = main(["train", "--dataset", "coco", *extra, "--max-steps", "1",
+               "--output", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 2 and expected in err and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()
