@@ -197,6 +197,25 @@ def test_load_state_dict_sources(tmp_path, monkeypatch):
         tvc.load_state_dict(tmp_path / "state.pth")
 
 
+def test_unreadable_pth_is_one_line(tmp_path):
+    """A file torch cannot unpickle (read in a child process: TensorFlow is imported here) is
+    named in one line with torch's reason, not torch's paragraphs."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("torch (the parity extra) is not installed: the .pth reader needs it")
+    (tmp_path / "state.pth").write_bytes(b"garbage, not a torch.save file")
+    with pytest.raises(ValueError) as info:
+        tvc.load_state_dict(tmp_path / "state.pth")
+    message = str(info.value)
+    assert "torch could not read" in message and "state.pth" in message
+    assert "\n" not in message and "Error" in message, message
+    torch_text = ("UnpicklingError: Weights only load failed.\nPlease file an issue: "
+                  "WeightsUnpickler error:\n\nUnsupported operand 103\n\nCheck "
+                  "https://pytorch.org/docs/stable/generated/torch.load.html.")
+    assert tvc.torch_error_reason(torch_text) == "UnpicklingError: Unsupported operand 103"
+
+
 # --------------------------------------------------------------------------- convert end to end
 
 

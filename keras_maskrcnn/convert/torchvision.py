@@ -130,13 +130,27 @@ try:
 except ImportError:
     sys.exit(3)
 import numpy as np
-obj = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+try:
+    obj = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+except Exception as err:  # the parent makes it one line (torch_error_reason)
+    sys.stderr.write(type(err).__name__ + ": " + str(err))
+    sys.exit(4)
 for key in ("model", "state_dict"):
     if isinstance(obj, dict) and isinstance(obj.get(key), dict):
         obj = obj[key]
 np.savez(sys.argv[2], **{k: v.detach().cpu().numpy() for k, v in obj.items()
                          if isinstance(v, torch.Tensor)})
 """
+
+
+def torch_error_reason(text: str) -> str:
+    """One line of a torch.load error "Name: message" (torch's messages run to paragraphs and
+    end in a documentation link): the name and the last line that says something."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    name = first.split(":", 1)[0].strip() if ":" in first else ""
+    lines = [x.strip() for x in text.splitlines() if x.strip() and "http" not in x]
+    last = lines[-1] if lines else ""
+    return (last if not name or last.startswith(name) else f"{name}: {last}")[:300]
 
 
 def _read_torch_file(path: Path) -> dict[str, np.ndarray]:
@@ -152,8 +166,8 @@ def _read_torch_file(path: Path) -> dict[str, np.ndarray]:
             if done.returncode == 3:
                 raise ImportError(f"reading {path} needs torch: {PARITY_HINT}")
             if done.returncode != 0:
-                raise ValueError(f"torch could not read {path} ({_LOAD_HINT}):\n"
-                                 f"{done.stderr[-2000:]}")
+                reason = torch_error_reason(done.stderr) or f"exit code {done.returncode}"
+                raise ValueError(f"torch could not read {path} ({_LOAD_HINT}): {reason}")
             with np.load(out) as data:
                 return {k: np.asarray(data[k]) for k in data.files}
     import torch
@@ -161,7 +175,8 @@ def _read_torch_file(path: Path) -> dict[str, np.ndarray]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises several unpickling errors
-        raise ValueError(f"torch could not read {path} ({_LOAD_HINT}): {err}") from err
+        reason = torch_error_reason(f"{type(err).__name__}: {err}")
+        raise ValueError(f"torch could not read {path} ({_LOAD_HINT}): {reason}") from None
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} holds a {type(obj).__name__}, not a state dict")
     return {k: v.detach().cpu().numpy() for k, v in _unwrap(obj).items()
