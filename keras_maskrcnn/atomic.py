@@ -63,10 +63,9 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
 
 
 def require_file_target(path: str | Path, what: str) -> None:
-    """ValueError if `path`, where one file (`what`) is to be written, is a folder."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder: {what} is one file; give a file path")
+    """ValueError if `path`, where one file (`what`: its name or flag) is written, is a folder."""
+    if Path(path).is_dir():
+        raise ValueError(f"{what} {path} is a folder, not a file: give a file path")
 
 
 def require_replaceable_folder(path: str | Path, marker: str, what: str) -> None:

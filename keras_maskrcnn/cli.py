@@ -184,9 +184,11 @@ def require_folder(path: str | None, flag: str = "--output") -> None:
 
 
 def require_file(path: str | None, flag: str) -> None:
-    """UserError if `path`, where one file is written, is a folder (checked before the work)."""
-    if path and Path(path).is_dir():
-        raise UserError(f"{flag} {path} is a folder, not a file: give a file path")
+    """ValueError if `path`, where one file is written, is a folder (checked before the work)."""
+    if path:
+        from keras_maskrcnn.atomic import require_file_target
+
+        require_file_target(path, flag)
 
 
 def cmd_train(args) -> int:

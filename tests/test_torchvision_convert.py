@@ -4,6 +4,7 @@ state dict whose shapes are written here from torchvision's architecture."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -192,7 +193,7 @@ def test_load_state_dict_sources(tmp_path, monkeypatch):
     with pytest.raises(TypeError, match="mapping"):
         tvc.load_state_dict(42)
     (tmp_path / "state.pth").write_bytes(b"not read")
-    monkeypatch.setattr(tvc.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ImportError, match=r"pip install -e \.\[parity\]"):
         tvc.load_state_dict(tmp_path / "state.pth")
 
@@ -200,8 +201,6 @@ def test_load_state_dict_sources(tmp_path, monkeypatch):
 def test_unreadable_pth_is_one_line(tmp_path):
     """A file torch cannot unpickle (read in a child process: TensorFlow is imported here) is
     named in one line with torch's reason, not torch's paragraphs."""
-    import importlib.util
-
     if importlib.util.find_spec("torch") is None:
         pytest.skip("torch (the parity extra) is not installed: the .pth reader needs it")
     (tmp_path / "state.pth").write_bytes(b"garbage, not a torch.save file")
@@ -213,7 +212,9 @@ def test_unreadable_pth_is_one_line(tmp_path):
     torch_text = ("UnpicklingError: Weights only load failed.\nPlease file an issue: "
                   "WeightsUnpickler error:\n\nUnsupported operand 103\n\nCheck "
                   "https://pytorch.org/docs/stable/generated/torch.load.html.")
-    assert tvc.torch_error_reason(torch_text) == "UnpicklingError: Unsupported operand 103"
+    from keras_maskrcnn.convert.state_dict import torch_error_reason
+
+    assert torch_error_reason(torch_text) == "UnpicklingError: Unsupported operand 103"
 
 
 # --------------------------------------------------------------------------- convert end to end

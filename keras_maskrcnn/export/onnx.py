@@ -150,7 +150,7 @@ def export_onnx(
     Returns:
         The path of the .onnx file.
     """
-    require_file_target(output, "an ONNX model")
+    require_file_target(output, "the ONNX model")
     size = _check_input_size(input_size)
     onnx = _require("onnx")
     model = onnx_ready_model(model_or_dir, size)

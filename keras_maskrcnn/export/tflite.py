@@ -211,7 +211,7 @@ def export_tflite(
     Returns:
         The path of the .tflite file.
     """
-    require_file_target(output, "a TFLite model")
+    require_file_target(output, "the TFLite model")
     quantize = _check_quantize(quantize)
     if buckets is None:
         canvas = _check_input_size(input_size)
