@@ -372,9 +372,11 @@ class UserError(Exception):
 
 def user_errors():
     """Exception types printed as one line (with exit code) instead of a traceback."""
+    from keras_maskrcnn.extras import MissingExtraError
     from keras_maskrcnn.training import TrainingDiverged, TrainingError
 
-    return ((TrainingDiverged, 3), (TrainingError, 2), (UserError, 2), (FileNotFoundError, 2),
+    return ((TrainingDiverged, 3), (TrainingError, 2), (UserError, 2), (MissingExtraError, 2),
+            (FileNotFoundError, 2),
             (ValueError, 2), (RuntimeError, 2))
 
 

@@ -6,7 +6,6 @@ current names (`normalize_keys`). Errors are one line naming the file.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -17,7 +16,9 @@ from typing import Any
 
 import numpy as np
 
-PARITY_HINT = "pip install -e .[parity]"
+from keras_maskrcnn.extras import MissingExtraError, check_installed, install_hint
+
+PARITY_HINT = install_hint("parity")
 
 
 def load_state_dict(source: Mapping[str, Any] | str | Path) -> dict[str, np.ndarray]:
@@ -104,15 +105,14 @@ def torch_error_reason(text: str) -> str:
 def _read_torch_file(path: Path) -> dict[str, np.ndarray]:
     """Reads a torch.save file with torch; in a subprocess when TensorFlow is already imported
     (torch imported after TensorFlow crashes the process)."""
-    if importlib.util.find_spec("torch") is None:
-        raise ImportError(f"reading {path} needs torch: {PARITY_HINT} (or pass an .npz of arrays)")
+    check_installed(("torch",), "parity", f"reading {path} (or pass an .npz of arrays)")
     if "tensorflow" in sys.modules and "torch" not in sys.modules:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "state.npz"
             done = subprocess.run([sys.executable, "-c", _READ_SCRIPT, str(path), str(out)],
                                   capture_output=True, text=True)
             if done.returncode == 3:
-                raise ImportError(f"reading {path} needs torch: {PARITY_HINT}")
+                raise MissingExtraError(f"reading {path} needs torch: {PARITY_HINT}")
             if done.returncode != 0:
                 reason = torch_error_reason(done.stderr) or f"exit code {done.returncode}"
                 raise ValueError(f"torch could not read {path} ({_LOAD_HINT}): {reason}")

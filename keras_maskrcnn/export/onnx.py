@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from keras_maskrcnn.atomic import atomic_path, atomic_write_json, require_file_target
+from keras_maskrcnn.extras import check_installed, require
 
 if TYPE_CHECKING:
     from keras_maskrcnn.model import MaskRCNN
@@ -44,7 +45,7 @@ DEFAULT_INPUT_SIZE = 512
 ONNX_INPUTS = ("images", "image_shape")
 ONNX_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
                 "detection_masks")
-ONNX_HINT = "pip install -e .[onnx]"
+ONNX_MODULES = ("tf2onnx", "onnx")
 _TRACE_ATTRIBUTE = "_kmr_onnx_trace"
 
 
@@ -65,12 +66,7 @@ def _check_input_size(input_size) -> int:
 
 
 def _require(module: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as err:
-        raise ImportError(f"the ONNX export needs {module}: {ONNX_HINT}") from err
+    return require(module, "onnx", "the ONNX export")
 
 
 def onnx_ready_model(model_or_dir: MaskRCNN | str | Path, input_size: int = DEFAULT_INPUT_SIZE,
@@ -297,6 +293,7 @@ def run_onnx_export(args: argparse.Namespace) -> int:
                          "(options: --input-size S)")
     if not Path(args.model).is_dir():
         raise SystemExit(f"--model {args.model} is not a model directory")
+    check_installed(ONNX_MODULES, "onnx", "--format onnx")  # before building anything
     size = _check_input_size(args.input_size or DEFAULT_INPUT_SIZE)
     path = export_onnx(args.model, args.output, input_size=size)
     print(f"ONNX model written to {path} ({path.stat().st_size / 2**20:.1f} MiB, input "
