@@ -10,9 +10,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from keras_maskrcnn.checkpoints import restore_checkpoint, save_checkpoint
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import get_config
-from keras_maskrcnn.model import build_model
+from keras_maskrcnn.saving import restore_checkpoint, save_checkpoint
 from keras_maskrcnn.solver import make_optimizer
 
 

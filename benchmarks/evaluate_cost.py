@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.data import CocoDataset, make_inference_inputs
 from keras_maskrcnn.inference import evaluate, run_model
-from keras_maskrcnn.model import build_model
 from keras_maskrcnn.runtime import cpu_model
 from keras_maskrcnn.transform import canvas_for
 

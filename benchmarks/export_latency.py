@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.export.saved_model import export_saved_model
 from keras_maskrcnn.export.tflite import QUANTIZE_OPTIONS, export_tflite, letterbox_image
@@ -70,7 +71,7 @@ def _image(size: int) -> np.ndarray:
 
 
 def _keras_runner(model: MaskRCNN, inputs: dict):
-    fn = tf.function(lambda a, b: model.inference_model({"images": a, "image_shape": b},
+    fn = tf.function(lambda a, b: model.inference_graph()({"images": a, "image_shape": b},
                                                         training=False))
     args = (tf.constant(inputs["images"]), tf.constant(inputs["image_shape"]))
     return lambda: {k: v.numpy() for k, v in fn(*args).items()}
@@ -97,15 +98,15 @@ def main() -> int:
     keras.utils.set_random_seed(0)
     config = get_config("coco_r50_fpn", num_classes=80, image_size=(size, size),
                         min_size=size, max_size=size)
-    model = MaskRCNN(config, roi_align_implementation="gather")
+    model = build_model(config, roi_align_implementation="gather")
     image = _image(size)
     inputs = letterbox_image(image, size)
 
     rows = []  # (name, size MiB or None, export seconds or None, runner)
     rows.append(("Keras tf.function (gather)", None, None, _keras_runner(model, inputs)))
     if custom_roi_align.is_available():
-        auto = MaskRCNN(config)
-        auto.inference_model.set_weights(model.inference_model.get_weights())
+        auto = build_model(config)
+        auto.inference_graph().set_weights(model.inference_graph().get_weights())
         rows.append(("Keras tf.function (auto: custom op)", None, None,
                      _keras_runner(auto, inputs)))
 

@@ -15,9 +15,9 @@ import argparse
 import time
 from pathlib import Path
 
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.data import CocoDataset, make_dataset
-from keras_maskrcnn.model import build_model
 from keras_maskrcnn.runtime import RunEnvironment, cpu_model
 from keras_maskrcnn.solver import make_optimizer
 from keras_maskrcnn.training import make_train_step

@@ -64,13 +64,13 @@ def trunk_step(model, images, image_shape):
     """A `tf.function` of forward + backward through backbone, FPN and RPN head alone (loss:
     mean of each feature map + 1e-3 x the sum of the RPN outputs); returns the gradients."""
     images, shape = tf.constant(images), tf.constant(image_shape)
-    variables = model.fpn.trainable_variables + model.rpn_head.trainable_variables
+    variables = model.backbone.fpn.trainable_variables + model.rpn.head.trainable_variables
 
     @tf.function
     def run():
         with tf.GradientTape() as tape:
-            features = model.fpn(model.normalize(images, shape))
-            logits, deltas = model.rpn_head(features)
+            features = model.backbone.fpn(model.normalizer(images, shape))
+            logits, deltas = model.rpn.head(features)
             loss = tf.add_n([tf.reduce_mean(tf.cast(f, tf.float32)) for f in features]) + \
                 1e-3 * tf.cast(tf.reduce_sum(logits) + tf.reduce_sum(deltas), tf.float32)
         return tape.gradient(loss, variables)
@@ -106,8 +106,8 @@ def main() -> None:
 
     from train_step import synthetic_batch  # this folder is on sys.path
 
+    from keras_maskrcnn.builder import build_model
     from keras_maskrcnn.config import get_config
-    from keras_maskrcnn.model import build_model
     from keras_maskrcnn.runtime import RunEnvironment, cpu_model
     from keras_maskrcnn.solver import make_optimizer
     from keras_maskrcnn.training import make_train_step

@@ -14,8 +14,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import get_config
-from keras_maskrcnn.model import build_model
 from keras_maskrcnn.training import make_optimizer
 
 
@@ -40,7 +40,7 @@ def synthetic_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndar
 
 
 def parameter_count(model) -> int:
-    return int(sum(int(np.prod(v.shape)) for v in model.inference_model.weights
+    return int(sum(int(np.prod(v.shape)) for v in model.inference_graph().weights
                    if "moving_" not in v.path))
 
 

@@ -202,13 +202,14 @@ def tf_runners(model_dir: Path, workdir: Path, photos: dict, args) -> list[tuple
     """(name, runner) of every TensorFlow runtime; runner(photo) -> (seconds, detections)."""
     import tensorflow as tf
 
+    from keras_maskrcnn.builder import model_for_canvas
     from keras_maskrcnn.data.pipeline import make_inference_inputs
     from keras_maskrcnn.export import export_saved_model, export_tflite
     from keras_maskrcnn.export.buckets import bucket_for, format_canvas
-    from keras_maskrcnn.export.precision import with_precision
     from keras_maskrcnn.export.tflite import bucket_inputs, metadata_path
-    from keras_maskrcnn.inference import model_for_canvas, predict_images
-    from keras_maskrcnn.model_dir import load_model_dir
+    from keras_maskrcnn.inference import predict_images
+    from keras_maskrcnn.precision import with_precision
+    from keras_maskrcnn.saving import load_model_dir
     from keras_maskrcnn.transform import canvas_for
 
     model = load_model_dir(model_dir)  # default RoIAlign ("auto": the custom op if built)

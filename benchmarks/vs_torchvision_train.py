@@ -139,8 +139,8 @@ def tf_train_worker(workdir: Path, size: int, precision: str, jit: str,
     import tensorflow as tf
 
     from keras_maskrcnn.data import CocoDataset, make_dataset
-    from keras_maskrcnn.model_dir import load_model_dir, read_model_config
     from keras_maskrcnn.runtime import RunEnvironment
+    from keras_maskrcnn.saving import load_model_dir, read_model_config
     from keras_maskrcnn.solver import make_optimizer
     from keras_maskrcnn.training import make_train_step
 

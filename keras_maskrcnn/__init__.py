@@ -19,12 +19,13 @@ if _os.path.basename(_sys.argv[0] if _sys.argv else "") == "keras-maskrcnn" \
 
     filter_native_stderr()
 
-# Imported for their `@keras.saving.register_keras_serializable` side effect: the model module
-# imports the layers, heads and backbones; the solver holds the learning-rate schedule and the
-# optimizer (so that a compiled model's `.keras` file loads too).
+# Imported for their `@keras.saving.register_keras_serializable` side effect: the builder
+# imports the model, its parts, layers, heads and backbones; the solver holds the learning-rate
+# schedule and the optimizer (so that a compiled model's `.keras` file loads too).
+from keras_maskrcnn.builder import build_model  # noqa: E402
 from keras_maskrcnn.config import MaskRCNNConfig, get_config  # noqa: E402
-from keras_maskrcnn.model import MaskRCNN, build_model  # noqa: E402
-from keras_maskrcnn.model_dir import load_model_dir, save_model_dir
+from keras_maskrcnn.model import MaskRCNN  # noqa: E402
+from keras_maskrcnn.saving import load_model_dir, save_model_dir  # noqa: E402
 from keras_maskrcnn.solver import WarmupStepDecay  # noqa: E402
 
 __all__ = [

@@ -225,6 +225,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    from keras_maskrcnn.convert.published import resolve_model
     from keras_maskrcnn.evaluation import (
         format_size_table,
         print_per_class_table,
@@ -232,8 +233,7 @@ def cmd_evaluate(args) -> int:
         save_pr_curves,
     )
     from keras_maskrcnn.inference import evaluate
-    from keras_maskrcnn.model_dir import load_model_dir
-    from keras_maskrcnn.pretrained import resolve_model
+    from keras_maskrcnn.saving import load_model_dir
 
     require_file(args.json, "--json")
     require_file(args.pr_curves, "--pr-curves")
@@ -253,15 +253,15 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
+    from keras_maskrcnn.convert.published import resolve_model
     from keras_maskrcnn.files import expand_image_paths, predict_files
-    from keras_maskrcnn.model_dir import load_model_dir
-    from keras_maskrcnn.pretrained import resolve_model
+    from keras_maskrcnn.saving import load_model_dir
 
     require_folder(args.output)
     model = load_model_dir(resolve_model(args.model))
     model.ensure_finite_weights()
     if args.precision != "float32":
-        from keras_maskrcnn.export.precision import with_precision
+        from keras_maskrcnn.precision import with_precision
 
         model = with_precision(model, args.precision)  # same weights, bf16 compute
     files = expand_image_paths(args.images)

@@ -28,6 +28,17 @@ LR_SCHEDULES = ("step", "cosine")
 DECAY_FRACTIONS_1X = (2.0 / 3.0, 8.0 / 9.0)
 MASK_PASTES = ("exact", "torchvision")
 HEAD_NORMS = ("none", "bn")
+# The fields that fix the network and the meaning of its weights: a model directory's
+# `config.json` may not change them (every other field is an inference or training setting).
+ARCHITECTURE_FIELDS = (
+    "num_classes", "pixel_mean", "pixel_std", "bgr_input", "architecture", "backbone",
+    "backbone_norm", "stride_in_1x1", "tiny_widths", "fpn_channels", "fpn_norm", "anchor_sizes",
+    "aspect_ratios", "anchor_offset", "round_anchors", "anchor_stride_from_grid",
+    "rpn_head_convs", "box_coder_weights", "pooler", "pooler_sampling_ratio", "pooler_aligned",
+    "box_pool_size", "mask_pool_size", "canonical_box_size", "canonical_level", "box_head_dim",
+    "box_head_convs", "box_head_conv_dim", "box_head_fcs", "mask_head_dim", "mask_head_convs",
+    "head_norm",
+)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from keras_maskrcnn.config import MaskRCNNConfig
 from keras_maskrcnn.model import MaskRCNN
-from keras_maskrcnn.model_dir import load_model_dir, read_model_config
+from keras_maskrcnn.saving import load_model_dir, read_model_config
 
 # Fields of the pretrained config that describe its data, not its architecture.
 DATA_FIELDS = ("num_classes", "class_names", "category_ids")

@@ -93,16 +93,6 @@ def predict_images(
             for i in range(count)]
 
 
-def model_for_canvas(model: MaskRCNN, canvas: tuple[int, int]) -> MaskRCNN:
-    """`model` on another canvas (anchors are constants of the canvas), same weights."""
-    canvas = (int(canvas[0]), int(canvas[1]))
-    c = model.config
-    if canvas == tuple(c.image_size):
-        return model
-    return model.rebuilt(image_size=canvas, min_size=min(c.min_size, min(canvas)),
-                         max_size=min(c.max_size, max(canvas)))
-
-
 def category_map(config, source=None) -> dict[int, int]:
     """Label -> category id: the config's `category_ids` when set; else the dataset's map when the
     model has the dataset's classes; else the identity (e.g. torchvision's 91-index COCO labels)."""

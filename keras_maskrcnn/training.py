@@ -33,17 +33,20 @@ from keras_maskrcnn.atomic import (
     atomic_write_json,
     remove_stale_temporaries,
 )
-from keras_maskrcnn.checkpoints import (
+from keras_maskrcnn.builder import build_model
+from keras_maskrcnn.config import MaskRCNNConfig
+from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, unpack_batch
+from keras_maskrcnn.runtime import RunEnvironment
+from keras_maskrcnn.saving import (
     CHECKPOINT_DIR,
+    CONFIG_FILE,
     checkpoint_info,
     latest_checkpoint,
+    read_model_config,
     restore_checkpoint,
     save_checkpoint,
+    save_model_dir,
 )
-from keras_maskrcnn.config import MaskRCNNConfig
-from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, build_model, unpack_batch
-from keras_maskrcnn.model_dir import CONFIG_FILE, read_model_config, save_model_dir
-from keras_maskrcnn.runtime import RunEnvironment
 from keras_maskrcnn.solver import WarmupStepDecay, make_optimizer, schedule_for_run
 
 __all__ = ["TrainingError", "TrainingDiverged", "WarmupStepDecay", "make_optimizer", "train",

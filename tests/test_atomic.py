@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 
 from keras_maskrcnn.atomic import atomic_write_json, atomic_write_text, strict_json
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import get_config
-from keras_maskrcnn.model import build_model
-from keras_maskrcnn.model_dir import load_model_dir, read_model_config, save_model_dir
+from keras_maskrcnn.saving import load_model_dir, read_model_config, save_model_dir
 
 SAVER = r"""
 import sys
 import numpy as np
 from keras_maskrcnn.config import get_config
-from keras_maskrcnn.model import build_model
-from keras_maskrcnn.model_dir import save_model_dir
+from keras_maskrcnn.builder import build_model
+from keras_maskrcnn.saving import save_model_dir
 directory = sys.argv[1]
 config = get_config("shapes", mask_head_dim=8, box_head_dim=32, fpn_channels=16)
 model = build_model(config)
@@ -84,7 +84,7 @@ def test_predicting_with_nan_weights_is_refused():
     from keras_maskrcnn.inference import predict_images
 
     model = build_model(get_config("shapes"))
-    kernel = model.mask_head.predictor.kernel
+    kernel = model.roi_heads.mask_head.predictor.kernel
     kernel.assign(np.full(kernel.shape, np.nan, np.float32))
     with pytest.raises(ValueError, match="non-finite"):
         predict_images(model, [np.zeros((64, 64, 3), np.uint8)])
@@ -94,10 +94,10 @@ def test_export_targets_never_replace_other_files(tmp_path, capsys):
     """A SavedModel folder replaces only nothing, an empty folder or an earlier SavedModel;
     a one-file export is refused a folder. The user's files stay."""
     from keras_maskrcnn.atomic import require_file_target, require_replaceable_folder
+    from keras_maskrcnn.builder import build_model
     from keras_maskrcnn.cli import main
     from keras_maskrcnn.config import get_config
-    from keras_maskrcnn.model import build_model
-    from keras_maskrcnn.model_dir import save_model_dir
+    from keras_maskrcnn.saving import save_model_dir
 
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -127,10 +127,9 @@ def test_export_targets_never_replace_other_files(tmp_path, capsys):
 
 
 def test_truncated_weights_and_checkpoint_are_one_line_errors(tmp_path):
-    from keras_maskrcnn.checkpoints import checkpoint_info
+    from keras_maskrcnn.builder import build_model
     from keras_maskrcnn.config import get_config
-    from keras_maskrcnn.model import build_model
-    from keras_maskrcnn.model_dir import WEIGHTS_FILE, load_model_dir, save_model_dir
+    from keras_maskrcnn.saving import WEIGHTS_FILE, checkpoint_info, load_model_dir, save_model_dir
 
     directory = save_model_dir(build_model(get_config("shapes")), tmp_path / "model")
     weights = directory / WEIGHTS_FILE

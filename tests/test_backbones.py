@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from keras_maskrcnn.backbones import RESNET_SPECS, build_fpn, build_resnet, tiny_spec
-from keras_maskrcnn.backbones.fpn import fpn_from_config
 from keras_maskrcnn.backbones.pretrained import copy_keras_applications_resnet
+from keras_maskrcnn.builder import build_backbone
 from keras_maskrcnn.config import get_config
 
 
@@ -26,8 +26,8 @@ def _randomize_batchnorm(model, seed=0):
 @pytest.mark.parametrize("norm", ["frozen_bn", "bn", "gn"])
 def test_tiny_resnet_fpn_shapes(norm):
     backbone = build_resnet(tiny_spec((16, 32, 64, 128)), norm=norm)
-    fpn = build_fpn(backbone, channels=32)
-    outputs = fpn(np.zeros((2, 96, 64, 3), "float32"))
+    fpn = build_fpn([c.shape[-1] for c in backbone.outputs], channels=32)
+    outputs = fpn(backbone(np.zeros((2, 96, 64, 3), "float32")))
     assert [tuple(o.shape) for o in outputs] == [
         (2, 24, 16, 32), (2, 12, 8, 32), (2, 6, 4, 32), (2, 3, 2, 32), (2, 2, 1, 32)]
 
@@ -35,7 +35,7 @@ def test_tiny_resnet_fpn_shapes(norm):
 @pytest.mark.parametrize("norm", ["none", "bn"])
 def test_fpn_norm_layers(norm):
     backbone = build_resnet(tiny_spec((8, 8, 8, 8)), norm="bn")
-    fpn = build_fpn(backbone, channels=8, norm=norm)
+    fpn = build_fpn([c.shape[-1] for c in backbone.outputs], channels=8, norm=norm)
     norms = [layer for layer in fpn.layers if isinstance(layer, keras.layers.BatchNormalization)]
     convs = [layer for layer in fpn.layers if isinstance(layer, keras.layers.Conv2D)]
     expected = {f"fpn_{kind}{k}" for kind in ("lateral", "output") for k in range(2, 6)}
@@ -43,17 +43,16 @@ def test_fpn_norm_layers(norm):
     assert all(c.use_bias == (norm == "none") for c in convs)
     assert {n.name for n in norms} == ({f"{name}_norm" for name in expected} if norm == "bn"
                                        else set())
-    outputs = fpn(np.zeros((1, 64, 64, 3), "float32"))
+    outputs = fpn(backbone(np.zeros((1, 64, 64, 3), "float32")))
     assert [tuple(o.shape) for o in outputs] == [
         (1, 16, 16, 8), (1, 8, 8, 8), (1, 4, 4, 8), (1, 2, 2, 8), (1, 1, 1, 8)]
     with pytest.raises(ValueError, match="norm"):
-        build_fpn(backbone, channels=8, norm="gn")
+        build_fpn(channels=8, norm="gn")
 
 
-def test_fpn_from_config_follows_fpn_norm():
+def test_builder_fpn_follows_fpn_norm():
     config = get_config("torchvision_r50_fpn_v2", backbone="resnet_tiny", fpn_channels=8)
-    backbone = build_resnet(tiny_spec(config.tiny_widths), norm="bn")
-    fpn = fpn_from_config(backbone, config)
+    fpn = build_backbone(config).fpn
     assert fpn.name == "fpn" and fpn.outputs[0].shape[-1] == 8
     assert fpn.get_layer("fpn_output3_norm") is not None
 

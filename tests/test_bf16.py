@@ -1,4 +1,4 @@
-"""bfloat16 inference (`keras_maskrcnn.export.precision`): detections agree with float32 on real
+"""bfloat16 inference (`keras_maskrcnn.precision`): detections agree with float32 on real
 photos, the per-image canvas path and the SavedModel keep bf16, and bf16 is faster.
 
 The model compared is trained briefly (150 steps, ~1 min) on the ten COCO photos of
@@ -26,8 +26,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_maskrcnn.export import precision as precision_module
-from keras_maskrcnn.export.precision import model_precision, resolve_precision, with_precision
+from keras_maskrcnn.builder import build_model, rebuilt
+from keras_maskrcnn import precision as precision_module
+from keras_maskrcnn.precision import model_precision, resolve_precision, with_precision
 from keras_maskrcnn.runtime import cpu_has_bf16, cpu_model
 
 DATA = Path(__file__).resolve().parent / "data" / "coco-val2017-10"
@@ -106,22 +107,21 @@ def test_bf16_layers_keep_coordinates_float32():
     import tensorflow as tf
 
     from keras_maskrcnn.config import get_config
-    from keras_maskrcnn.model import MaskRCNN
 
     config = get_config("shapes", image_size=(64, 64), min_size=64, max_size=64)
-    model = with_precision(MaskRCNN(config, roi_align_implementation="gather"), "bfloat16")
+    model = with_precision(build_model(config, roi_align_implementation="gather"), "bfloat16")
     assert model_precision(model) == "bfloat16"
     for name in ("normalize", "test_proposals", "detection_layer", "box_pooler", "mask_pooler"):
         assert getattr(model, name).autocast is False, name
-    assert all(w.dtype == "float32" for w in model.inference_model.weights)
+    assert all(w.dtype == "float32" for w in model.inference_graph().weights)
     images = tf.fill([1, 64, 64, 3], 200.0)
-    normalized = model.normalize(images, tf.constant([[64.0, 33.0]]))
+    normalized = model.normalizer(images, tf.constant([[64.0, 33.0]]))
     assert normalized.dtype == tf.bfloat16
     expected = (200.0 - np.array(config.pixel_mean)) / np.array(config.pixel_std)
     np.testing.assert_allclose(tf.cast(normalized[0, 0, 0], tf.float32), expected, rtol=4e-3)
     assert float(tf.reduce_max(tf.abs(tf.cast(normalized[0, :, 33:], tf.float32)))) == 0.0
     # a model rebuilt for another canvas keeps the precision
-    other = model.rebuilt(image_size=(64, 96), max_size=96)
+    other = rebuilt(model, image_size=(64, 96), max_size=96)
     assert model_precision(other) == "bfloat16" and other.box_pooler.autocast is False
     assert with_precision(model, "bfloat16") is model
     assert model_precision(with_precision(model, "float32")) == "float32"
@@ -133,7 +133,7 @@ def trained(tmp_path_factory):
     """A small model (the shapes preset's ResNet) trained TRAIN_STEPS on the ten photos."""
     from keras_maskrcnn.config import get_config
     from keras_maskrcnn.data import CocoDataset
-    from keras_maskrcnn.model_dir import load_model_dir
+    from keras_maskrcnn.saving import load_model_dir
     from keras_maskrcnn.training import train
 
     source = CocoDataset(DATA / "annotations.json", DATA / "images")
@@ -148,12 +148,13 @@ def trained(tmp_path_factory):
           seed=0, overwrite=True, print_fn=lambda line: None)
     model = load_model_dir(directory)
     # the per-image canvas: bf16 must survive the per-canvas rebuilds of predict_images
-    return directory, model.rebuilt(canvas="per_image")
+    return directory, rebuilt(model, canvas="per_image")
 
 
 @needs_bf16
 def test_bf16_detections_agree_with_float32_on_photos(trained):
-    from keras_maskrcnn.inference import model_for_canvas, predict_images
+    from keras_maskrcnn.builder import model_for_canvas
+    from keras_maskrcnn.inference import predict_images
     from keras_maskrcnn.transform import canvas_for
 
     _, model = trained
@@ -231,12 +232,11 @@ def test_bf16_is_faster_on_resnet50():
 
     from keras_maskrcnn.config import get_config
     from keras_maskrcnn.data.pipeline import make_inference_inputs
-    from keras_maskrcnn.model import MaskRCNN
 
     keras.utils.set_random_seed(0)
     config = get_config("torchvision_r50_fpn", num_classes=90, image_size=(480, 640),
                         min_size=480, max_size=640)
-    model = MaskRCNN(config, roi_align_implementation="gather")
+    model = build_model(config, roi_align_implementation="gather")
     low = with_precision(model, "bfloat16")
     batch = make_inference_inputs([_photos()[-1]], config)  # 640 x 480 -> 480 x 640
     inputs = {k: tf.constant(batch[k]) for k in ("images", "image_shape")}

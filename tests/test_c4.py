@@ -29,6 +29,7 @@ import tensorflow as tf
 from helpers import noise_rect_image
 
 from keras_maskrcnn.backbones import RESNET_SPECS, build_res5_head, build_resnet
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import MaskRCNNConfig, get_config
 from keras_maskrcnn.data import ShapesDataset, make_dataset
 from keras_maskrcnn.export import export_saved_model, export_tflite, tflite_op_names
@@ -36,8 +37,8 @@ from keras_maskrcnn.heads import MaskHead, Res5BoxHead, Res5Head
 from keras_maskrcnn.inference import predict_images, run_model
 from keras_maskrcnn.layers.anchors import SingleLevelAnchorGenerator
 from keras_maskrcnn.layers.pooler import single_level_roi_pooler
-from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, build_model
-from keras_maskrcnn.model_dir import load_model_dir, save_model_dir
+from keras_maskrcnn.model import LOSS_NAMES
+from keras_maskrcnn.saving import load_model_dir, save_model_dir
 from keras_maskrcnn.training import make_optimizer
 
 TV_RESNET50_NO_FC = 25_557_032 - 2_049_000
@@ -175,32 +176,32 @@ def test_tiny_c4_model_layer_by_layer():
     """resnet_tiny: C4 at stride 16 (8 x 8 on 128), 15 anchors per location, RoIAlign 14x14 on
     C4, res5 (the tiny ResNet's last stage) 7x7, masks 14x14; no FPN layers."""
     config = tiny_c4()
-    model = MaskRCNN(config)
-    names = [layer.name for layer in model.inference_model.layers]
+    model = build_model(config)
+    names = [layer.name for layer in model.inference_graph().layers]
     assert names == ["images", "image_shape", "normalize", "backbone", "rpn_head", "anchors",
                      "test_proposals", "roi_pooler", "res5_head", "box_head", "detections",
                      "mask_head", "mask_probabilities"]
     assert not hasattr(model, "fpn")
     images = tf.random.uniform((2, 128, 128, 3), 0, 255)
     image_shape = tf.constant([[128.0, 128.0], [96.0, 128.0]])
-    c2, c3, c4 = model.backbone(model.normalize(images, image_shape))
+    c2, c3, c4 = model.backbone(model.normalizer(images, image_shape))
     assert tuple(c4.shape) == (2, 8, 8, 32 * 4)
-    anchors = model.anchor_generator(images)
+    anchors = model.rpn.anchor_generator(images)
     assert tuple(anchors.shape) == (8 * 8 * 15, 4)
-    logits, deltas = model.rpn_head([c4])
+    logits, deltas = model.rpn.head([c4])
     assert tuple(logits.shape) == (2, 8 * 8 * 15) and tuple(deltas.shape) == (2, 960, 4)
-    assert model.rpn_head.conv.filters == 128  # Detectron2: the RPN conv keeps C4's channels
+    assert model.rpn.head.conv.filters == 128  # Detectron2: the RPN conv keeps C4's channels
     boxes = tf.constant([[[0.0, 0.0, 64.0, 64.0], [10.0, 20.0, 50.0, 90.0]]] * 2)
-    pooled = model.roi_pooler([c4], boxes)
+    pooled = model.roi_heads.pooler([c4], boxes)
     assert tuple(pooled.shape) == (2, 2, 14, 14, 128)
-    features = model.res5_head(pooled)
+    features = model.roi_heads.res5_head(pooled)
     assert tuple(features.shape) == (2, 2, 7, 7, 64 * 4)
-    class_logits, box_deltas = model.box_head(features)
+    class_logits, box_deltas = model.roi_heads.box_head(features)
     assert tuple(class_logits.shape) == (2, 2, 4) and tuple(box_deltas.shape) == (2, 2, 3, 4)
-    assert tuple(model.mask_head(features).shape) == (2, 2, 14, 14, 3)
-    shapes = {k: tuple(v.shape) for k, v in model.inference_model.output.items()}
+    assert tuple(model.roi_heads.mask_head(features).shape) == (2, 2, 14, 14, 3)
+    shapes = {k: tuple(v.shape) for k, v in model.inference_graph().output.items()}
     assert shapes["detection_masks"] == (None, 10, 14, 14)
-    assert model.detection_targets.mask_size == 14
+    assert model.roi_heads.detection_targets.mask_size == 14
 
 
 def test_single_level_pooler_pools_at_scale_one_sixteenth():
@@ -224,14 +225,14 @@ def test_single_level_pooler_pools_at_scale_one_sixteenth():
 ])
 def test_preset_parameter_counts(name, expected, detectron2):
     config = get_config(name, image_size=(128, 128), min_size=128, max_size=128)
-    model = MaskRCNN(config, roi_align_implementation="gather")
+    model = build_model(config, roi_align_implementation="gather")
     assert torch_count(model.weights) == expected
     if detectron2 is not None:  # FrozenBN affine parameters are buffers in Detectron2
         frozen = sum(int(np.prod(w.shape)) for w in model.weights
                      if ("gamma" in w.path or "beta" in w.path) and "norm" in w.path)
         assert torch_count(model.weights) - frozen == detectron2 == 35_909_612
-        assert torch_count(model.res5_head.weights) == TV_RESNET50_LAYER4
-        assert model.rpn_head.count_params() == C4_RPN
+        assert torch_count(model.roi_heads.res5_head.weights) == TV_RESNET50_LAYER4
+        assert model.rpn.head.count_params() == C4_RPN
     if name == "coco_x50_32x4d_fpn":
         assert torch_count(model.backbone.weights) == TV_RESNEXT50_NO_FC
 
@@ -246,9 +247,9 @@ def test_c4_backbone_weights_fill_the_backbone_and_the_res5_head(tmp_path):
     full = build_resnet(tiny_spec(config.tiny_widths), config.backbone_norm)
     full.save_weights(tmp_path / "backbone.weights.h5")
     model = build_model(config.replace(backbone_weights=str(tmp_path / "backbone.weights.h5")))
-    for name, owner in (("stem_conv1", model.backbone), ("res4_0_conv2", model.backbone),
-                        ("res5_0_conv1", model.res5_head.res5),
-                        ("res5_0_downsample_norm", model.res5_head.res5)):
+    for name, owner in (("stem_conv1", model.backbone.body), ("res4_0_conv2", model.backbone.body),
+                        ("res5_0_conv1", model.roi_heads.res5_head.res5),
+                        ("res5_0_downsample_norm", model.roi_heads.res5_head.res5)):
         for got, want in zip(owner.get_layer(name).get_weights(),
                              full.get_layer(name).get_weights(), strict=True):
             np.testing.assert_array_equal(got, want)
@@ -257,7 +258,7 @@ def test_c4_backbone_weights_fill_the_backbone_and_the_res5_head(tmp_path):
 def test_c4_with_roi_pool_runs_and_trains_a_step():
     keras.utils.set_random_seed(3)
     config = tiny_c4(pooler="pool")
-    model = MaskRCNN(config)
+    model = build_model(config)
     g, m = config.max_instances, config.gt_mask_size
     gt_masks = np.zeros((2, g, m, m), "float32")
     gt_masks[:, 0, 4:20, 4:20] = 1.0
@@ -272,11 +273,11 @@ def test_c4_with_roi_pool_runs_and_trains_a_step():
         losses = model.compute_losses(batch, training=True)
     grads = tape.gradient(losses["loss"], model.trainable_variables)
     assert all(np.isfinite(float(v)) for v in losses.values()) and losses["mask_loss"] > 0
-    res5 = {id(v) for v in model.res5_head.trainable_variables}
+    res5 = {id(v) for v in model.roi_heads.res5_head.trainable_variables}
     res5_grads = [g for g, v in zip(grads, model.trainable_variables, strict=True)
                   if id(v) in res5]
     assert res5_grads and all(g is not None for g in res5_grads)
-    out = model.inference_model({"images": batch["images"], "image_shape": batch["image_shape"]})
+    out = model.inference_graph()({"images": batch["images"], "image_shape": batch["image_shape"]})
     assert tuple(out["detection_masks"].shape) == (2, 10, 14, 14)
 
 
@@ -328,13 +329,13 @@ def test_c4_keras_file_round_trip(tmp_path):
     """`model.save("m.keras")` / `keras.saving.load_model` rebuilds the C4 model (same config,
     same weights, same detections)."""
     keras.utils.set_random_seed(4)
-    model = MaskRCNN(tiny_c4())
+    model = build_model(tiny_c4())
     model.save(tmp_path / "c4.keras")
     loaded = keras.saving.load_model(tmp_path / "c4.keras")
     assert loaded.config == model.config and loaded.is_c4
     inputs = {"images": tf.random.uniform((1, 128, 128, 3), 0, 255),
               "image_shape": tf.constant([[128.0, 128.0]])}
-    a, b = model.inference_model(inputs), loaded.inference_model(inputs)
+    a, b = model.inference_graph()(inputs), loaded.inference_graph()(inputs)
     for key in ("detection_boxes", "detection_scores", "detection_masks"):
         np.testing.assert_allclose(b[key], a[key], atol=1e-5)
 

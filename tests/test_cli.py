@@ -6,11 +6,11 @@ import os
 import numpy as np
 import pytest
 
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.cli import main
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.data import CocoDataset
-from keras_maskrcnn.model import build_model
-from keras_maskrcnn.model_dir import save_model_dir
+from keras_maskrcnn.saving import save_model_dir
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_coco_dataset_needs_annotations(coco_model_dir):
 
 def test_model_predicts_nothing_outside_original_image(coco_model_dir, coco10_dir):
     from keras_maskrcnn.inference import predict_images
-    from keras_maskrcnn.model_dir import load_model_dir
+    from keras_maskrcnn.saving import load_model_dir
 
     source = CocoDataset(coco10_dir / "annotations.json", coco10_dir / "images")
     image = source.load_image(source.image_ids[0])

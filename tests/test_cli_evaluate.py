@@ -8,12 +8,12 @@ import math
 import pytest
 from PIL import Image
 
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.cli import SHAPES_VAL_SEED, build_parser, main
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.data import ShapesDataset
 from keras_maskrcnn.evaluation import METRIC_NAMES, PER_CLASS_METRICS
-from keras_maskrcnn.model import build_model
-from keras_maskrcnn.model_dir import save_model_dir
+from keras_maskrcnn.saving import save_model_dir
 
 # pycocotools' mask decode trips a numpy 2 deprecation warning that is not ours.
 pytestmark = pytest.mark.filterwarnings(
@@ -78,7 +78,7 @@ def test_evaluate_json_has_todays_keys_and_per_class(evaluate_run):
 def test_evaluate_json_matches_the_python_api(evaluate_run, shapes_model_dir):
     """The CLI's numbers are those of `inference.evaluate` on the same validation images."""
     from keras_maskrcnn.inference import evaluate
-    from keras_maskrcnn.model_dir import load_model_dir
+    from keras_maskrcnn.saving import load_model_dir
 
     _, _, json_path, _ = evaluate_run
     source = ShapesDataset(num_images=NUM_VAL_IMAGES, image_size=128, seed=SHAPES_VAL_SEED)

@@ -96,6 +96,6 @@ def test_multi_worker_two_local_processes(tmp_path):
     assert "CollectiveAllReduceStrategy with 2 replica(s)" in outputs[0], outputs[0][-3000:]
     assert (tmp_path / "run" / "model.weights.h5").exists()
     assert not (tmp_path / "worker1" / "model.weights.h5").exists()
-    from keras_maskrcnn.model_dir import load_model_dir
+    from keras_maskrcnn.saving import load_model_dir
 
     load_model_dir(tmp_path / "run")

@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.inference import postprocess, run_model
-from keras_maskrcnn.model import MaskRCNN
-from keras_maskrcnn.model_dir import save_model_dir
+from keras_maskrcnn.saving import save_model_dir
 
 HAVE_ONNX = all(importlib.util.find_spec(m) is not None for m in ("tf2onnx", "onnx", "onnxruntime"))
 pytestmark = pytest.mark.skipif(not HAVE_ONNX and not os.environ.get("CI"),
@@ -58,9 +58,9 @@ def exported(tmp_path_factory):
     from keras_maskrcnn.export.onnx import onnx_ready_model
 
     keras.utils.set_random_seed(3)
-    model = MaskRCNN(_tiny_config())
+    model = build_model(_tiny_config())
     assert model.config.pooler_sampling_ratio == 0
-    logits = model.box_head.class_logits
+    logits = model.roi_heads.box_head.class_logits
     kernel, bias = logits.get_weights()
     logits.set_weights([kernel * 400.0, bias])  # std 0.01 gives equal scores for every class
     root = tmp_path_factory.mktemp("onnx")

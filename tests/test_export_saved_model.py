@@ -20,6 +20,7 @@ import pytest
 from helpers import noise_rect_image
 from PIL import Image
 
+from keras_maskrcnn.builder import build_model, model_for_canvas, rebuilt
 from keras_maskrcnn.cli import main as cli_main
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.data.images import DEFAULT_MAX_IMAGE_PIXELS
@@ -34,9 +35,8 @@ from keras_maskrcnn.export.buckets import (
 )
 from keras_maskrcnn.export.image_header import encoded_image_sizes
 from keras_maskrcnn.export.saved_model import EXPORT_METADATA_FILE, export_ready_model
-from keras_maskrcnn.inference import model_for_canvas, predict_images
-from keras_maskrcnn.model import MaskRCNN
-from keras_maskrcnn.model_dir import save_model_dir
+from keras_maskrcnn.inference import predict_images
+from keras_maskrcnn.saving import save_model_dir
 from keras_maskrcnn.transform import canvas_for
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -123,7 +123,7 @@ def small_random_model():
     keras.utils.set_random_seed(0)
     config = get_config("shapes", detections_per_image=8, rpn_pre_nms_topk_test=200,
                         rpn_post_nms_topk_test=50, score_threshold=0.05)
-    return MaskRCNN(config, roi_align_implementation="gather")  # as exported: no rebuild
+    return build_model(config, roi_align_implementation="gather")  # as exported: no rebuild
 
 
 def constant_png(height: int, width: int) -> bytes:
@@ -171,7 +171,7 @@ def exported(tmp_path_factory):
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # The Keras path with the per-image canvas: each image on its resized size rounded up to 32,
     # which for these three is one of the auto buckets.
-    per_image = model.rebuilt(canvas="per_image")
+    per_image = rebuilt(model, canvas="per_image")
     images = [batch[0], batch[1], image_b, image_c]
     reference = predict_images(per_image, images)
     fresh_log, cli_log = fresh.communicate(timeout=300)[0], cli.communicate(timeout=300)[0]

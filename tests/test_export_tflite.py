@@ -16,6 +16,7 @@ import pytest
 from helpers import noise_rect_image
 from PIL import Image
 
+from keras_maskrcnn.builder import build_model, rebuilt
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.export import QUANTIZE_OPTIONS, export_tflite, letterbox_image, tflite_op_names
 from keras_maskrcnn.export.buckets import canvas_inference_model
@@ -27,7 +28,6 @@ from keras_maskrcnn.export.tflite import (
     tflite_ready_model,
 )
 from keras_maskrcnn.inference import predict_images, run_model
-from keras_maskrcnn.model import MaskRCNN
 from keras_maskrcnn.transform import letterbox
 
 Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
@@ -119,7 +119,7 @@ def shapes_export(tmp_path_factory):
     keras.utils.set_random_seed(0)
     config = get_config("shapes", detections_per_image=8, rpn_pre_nms_topk_test=200,
                         rpn_post_nms_topk_test=50)
-    model = MaskRCNN(config, roi_align_implementation="gather")
+    model = build_model(config, roi_align_implementation="gather")
     path = export_tflite(model, tmp_path_factory.mktemp("tflite") / "shapes.tflite",
                          input_size=128)
     return model, path
@@ -152,14 +152,14 @@ def test_adaptive_sampling_ratio_converts_and_matches(tmp_path):
         box_head_dim=32, mask_head_dim=8, mask_head_convs=1, rpn_pre_nms_topk_test=100,
         rpn_post_nms_topk_test=20, detections_per_image=5)
     assert config.pooler_sampling_ratio == 0
-    model = MaskRCNN(config)
+    model = build_model(config)
     with pytest.raises(ValueError, match="roi_align_implementation"):
         convert_tflite(model)
     export_model = tflite_ready_model(model, 96)
     assert export_model.roi_align_implementation == "gather"
     assert export_model.config == config.replace(image_size=(96, 96), min_size=96, max_size=96)
-    for a, b in zip(export_model.inference_model.get_weights(),
-                    model.inference_model.get_weights(), strict=True):
+    for a, b in zip(export_model.inference_graph().get_weights(),
+                    model.inference_graph().get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     path = export_tflite(export_model, tmp_path / "adaptive.tflite", input_size=96)
     ops = _assert_builtin_only(path)
@@ -285,7 +285,7 @@ def test_example_script_with_buckets_is_predict_images_per_image(bucket_export, 
     model, path = bucket_export
     image = _image(np.random.default_rng(3), 110, 70)
     det = _run_example(tmp_path, path, image)
-    _assert_same_detections(det, predict_images(model.rebuilt(canvas="per_image"), [image])[0])
+    _assert_same_detections(det, predict_images(rebuilt(model, canvas="per_image"), [image])[0])
 
 
 def test_bad_arguments(tmp_path):

@@ -10,17 +10,15 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-import pytest
 import tensorflow as tf
 
-from keras_maskrcnn.heads import BoxHead, MaskHead, RPNHead
-from keras_maskrcnn.heads.legacy import (
+from keras_maskrcnn.saving import WEIGHTS_FILE, load_model_dir, save_model_dir
+from keras_maskrcnn.saving.migration import (
     current_layout,
     legacy_path,
     legacy_renames,
     upgrade_weights_file,
 )
-from keras_maskrcnn.model_dir import WEIGHTS_FILE, load_model_dir, save_model_dir
 
 LEGACY_DIR = Path(__file__).parent / "data" / "legacy_models"
 
@@ -47,7 +45,7 @@ def _datasets(weights_path: Path) -> dict[str, np.ndarray]:
 def _check_reference_outputs(model, directory: Path) -> None:
     ref = np.load(directory / "reference.npz")
     image = ref["image"]
-    out = model.inference_model(
+    out = model.inference_graph()(
         {"images": tf.constant(image, tf.float32),
          "image_shape": tf.constant([image.shape[1:3]], tf.float32)}, training=False)
     assert int(ref["num_detections"][0]) > 0
@@ -66,20 +64,24 @@ def _kernel(layer) -> np.ndarray:
 def test_v1_model_dir_loads_unchanged(tmp_path):
     directory = _unpack("v1", tmp_path)
     weights = directory / WEIGHTS_FILE
-    assert legacy_renames(weights) == {}
+    renames = legacy_renames(weights)  # written before the parts: every path moves
+    assert renames["inference_model/layers/rpn_head/conv/vars"] == "layers/rpn/head/conv/vars"
+    assert renames["box_head/fc2/vars"] == "layers/standard_ro_i_heads/box_head/fc2/vars"
+    assert renames["fpn/layers/conv2d_3/vars"] == "backbone/fpn/layers/conv2d_3/vars"
+    assert renames["backbone/layers/conv2d/vars"] == "backbone/body/layers/conv2d/vars"
     model = load_model_dir(directory)
     _check_reference_outputs(model, directory)
     stored = _datasets(weights)
-    np.testing.assert_array_equal(_kernel(model.rpn_head.conv),
+    np.testing.assert_array_equal(_kernel(model.rpn.head.conv),
                                   stored["inference_model/layers/rpn_head/conv/vars/0"])
-    np.testing.assert_array_equal(_kernel(model.box_head.fcs[1]), stored["box_head/fc2/vars/0"])
-    np.testing.assert_array_equal(_kernel(model.mask_head.convs[1]),
+    np.testing.assert_array_equal(_kernel(model.roi_heads.box_head.fcs[1]), stored["box_head/fc2/vars/0"])
+    np.testing.assert_array_equal(_kernel(model.roi_heads.mask_head.convs[1]),
                                   stored["inference_model/layers/mask_head/convs/conv2d_1/vars/0"])
-    # Written again, the weights keep every path and value.
+    # Written again, every weight keeps its value at its current path.
     again = _datasets(save_model_dir(model, tmp_path / "again") / WEIGHTS_FILE)
-    assert sorted(again) == sorted(stored)
+    assert sorted(again) == sorted(legacy_path(p) for p in stored)
     for path, value in stored.items():
-        np.testing.assert_array_equal(again[path], value, err_msg=path)
+        np.testing.assert_array_equal(again[legacy_path(path)], value, err_msg=path)
 
 
 def test_v2_model_dir_loads_after_upgrade(tmp_path):
@@ -90,13 +92,13 @@ def test_v2_model_dir_loads_after_upgrade(tmp_path):
         attributes = dict(f.attrs)
     renames = legacy_renames(weights)
     layers = "inference_model/layers"
-    assert renames[f"{layers}/conv_rpn_head/convs/conv2d/vars"] == f"{layers}/rpn_head/conv/vars"
+    roi = "layers/standard_ro_i_heads"
+    assert renames[f"{layers}/conv_rpn_head/convs/conv2d/vars"] == "layers/rpn/head/conv/vars"
     assert renames[f"{layers}/conv_rpn_head/convs/conv2d_1/vars"] == \
-        f"{layers}/rpn_head/convs/conv2d_1/vars"
+        "layers/rpn/head/convs/conv2d_1/vars"
     assert renames[f"{layers}/norm_mask_head/norms/batch_normalization_1/vars"] == \
-        f"{layers}/mask_head/norms/batch_normalization_1/vars"
-    assert renames["box_head/fcs/dense/vars"] == "box_head/fc1/vars"
-    assert not any(p.startswith(("backbone/", "fpn/")) for p in renames)  # unchanged layouts
+        f"{roi}/mask_head/norms/batch_normalization_1/vars"
+    assert renames["box_head/fcs/dense/vars"] == f"{roi}/box_head/fc1/vars"
 
     assert upgrade_weights_file(weights)
     assert not upgrade_weights_file(weights)  # already current: untouched
@@ -109,14 +111,14 @@ def test_v2_model_dir_loads_after_upgrade(tmp_path):
 
     model = load_model_dir(directory)
     _check_reference_outputs(model, directory)
-    np.testing.assert_array_equal(_kernel(model.rpn_head.convs[1]),
+    np.testing.assert_array_equal(_kernel(model.rpn.head.convs[1]),
                                   stored[f"{layers}/conv_rpn_head/convs/conv2d_1/vars/0"])
-    np.testing.assert_array_equal(_kernel(model.box_head.fcs[0]), stored["box_head/fcs/dense/vars/0"])
+    np.testing.assert_array_equal(_kernel(model.roi_heads.box_head.fcs[0]), stored["box_head/fcs/dense/vars/0"])
     np.testing.assert_array_equal(
-        model.mask_head.norms[1].get_weights()[3],
+        model.roi_heads.mask_head.norms[1].get_weights()[3],
         stored[f"{layers}/norm_mask_head/norms/batch_normalization_1/vars/3"])
     # (functional layers are numbered in graph order: fpn_output4_norm is the 8th BatchNorm)
-    np.testing.assert_array_equal(model.fpn.get_layer("fpn_output4_norm").get_weights()[0],
+    np.testing.assert_array_equal(model.backbone.fpn.get_layer("fpn_output4_norm").get_weights()[0],
                                   stored["fpn/layers/batch_normalization_7/vars/0"])
     # Files written now are in the current layout.
     again = save_model_dir(model, tmp_path / "again") / WEIGHTS_FILE
@@ -132,61 +134,24 @@ def test_current_layout_upgrades_a_temporary_copy(tmp_path):
         assert path != weights and legacy_renames(path) == {}
         scratch = path
     assert not scratch.exists() and weights.read_bytes() == before
-    v1 = _unpack("v1", tmp_path) / WEIGHTS_FILE
-    with current_layout(v1) as path:
-        assert path == v1
+    current = save_model_dir(load_model_dir(_unpack("v1", tmp_path)), tmp_path / "current")
+    with current_layout(current / WEIGHTS_FILE) as path:
+        assert path == current / WEIGHTS_FILE
 
 
 def test_legacy_path_rule():
+    roi = "layers/standard_ro_i_heads"
     assert legacy_path("a/conv_rpn_head/convs/conv2d/vars/0") == "a/rpn_head/conv/vars/0"
     assert legacy_path("a/conv_rpn_head/convs/conv2d_2/vars") == "a/rpn_head/convs/conv2d_2/vars"
-    assert legacy_path("box_head/fcs/dense_2/vars/1") == "box_head/fc3/vars/1"
+    assert legacy_path("box_head/fcs/dense_2/vars/1") == f"{roi}/box_head/fc3/vars/1"
     assert legacy_path("a/conv_fc_box_head/fcs/dense/vars") == "a/box_head/fc1/vars"
-    for current in ("inference_model/layers/rpn_head/conv/vars/0", "box_head/fc1/vars/0",
-                    "inference_model/layers/mask_head/convs/conv2d/vars/0",
-                    "fpn/layers/conv2d_3/vars/1"):
+    assert legacy_path("inference_model/layers/rpn_head/conv/vars/0") == "layers/rpn/head/conv/vars/0"
+    assert legacy_path("fpn/layers/conv2d_3/vars/1") == "backbone/fpn/layers/conv2d_3/vars/1"
+    assert legacy_path("inference_model/layers/res5_head/res5/layers/conv2d/vars/0", c4=True) == \
+        "layers/res5_ro_i_heads/res5_head/res5/layers/conv2d/vars/0"
+    assert legacy_path("box_head/class_logits/vars/0", c4=True) == \
+        "layers/res5_ro_i_heads/box_head/class_logits/vars/0"
+    for current in ("layers/rpn/head/conv/vars/0", f"{roi}/box_head/fc1/vars/0",
+                    f"{roi}/mask_head/convs/conv2d/vars/0", "backbone/fpn/layers/conv2d_3/vars/1",
+                    "backbone/body/layers/conv2d/vars/0"):
         assert legacy_path(current) == current
-
-
-# --------------------------------------------------------------------------- the unified heads
-
-
-def test_rpn_head_aliases_its_first_conv_without_duplicating_weights():
-    head = RPNHead(3, channels=8, num_convs=2)
-    logits, deltas = head([tf.zeros((1, 4, 4, 8)), tf.zeros((1, 2, 2, 8))])
-    assert logits.shape == (1, 60) and deltas.shape == (1, 60, 4)
-    assert head.conv is head.convs[0] and len(head.convs) == 2
-    assert len(head.weights) == 2 * 2 + 2 + 2  # two convs, objectness, deltas
-    with pytest.raises(ValueError, match="num_convs"):
-        RPNHead(3, num_convs=0)
-
-
-@pytest.mark.parametrize("norm", ["none", "bn"])
-def test_box_and_mask_heads_layout(norm):
-    pooled = tf.zeros((2, 3, 4, 4, 5))
-    box = BoxHead(2, conv_dim=6, num_convs=2, fc_dim=8, num_fcs=3, norm=norm)
-    logits, deltas = box(pooled)
-    assert logits.shape == (2, 3, 3) and deltas.shape == (2, 3, 2, 4)
-    assert [box.fc1, box.fc2, box.fc3] == box.fcs
-    assert all((n is None) == (norm == "none") for n in box.norms)
-    assert all(c.use_bias == (norm == "none") for c in box.convs)
-    bn_weights = 4 * 2 if norm == "bn" else 0
-    conv_weights = 2 * (1 if norm == "bn" else 2)
-    assert len(box.weights) == conv_weights + bn_weights + 3 * 2 + 2 * 2
-    mask = MaskHead(2, conv_dim=6, num_convs=2, norm=norm)
-    assert mask(pooled).shape == (2, 3, 8, 8, 2)
-    assert len(mask.weights) == conv_weights + bn_weights + 2 + 2
-    with pytest.raises(ValueError, match="num_fcs"):
-        BoxHead(2, num_fcs=0)
-    with pytest.raises(ValueError, match="norm"):
-        MaskHead(2, norm="gn")
-
-
-def test_model_directory_names_keep_their_old_import_path():
-    import keras_maskrcnn.model as model_module
-    import keras_maskrcnn.model_dir as model_dir
-
-    for name in model_module.MOVED_TO_MODEL_DIR:
-        assert getattr(model_module, name) is getattr(model_dir, name), name
-    with pytest.raises(AttributeError, match="no_such_name"):
-        model_module.no_such_name  # noqa: B018

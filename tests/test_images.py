@@ -67,9 +67,9 @@ def test_our_pixel_limit_not_pils(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def shapes_model_dir(tmp_path_factory):
+    from keras_maskrcnn.builder import build_model
     from keras_maskrcnn.config import get_config
-    from keras_maskrcnn.model import build_model
-    from keras_maskrcnn.model_dir import save_model_dir
+    from keras_maskrcnn.saving import save_model_dir
 
     directory = tmp_path_factory.mktemp("model")
     save_model_dir(build_model(get_config("shapes")), directory)
@@ -107,10 +107,10 @@ def test_predict_accepts_folders_and_globs(tmp_path, shapes_model_dir):
 def test_evaluate_skips_and_names_a_bad_file(tmp_path, coco10_dir, caplog):
     import shutil
 
+    from keras_maskrcnn.builder import build_model
     from keras_maskrcnn.config import get_config
     from keras_maskrcnn.data import CocoDataset
     from keras_maskrcnn.inference import evaluate
-    from keras_maskrcnn.model import build_model
 
     images = tmp_path / "images"
     shutil.copytree(coco10_dir / "images", images)

@@ -10,8 +10,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import get_config
-from keras_maskrcnn.model import build_model
 
 OUTPUT_KEYS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
                "detection_masks")

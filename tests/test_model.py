@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from keras_maskrcnn.builder import build_model, rebuilt
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.data import ShapesDataset, make_dataset
 from keras_maskrcnn.inference import predict_images
-from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, build_model
-from keras_maskrcnn.model_dir import load_model_dir, save_model_dir
+from keras_maskrcnn.model import LOSS_NAMES
+from keras_maskrcnn.saving import load_model_dir, save_model_dir
 from keras_maskrcnn.training import make_optimizer
 
 
@@ -82,7 +83,7 @@ def test_predict_and_model_directory_round_trip(trained):
 def test_inference_outputs_have_static_shapes():
     config = tiny_config()
     model = build_model(config)
-    outputs = model.inference_model.output
+    outputs = model.inference_graph().output
     shapes = {k: tuple(v.shape) for k, v in outputs.items()}
     assert shapes["detection_boxes"] == (None, 10, 4)
     assert shapes["detection_masks"] == (None, 10, 28, 28)
@@ -135,8 +136,7 @@ def test_trains_on_real_coco_images_with_crowd_and_roi_pool(coco10_dir):
 def test_per_image_canvas_pads_each_image_to_a_multiple_of_32():
     """canvas="per_image" (torchvision's single-image padding) equals a fixed-canvas model built
     on that image's own padded size with the same weights."""
-    from keras_maskrcnn.inference import model_for_canvas
-    from keras_maskrcnn.model import MaskRCNN
+    from keras_maskrcnn.builder import model_for_canvas
 
     keras.utils.set_random_seed(1)
     config = tiny_config(image_size=(128, 128), min_size=64, max_size=100, canvas="per_image",
@@ -145,10 +145,10 @@ def test_per_image_canvas_pads_each_image_to_a_multiple_of_32():
     image = np.random.default_rng(0).integers(0, 255, (50, 90, 3), dtype=np.uint8)
     det = predict_images(model, [image])[0]
     # 50 x 90 -> scale min(64/50, 100/90) = 1.111 -> 55 x 100 -> canvas 64 x 128.
-    assert model.rebuilt(image_size=(64, 128), min_size=64, max_size=100) is \
-        model.rebuilt(image_size=(64, 128), min_size=64, max_size=100)  # cached
-    fixed = MaskRCNN(config.replace(image_size=(64, 128), canvas="fixed"))
-    fixed.inference_model.set_weights(model.inference_model.get_weights())
+    assert rebuilt(model, image_size=(64, 128), min_size=64, max_size=100) is \
+        rebuilt(model, image_size=(64, 128), min_size=64, max_size=100)  # cached
+    fixed = build_model(config.replace(image_size=(64, 128), canvas="fixed"))
+    fixed.inference_graph().set_weights(model.inference_graph().get_weights())
     expected = predict_images(fixed, [image])[0]
     np.testing.assert_allclose(det["boxes"], expected["boxes"], atol=1e-4)
     np.testing.assert_allclose(det["scores"], expected["scores"], atol=1e-6)
@@ -156,26 +156,29 @@ def test_per_image_canvas_pads_each_image_to_a_multiple_of_32():
 
 
 def test_rebuilt_is_cached_bounded_and_resynced(tmp_path):
-    from keras_maskrcnn.model import REBUILT_CACHE_SIZE
-    from keras_maskrcnn.model_dir import save_model_dir
+    from keras_maskrcnn.builder import REBUILT_CACHE_SIZE, rebuilt_cache
+    from keras_maskrcnn.saving import save_model_dir
 
     config = tiny_config()
-    model = MaskRCNN(config)
-    assert model.rebuilt() is model and model.training_model is None  # inference only
-    first = model.rebuilt(roi_align_implementation="gather")
-    assert model.rebuilt(roi_align_implementation="gather") is first
+    model = build_model(config)
+    assert rebuilt(model) is model and model.training_model is None  # inference only
+    first = rebuilt(model, roi_align_implementation="gather")
+    assert rebuilt(model, roi_align_implementation="gather") is first
     for k in range(REBUILT_CACHE_SIZE):
-        model.rebuilt(detections_per_image=5 + k)
-    assert model.rebuilt(roi_align_implementation="gather") is not first  # evicted
+        rebuilt(model, detections_per_image=5 + k)
+    assert rebuilt(model, roi_align_implementation="gather") is not first  # evicted
     # New weights reach a cached rebuild.
-    other = MaskRCNN(config)
+    other = build_model(config)
     save_model_dir(other, tmp_path / "m")
-    cached = model.rebuilt(detections_per_image=99)
+    cached = rebuilt(model, detections_per_image=99)
     model.load_weights(str(tmp_path / "m" / "model.weights.h5"))
-    again = model.rebuilt(detections_per_image=99)
+    again = rebuilt(model, detections_per_image=99)
     assert again is cached
-    for a, b in zip(again.inference_model.weights, other.inference_model.weights, strict=True):
+    for a, b in zip(again.inference_graph().weights, other.inference_graph().weights, strict=True):
         np.testing.assert_array_equal(np.asarray(a.value), np.asarray(b.value))
+    # The cache belongs to the builder, not the model instance, and goes with the model.
+    assert len(rebuilt_cache(model)) == REBUILT_CACHE_SIZE
+    assert not any(isinstance(v, keras.Model) for v in vars(model).values() if v is not model)
 
 
 def test_dynamic_graph_equals_static_graphs_on_each_canvas():
@@ -185,7 +188,7 @@ def test_dynamic_graph_equals_static_graphs_on_each_canvas():
 
     config = tiny_config(image_size=(160, 160), min_size=96, max_size=160, canvas="per_image",
                          anchor_stride_from_grid=True, round_anchors=True)
-    model = MaskRCNN(config)
+    model = build_model(config)
     rng = np.random.default_rng(1)
     fn = model.dynamic_inference_function()
     from keras_maskrcnn.transform import canvas_for
@@ -197,12 +200,29 @@ def test_dynamic_graph_equals_static_graphs_on_each_canvas():
         canvases.add(canvas)
         batch = make_inference_inputs([image], config, canvas)
         dynamic = fn({k: batch[k] for k in ("images", "image_shape")})
-        fixed = MaskRCNN(config.replace(image_size=canvas, canvas="fixed",
+        fixed = build_model(config.replace(image_size=canvas, canvas="fixed",
                                         min_size=min(96, min(canvas)),
                                         max_size=min(160, max(canvas))))
-        fixed.inference_model.set_weights(model.inference_model.get_weights())
-        static = fixed.inference_model({k: batch[k] for k in ("images", "image_shape")})
+        fixed.inference_graph().set_weights(model.inference_graph().get_weights())
+        static = fixed.inference_graph()({k: batch[k] for k in ("images", "image_shape")})
         for key in ("detection_boxes", "detection_scores", "detection_classes", "num_detections"):
             np.testing.assert_allclose(dynamic[key].numpy(), static[key].numpy(), atol=1e-4,
                                        err_msg=f"{key} on {canvas}")
     assert len(canvases) >= 4 and len(fn._list_all_concrete_functions()) == 1
+
+
+def test_example_assembles_a_model_from_custom_parts():
+    """examples/custom_parts.py: a custom backbone body and box head, trained with `fit`."""
+    import runpy
+    from pathlib import Path
+
+    example = runpy.run_path(str(Path(__file__).parent.parent / "examples" / "custom_parts.py"))
+    result = example["main"](["--steps", "3"])
+    model = result["model"]
+    assert type(model.roi_heads.box_head).__name__ == "MeanPoolBoxHead"
+    assert model.backbone.body.name == "body"
+    assert all(np.isfinite(v) for v in result["losses"].values())
+    assert set(result["losses"]) >= {"loss", "rpn_objectness_loss", "mask_loss"}
+    # The custom head is trained: its weights moved from their initial values.
+    trained = np.asarray(model.roi_heads.box_head.hidden.kernel.value)
+    assert np.abs(trained - result["initial_box_kernel"]).max() > 0

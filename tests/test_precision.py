@@ -17,7 +17,7 @@ import json, sys
 import keras
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.data import ShapesDataset, make_dataset
-from keras_maskrcnn.model import build_model
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.runtime import RunEnvironment
 from keras_maskrcnn.training import train
 
@@ -32,7 +32,7 @@ reference = build_model(config)
 fixed32 = {k: float(v) for k, v in reference.compute_losses(batch).items()}
 env = RunEnvironment.create(precision=policy)
 low = build_model(config)
-low.inference_model.set_weights(reference.inference_model.get_weights())
+low.inference_graph().set_weights(reference.inference_graph().get_weights())
 fixed = {k: float(v) for k, v in low.compute_losses(batch).items()}
 records = []
 train(config, source, out_dir, max_steps=steps, steps_per_epoch=steps // 5, batch_size=2,

@@ -272,7 +272,7 @@ def synthetic_v1_state(num_classes: int, rng: np.random.Generator) -> dict[str, 
 def converted(tmp_path_factory):
     """`keras-maskrcnn convert torchvision state.npz` on a synthetic 3-class state dict."""
     from keras_maskrcnn.cli import main
-    from keras_maskrcnn.model_dir import load_model_dir
+    from keras_maskrcnn.saving import load_model_dir
 
     directory = tmp_path_factory.mktemp("convert")
     state = synthetic_v1_state(4, np.random.default_rng(RNG_SEED))
@@ -302,7 +302,7 @@ def test_converted_weights_land_in_place(converted):
     state, _, model = converted
     np.testing.assert_array_equal(_kernel(model.backbone, "stem_conv1"),
                                   state["backbone.body.conv1.weight"].transpose(2, 3, 1, 0))
-    norm = model.backbone.get_layer("res4_2_norm3").get_weights()
+    norm = model.backbone.body.get_layer("res4_2_norm3").get_weights()
     np.testing.assert_array_equal(norm[0], state["backbone.body.layer3.2.bn3.weight"])
     np.testing.assert_array_equal(norm[3] + np.float32(1e-5),  # FrozenBN, eps 0 folded
                                   state["backbone.body.layer3.2.bn3.running_var"])
@@ -310,28 +310,28 @@ def test_converted_weights_land_in_place(converted):
         _kernel(model.backbone, "res3_0_downsample_conv")[0, 0],
         state["backbone.body.layer2.0.downsample.0.weight"][:, :, 0, 0].T)
     fpn_output = state["backbone.fpn.layer_blocks.1.0.weight"]
-    np.testing.assert_array_equal(_kernel(model.fpn, "fpn_output3"),
+    np.testing.assert_array_equal(_kernel(model.backbone.fpn, "fpn_output3"),
                                   fpn_output.transpose(2, 3, 1, 0))
-    rpn = model.rpn_head.deltas.get_weights()
+    rpn = model.rpn.head.deltas.get_weights()
     theirs = state["rpn.head.bbox_pred.weight"][:, :, 0, 0]
     for a in range(3):  # anchor a: ours (dy, dx, dh, dw) = theirs (dx, dy, dw, dh)[1, 0, 3, 2]
         np.testing.assert_array_equal(rpn[0][0, 0, :, 4 * a:4 * a + 4].T,
                                       theirs[[4 * a + 1, 4 * a, 4 * a + 3, 4 * a + 2]])
-    fc1 = model.box_head.fc1.get_weights()[0]
+    fc1 = model.roi_heads.box_head.fc1.get_weights()[0]
     fc6 = state["roi_heads.box_head.fc6.weight"]
     for y, x, c, o in ((0, 0, 0, 0), (3, 5, 17, 100), (6, 6, 255, 1023), (2, 1, 128, 7)):
         assert fc1[(y * 7 + x) * 256 + c, o] == fc6[o, c * 49 + y * 7 + x]
-    deltas = model.box_head.box_deltas.get_weights()
+    deltas = model.roi_heads.box_head.box_deltas.get_weights()
     bbox = state["roi_heads.box_predictor.bbox_pred.weight"]
     for k in (1, 2, 3):
         np.testing.assert_array_equal(deltas[0][:, 4 * (k - 1):4 * k].T,
                                       bbox[[4 * k + 1, 4 * k, 4 * k + 3, 4 * k + 2]])
-    np.testing.assert_array_equal(model.box_head.class_logits.get_weights()[0],
+    np.testing.assert_array_equal(model.roi_heads.box_head.class_logits.get_weights()[0],
                                   state["roi_heads.box_predictor.cls_score.weight"].T)
-    upsample = model.mask_head.upsample.get_weights()[0]
+    upsample = model.roi_heads.mask_head.upsample.get_weights()[0]
     conv5 = state["roi_heads.mask_predictor.conv5_mask.weight"]
     assert upsample[1, 0, 7, 3] == conv5[3, 7, 1, 0]  # (kh, kw, out, in) <- (in, out, kh, kw)
-    predictor = model.mask_head.predictor.get_weights()
+    predictor = model.roi_heads.mask_head.predictor.get_weights()
     logits = state["roi_heads.mask_predictor.mask_fcn_logits.weight"]
     np.testing.assert_array_equal(predictor[0][0, 0], logits[1:, :, 0, 0].T)
     np.testing.assert_array_equal(predictor[1],
@@ -389,15 +389,16 @@ def test_head_factories_follow_the_config():
     import keras
 
     from keras_maskrcnn.backbones.fpn import build_fpn
+    from keras_maskrcnn.builder import build_roi_heads, build_rpn
     from keras_maskrcnn.config import get_config
-    from keras_maskrcnn.heads import box_head_from_config, mask_head_from_config, rpn_head_from_config
 
     v1, v2 = get_config("torchvision_r50_fpn"), get_config("torchvision_r50_fpn_v2")
-    assert rpn_head_from_config(v1).num_convs == 1 and rpn_head_from_config(v2).num_convs == 2
-    box1, box2 = box_head_from_config(v1), box_head_from_config(v2)
+    assert build_rpn(v1).head.num_convs == 1 and build_rpn(v2).head.num_convs == 2
+    heads1, heads2 = build_roi_heads(v1), build_roi_heads(v2)
+    box1, box2 = heads1.box_head, heads2.box_head
     assert (box1.num_convs, box1.num_fcs, box1.norm) == (0, 2, "none")
     assert (box2.num_convs, box2.num_fcs, box2.norm) == (4, 1, "bn")
-    assert mask_head_from_config(v1).norm == "none" and mask_head_from_config(v2).norm == "bn"
+    assert heads1.mask_head.norm == "none" and heads2.mask_head.norm == "bn"
     with pytest.raises(ValueError, match="rpn_head_convs"):
         v1.replace(rpn_head_convs=0)
     with pytest.raises(ValueError, match="mask_paste"):
@@ -405,8 +406,9 @@ def test_head_factories_follow_the_config():
 
     image = keras.Input((64, 64, 3))
     c_feats = [keras.layers.Conv2D(8, 1, strides=s)(image) for s in (4, 8, 16, 32)]
-    fpn = build_fpn(keras.Model(image, c_feats), channels=8, norm="bn")
+    fpn = build_fpn([8, 8, 8, 8], channels=8, norm="bn")
     names = {layer.name for layer in fpn.layers}
     assert {"fpn_lateral2", "fpn_lateral2_norm", "fpn_output5", "fpn_output5_norm"} <= names
-    assert [tuple(o.shape[1:3]) for o in fpn.outputs] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
+    outputs = fpn(c_feats)
+    assert [tuple(o.shape[1:3]) for o in outputs] == [(16, 16), (8, 8), (4, 4), (2, 2), (1, 1)]
     assert not fpn.get_layer("fpn_output3").use_bias

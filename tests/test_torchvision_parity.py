@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from keras_maskrcnn.builder import build_model
+
 SEED = 0
 MIN_SIZE, MAX_SIZE = 320, 512
 # Fewer proposals and detections than torchvision's defaults (1000 / 100) keep the test fast;
@@ -434,11 +436,10 @@ def stage(parity, request):
 
 def _build_model(canvas, v2: bool):
     from keras_maskrcnn.convert.torchvision import torchvision_config
-    from keras_maskrcnn.model import MaskRCNN
 
     config = torchvision_config(90, MIN_SIZE, MAX_SIZE, v2=v2, image_size=canvas).replace(
         rpn_post_nms_topk_test=POST_NMS_TEST, detections_per_image=DETECTIONS)
-    return MaskRCNN(config)
+    return build_model(config)
 
 
 def _inputs_like_torchvision(images, tv_sizes, config):
@@ -478,26 +479,26 @@ def _run_ours(model, reference, end_to_end: bool) -> dict:
     batch = _inputs_like_torchvision(images, reference["tv_image_sizes"], config)
     out = {"model": model, "batch": batch, "pipeline_shapes": _pipeline_shapes(images)}
     image_shape = tf.constant(batch["image_shape"])
-    out["normalized"] = model.normalize(tf.constant(batch["images"]), image_shape).numpy()
-    features = model.fpn(tf.constant(out["normalized"]))
+    out["normalized"] = model.normalizer(tf.constant(batch["images"]), image_shape).numpy()
+    features = model.backbone.fpn(tf.constant(out["normalized"]))
     out["features"] = [f.numpy() for f in features]
-    logits, deltas = model.rpn_head(features)
+    logits, deltas = model.rpn.head(features)
     out["rpn_logits"], out["rpn_deltas"] = logits.numpy(), deltas.numpy()
-    anchors = model.anchor_generator(tf.constant(batch["images"]))
+    anchors = model.rpn.anchor_generator(tf.constant(batch["images"]))
     out["anchors"] = anchors.numpy()
-    proposals, num = model.test_proposals(logits, deltas, anchors, image_shape)
+    proposals, num = model.rpn.test_proposals(logits, deltas, anchors, image_shape)
     out["proposals"], out["num_proposals"] = proposals.numpy(), num.numpy()
 
     tv_props = tf.constant(reference["tv_proposals"])
-    pooled = model.box_pooler(features[:4], tv_props)
+    pooled = model.roi_heads.box_pooler(features[:4], tv_props)
     out["box_pooled"] = pooled.numpy()[:, :16]
-    class_logits, box_deltas = model.box_head(pooled)
+    class_logits, box_deltas = model.roi_heads.box_head(pooled)
     out["class_logits"], out["box_deltas"] = class_logits.numpy(), box_deltas.numpy()
-    dets = model.detection_layer(tv_props, tf.constant(reference["tv_num_proposals"]),
+    dets = model.roi_heads.detection_layer(tv_props, tf.constant(reference["tv_num_proposals"]),
                                  class_logits, box_deltas, image_shape)
     out["det_boxes"], out["det_scores"], out["det_classes"], out["num_det"] = (
         t.numpy() for t in dets)
-    mask_logits = model.mask_head(model.mask_pooler(features[:4],
+    mask_logits = model.roi_heads.mask_head(model.roi_heads.mask_pooler(features[:4],
                                                     tf.constant(reference["tv_det_boxes"])))
     out["mask_logits"] = mask_logits.numpy()
     if end_to_end:

@@ -165,7 +165,7 @@ def test_nan_weight_with_finite_loss_is_caught(tmp_path, monkeypatch):
 
     def build_poisoned(c):
         model = original(c)
-        kernel = model.box_head.box_deltas.kernel
+        kernel = model.roi_heads.box_head.box_deltas.kernel
         value = kernel.numpy()
         value[:, 12:16] = np.nan
         kernel.assign(value)
@@ -273,9 +273,9 @@ def test_skip_bad_images_trains_and_counts(tmp_path, coco10_dir):
 
 # ------------------------------------------------------------------------------ fine-tuning
 def test_init_from_copies_matching_weights_and_reinitialises_class_layers(tmp_path):
+    from keras_maskrcnn.builder import build_model
     from keras_maskrcnn.finetune import finetune_config, initialize_from
-    from keras_maskrcnn.model import build_model
-    from keras_maskrcnn.model_dir import save_model_dir
+    from keras_maskrcnn.saving import save_model_dir
 
     pretrained = build_model(get_config(tiny_config(tmp_path / "tiny.json")))
     save_model_dir(pretrained, tmp_path / "pretrained")
@@ -291,8 +291,8 @@ def test_init_from_copies_matching_weights_and_reinitialises_class_layers(tmp_pa
 
 
 def test_cli_init_from_on_coco(tmp_path, coco10_dir):
-    from keras_maskrcnn.model import build_model
-    from keras_maskrcnn.model_dir import save_model_dir
+    from keras_maskrcnn.builder import build_model
+    from keras_maskrcnn.saving import save_model_dir
 
     save_model_dir(build_model(get_config(tiny_config(tmp_path / "tiny.json"))),
                    tmp_path / "pretrained")

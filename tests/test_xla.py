@@ -15,8 +15,9 @@ import pytest
 import tensorflow as tf
 from reference_roi_align import bilinear, roi_align_np
 
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import PRESETS, get_config
-from keras_maskrcnn.model import LOSS_NAMES, build_model
+from keras_maskrcnn.model import LOSS_NAMES
 from keras_maskrcnn.ops import poolers as pl
 from keras_maskrcnn.ops import roi_align_ops as ra
 from keras_maskrcnn.ops import sampling

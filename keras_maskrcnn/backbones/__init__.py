@@ -6,13 +6,10 @@ from keras_maskrcnn.backbones.resnet import (
     ResNetSpec,
     build_res5_head,
     build_resnet,
-    resnet_from_config,
-    resnet_spec_from_config,
     resnet_stage,
     stage_channels,
     tiny_spec,
 )
 
 __all__ = ["RESNET_SPECS", "ResNetSpec", "build_fpn", "build_res5_head", "build_resnet",
-           "resnet_from_config", "resnet_spec_from_config", "resnet_stage", "stage_channels",
-           "tiny_spec"]
+           "resnet_stage", "stage_channels", "tiny_spec"]

@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
 from keras import layers
 
-from keras_maskrcnn.heads.common import batch_norm, check_norm
+from keras_maskrcnn.layers.conv_norm import batch_norm, check_norm
 
 
-def build_fpn(backbone: keras.Model, channels: int = 256, norm: str = "none",
-              name: str = "fpn") -> keras.Model:
-    """Wraps `backbone` ([B, H, W, 3] -> [C2..C5]) into [B, H, W, 3] -> [P2, P3, P4, P5, P6].
+def build_fpn(in_channels: Sequence[int] = (256, 512, 1024, 2048), channels: int = 256,
+              norm: str = "none", name: str = "fpn") -> keras.Model:
+    """The pyramid as a Keras model: `[C2, C3, C4, C5]` (channel counts `in_channels`) ->
+    `[P2, P3, P4, P5, P6]`.
 
     Lateral 1x1 convs, top-down nearest 2x upsampling, 3x3 output convs; P6 is P5 subsampled by a
-    max-pool of kernel 1 and stride 2. P_k has stride 2**k, `channels` channels and the
-    backbone's dtype. H and W must be multiples of 32 so that the upsampled maps line up with the
-    laterals.
+    max-pool of kernel 1 and stride 2. P_k has the stride of C_k (P6: twice C5's), `channels`
+    channels and the inputs' dtype. The input sides must halve exactly from level to level
+    (image sides multiples of 32) so that the upsampled maps line up with the laterals.
 
-    `norm` (one of `config.HEAD_NORMS`): "none" gives the convs a bias; "bn" (torchvision's
+    `norm` (`layers.conv_norm.NORMS`): "none" gives the convs a bias; "bn" (torchvision's
     `maskrcnn_resnet50_fpn_v2`) drops it and follows every lateral and output conv by a
     BatchNormalization (eps 1e-5, no activation). Layers: `fpn_lateral{k}` (+ `fpn_lateral{k}_norm`),
     `fpn_up{k}`, `fpn_merge{k}`, `fpn_output{k}` (+ `fpn_output{k}_norm`), `fpn_p6`.
     """
     check_norm(norm)
-    image = backbone.input
-    c_feats = backbone(image)
+    if len(in_channels) != 4:
+        raise ValueError(f"build_fpn takes C2..C5: 4 channel counts, got {tuple(in_channels)}")
+    c_feats = [keras.Input((None, None, int(c)), name=f"c{level}")
+               for level, c in zip(range(2, 6), in_channels, strict=True)]
 
     def conv(x, kernel: int, layer_name: str):
         x = layers.Conv2D(channels, kernel, padding="same", use_bias=norm == "none",
@@ -41,9 +46,4 @@ def build_fpn(backbone: keras.Model, channels: int = 256, norm: str = "none",
     outputs = [conv(m, 3, f"fpn_output{level}")
                for level, m in zip(range(2, 6), merged, strict=True)]
     outputs.append(layers.MaxPooling2D(1, strides=2, name="fpn_p6")(outputs[-1]))
-    return keras.Model(image, outputs, name=name)
-
-
-def fpn_from_config(backbone: keras.Model, config) -> keras.Model:
-    """The FPN of a `MaskRCNNConfig` on `backbone`: `fpn_channels` channels, norm `fpn_norm`."""
-    return build_fpn(backbone, config.fpn_channels, config.fpn_norm)
+    return keras.Model(c_feats, outputs, name=name)

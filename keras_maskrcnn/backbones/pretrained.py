@@ -12,6 +12,8 @@ from pathlib import Path
 
 import keras
 
+from keras_maskrcnn.backbones.resnet import RESNET_SPECS
+
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 _APPS = {"resnet50": "ResNet50", "resnet101": "ResNet101"}
 
@@ -51,28 +53,25 @@ def copy_keras_applications_resnet(source: keras.Model, backbone: keras.Model,
     return copied
 
 
-def load_backbone_weights(backbone: keras.Model, config) -> None:
-    """Loads `config.backbone_weights` into `backbone`: "imagenet" (keras.applications, downloaded
-    on first use), or a file: a keras.applications ResNet weights file (e.g. a copy of the
-    download, for machines offline) when the config has `imagenet_config_overrides()`
-    (`bgr_input`), else a `.weights.h5` of our own backbone."""
-    weights = config.backbone_weights
-    if weights != "imagenet" and not config.bgr_input:
+def load_backbone_weights(backbone: keras.Model, weights: str, architecture: str,
+                          keras_applications_layout: bool) -> None:
+    """Loads `weights` into `backbone` (a ResNet named `architecture`, e.g. "resnet50"):
+    "imagenet" (keras.applications, downloaded on first use), or a file: a keras.applications
+    ResNet weights file (e.g. a copy of the download, for machines offline) when
+    `keras_applications_layout` (the backbone was built with `imagenet_config_overrides()`:
+    stride in 1x1, BGR Caffe input), else a `.weights.h5` of our own backbone."""
+    if weights != "imagenet" and not keras_applications_layout:
         backbone.load_weights(weights)
         return
-    if config.backbone not in _APPS:
+    if architecture not in _APPS:
         raise ValueError(
             f"ImageNet weights from keras.applications exist for {sorted(_APPS)}, not "
-            f"{config.backbone!r}; set backbone_weights to a .weights.h5 file instead")
-    if not config.stride_in_1x1 or not config.bgr_input:
+            f"{architecture!r}; set backbone_weights to a .weights.h5 file instead")
+    if not keras_applications_layout:
         raise ValueError(
             "keras.applications ResNet weights need stride_in_1x1=True, bgr_input=True and the "
             "Caffe pixel mean/std: use config.replace(**imagenet_config_overrides())")
-    from keras_maskrcnn.backbones.resnet import RESNET_SPECS
-
     if weights != "imagenet" and not Path(weights).is_file():
         raise FileNotFoundError(f"backbone weights file not found: {weights}")
-    app = getattr(keras.applications, _APPS[config.backbone])(include_top=False,
-                                                               weights=weights)
-    copy_keras_applications_resnet(app, backbone, RESNET_SPECS[config.backbone].blocks)
-
+    app = getattr(keras.applications, _APPS[architecture])(include_top=False, weights=weights)
+    copy_keras_applications_resnet(app, backbone, RESNET_SPECS[architecture].blocks)

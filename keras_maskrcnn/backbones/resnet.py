@@ -155,17 +155,3 @@ def build_res5_head(spec: ResNetSpec, norm: str = "frozen_bn", stride_in_1x1: bo
     pooled = keras.Input((None, None, stage_channels(spec, 4)), name="pooled")
     return keras.Model(pooled, resnet_stage(pooled, spec, 5, norm, stride_in_1x1, trainable),
                        name=name)
-
-
-def resnet_spec_from_config(config) -> ResNetSpec:
-    """The `ResNetSpec` named by a `MaskRCNNConfig`'s `backbone` (`tiny_widths` for resnet_tiny)."""
-    if config.backbone == "resnet_tiny":
-        return tiny_spec(config.tiny_widths)
-    return RESNET_SPECS[config.backbone]
-
-
-def resnet_from_config(config) -> keras.Model:
-    """The backbone named by a `MaskRCNNConfig`: C2..C5, or C2..C4 for `architecture` "c4"."""
-    last_stage = 4 if config.architecture == "c4" else 5
-    return build_resnet(resnet_spec_from_config(config), config.backbone_norm,
-                        config.stride_in_1x1, config.freeze_at, last_stage=last_stage)

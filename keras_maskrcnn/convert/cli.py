@@ -1,13 +1,13 @@
 """`keras-maskrcnn convert torchvision STATE_DICT.pth --output DIR`: import torchvision weights;
 `keras-maskrcnn convert torchvision --weights coco-v1|coco-v2`: download torchvision's published
-COCO weights into the cache and convert them there (`keras_maskrcnn.pretrained`)."""
+COCO weights into the cache and convert them there (`keras_maskrcnn.convert.published`)."""
 
 from __future__ import annotations
 
 import argparse
 
 SOURCES = ("torchvision",)
-PRETRAINED_NAMES = ("coco-v1", "coco-v2")  # = keras_maskrcnn.pretrained.NAMES (import-free here)
+PRETRAINED_NAMES = ("coco-v1", "coco-v2")  # = keras_maskrcnn.convert.published.NAMES (import-free here)
 
 
 def add_subcommand(subparsers) -> None:
@@ -49,7 +49,7 @@ def add_subcommand(subparsers) -> None:
 
 
 def _convert_pretrained(args: argparse.Namespace) -> int:
-    from keras_maskrcnn.pretrained import PRETRAINED, convert_pretrained
+    from keras_maskrcnn.convert.published import PRETRAINED, convert_pretrained
 
     if args.state_dict:
         raise SystemExit("give STATE_DICT.pth or --weights, not both")

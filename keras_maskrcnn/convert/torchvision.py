@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import MaskRCNNConfig, get_config
 from keras_maskrcnn.convert.state_dict import load_state_dict, normalize_keys
 
@@ -252,7 +253,7 @@ def _layer_assignments(model, reader: _StateReader) -> list[tuple[Any, list[np.n
     """(Keras layer, weights in its order, torch prefix) for every layer with weights."""
     c = model.config
     out: list[tuple[Any, list[np.ndarray], str]] = []
-    for layer in model.backbone.layers:
+    for layer in model.backbone.body.layers:
         found = _backbone_prefix(layer.name)
         if found is None:
             if layer.weights:
@@ -273,16 +274,16 @@ def _fpn_assignments(model, reader: _StateReader, norm: bool):
     for level in range(2, 6):
         for ours, theirs in (("fpn_lateral", "inner_blocks"), ("fpn_output", "layer_blocks")):
             prefix = f"backbone.fpn.{theirs}.{level - 2}"
-            out.append((model.fpn.get_layer(f"{ours}{level}"),
+            out.append((model.backbone.fpn.get_layer(f"{ours}{level}"),
                         reader.conv(f"{prefix}.0", bias=not norm), prefix))
             if norm:
-                out.append((model.fpn.get_layer(f"{ours}{level}_norm"), reader.bn(f"{prefix}.1"),
+                out.append((model.backbone.fpn.get_layer(f"{ours}{level}_norm"), reader.bn(f"{prefix}.1"),
                             prefix))
     return out
 
 
 def _rpn_assignments(model, reader: _StateReader):
-    head = model.rpn_head
+    head = model.rpn.head
     out = [(conv, reader.conv(f"rpn.head.conv.{i}.0"), f"rpn.head.conv.{i}")
            for i, conv in enumerate(head.convs)]
     out.append((head.objectness, reader.conv("rpn.head.cls_logits"), "rpn.head.cls_logits"))
@@ -295,7 +296,7 @@ def _rpn_assignments(model, reader: _StateReader):
 
 
 def _box_head_assignments(model, reader: _StateReader):
-    head = model.box_head
+    head = model.roi_heads.box_head
     c = model.config
     size, channels = c.box_pool_size, c.fpn_channels
     norm = head.norm == "bn"
@@ -330,7 +331,7 @@ def _box_head_assignments(model, reader: _StateReader):
 
 
 def _mask_head_assignments(model, reader: _StateReader):
-    head = model.mask_head
+    head = model.roi_heads.mask_head
     norm = head.norm == "bn"
     out = []
     for i, conv in enumerate(head.convs):
@@ -368,7 +369,7 @@ def load_torchvision_weights(model, state_dict: Mapping[str, Any],
                              f"model's {expected} (wrong num_classes or architecture?)")
         layer.set_weights(weights)
         assigned.update(id(w) for w in layer.weights)
-    missing = [w.path for w in model.inference_model.weights if id(w) not in assigned]
+    missing = [w.path for w in model.inference_graph().weights if id(w) not in assigned]
     if missing:
         raise ValueError(f"model weights without a torchvision counterpart: {missing[:10]}")
     unused = [k for k in reader.unused() if not k.endswith("num_batches_tracked")]
@@ -408,9 +409,8 @@ def convert_torchvision(
         raise ValueError(f"v2={v2} but the state dict is a {kind}")
     config = torchvision_config(infer_num_classes(state), min_size, max_size, detected,
                                 image_size=image_size)
-    from keras_maskrcnn.model import MaskRCNN
-    from keras_maskrcnn.model_dir import save_model_dir
+    from keras_maskrcnn.saving import save_model_dir
 
-    model = MaskRCNN(config)
+    model = build_model(config)
     load_torchvision_weights(model, state, frozen_bn_eps=frozen_bn_eps)
     return save_model_dir(model, output_dir)

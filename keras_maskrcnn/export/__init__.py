@@ -4,7 +4,7 @@
 max_image_pixels=36_000_000, precision="float32")` and `export_tflite(model_or_dir, output,
 input_size=512, quantize="none", buckets=None)`; see `keras_maskrcnn.export.saved_model`,
 `keras_maskrcnn.export.tflite`, `keras_maskrcnn.export.buckets` (the canvas buckets) and
-`keras_maskrcnn.export.precision` (bfloat16 inference) for the details.
+for the details (bfloat16 inference: `keras_maskrcnn.precision`).
 Attributes load lazily, so importing this package (the CLI does) does not import TensorFlow.
 """
 
@@ -26,7 +26,6 @@ _EXPORTS = {
     "parse_buckets": "keras_maskrcnn.export.buckets",
     "bucket_for": "keras_maskrcnn.export.buckets",
     "canvas_inference_model": "keras_maskrcnn.export.buckets",
-    "with_precision": "keras_maskrcnn.export.precision",
 }
 
 __all__ = sorted(_EXPORTS)

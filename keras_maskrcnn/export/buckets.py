@@ -163,16 +163,16 @@ def bucket_index_tf(resized_hw: tf.Tensor, buckets: Sequence[Canvas],
 
 # --------------------------------------------------------------------------------- graphs
 def canvas_inference_model(model, canvas: Canvas) -> keras.Model:
-    """`model.inference_model` on the canvas (H, W), sharing all layers and variables with it.
+    """`model.inference_graph()` on the canvas (H, W), sharing all layers and variables with it.
 
     Anchors follow the canvas (`AnchorGenerator` reads the static input shape); the
     `ProposalLayer`s, which hold the per-level anchor counts of one canvas and no weights, are
-    copied with the counts of this canvas. Outputs are those of `model.inference_model`.
+    copied with the counts of this canvas. Outputs are those of `model.inference_graph()`.
     """
     canvas = check_canvas_size(tuple(canvas), SIZE_MULTIPLE)
     if canvas == tuple(model.config.image_size):
-        return model.inference_model
-    level_sizes = model.anchor_generator.level_sizes(canvas)
+        return model.inference_graph()
+    level_sizes = model.rpn.anchor_generator.level_sizes(canvas)
 
     def reuse(layer):
         if isinstance(layer, ProposalLayer):
@@ -183,5 +183,5 @@ def canvas_inference_model(model, canvas: Canvas) -> keras.Model:
 
     inputs = {"images": keras.Input((*canvas, 3), dtype="float32", name="images"),
               "image_shape": keras.Input((2,), dtype="float32", name="image_shape")}
-    return keras.models.clone_model(model.inference_model, input_tensors=inputs,
+    return keras.models.clone_model(model.inference_graph(), input_tensors=inputs,
                                     clone_function=reuse)

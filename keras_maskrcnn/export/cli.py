@@ -88,7 +88,7 @@ def _size(path: Path) -> int:
 def run_export(args: argparse.Namespace) -> int:
     """Runs the export named by the parsed arguments; returns the exit code. `--model` may name
     pretrained weights (`pretrained.resolve_model`)."""
-    from keras_maskrcnn.pretrained import resolve_model
+    from keras_maskrcnn.convert.published import resolve_model
 
     args.model = str(resolve_model(args.model))
     if args.format == ONNX_FORMAT:

@@ -90,7 +90,7 @@ def serving_function(model: MaskRCNN):
     if cached is not None:
         return cached
     height, width = require_portable(model).config.image_size
-    graph = model.inference_model
+    graph = model.inference_graph()
 
     @tf.function(input_signature=[
         tf.TensorSpec([1, height, width, 3], tf.float32, name="images"),

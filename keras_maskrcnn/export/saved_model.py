@@ -52,6 +52,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from keras_maskrcnn.atomic import atomic_path, require_replaceable_folder
+from keras_maskrcnn.builder import rebuilt
 from keras_maskrcnn.config import MaskRCNNConfig
 from keras_maskrcnn.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from keras_maskrcnn.export.buckets import (
@@ -64,10 +65,10 @@ from keras_maskrcnn.export.buckets import (
     parse_buckets,
 )
 from keras_maskrcnn.export.image_header import check_encoded_images
-from keras_maskrcnn.export.precision import model_precision, with_precision
 from keras_maskrcnn.model import MaskRCNN
-from keras_maskrcnn.model_dir import CONFIG_FILE, load_model_dir, read_model_config
 from keras_maskrcnn.ops.masks import paste_masks_tf
+from keras_maskrcnn.precision import model_precision, with_precision
+from keras_maskrcnn.saving import CONFIG_FILE, load_model_dir, read_model_config
 from keras_maskrcnn.transform import (
     SIZE_MULTIPLE,
     boxes_to_original_tf,
@@ -100,7 +101,7 @@ def export_ready_model(model_or_dir: MaskRCNN | str | Path, **config_changes) ->
         same weights.
     """
     if isinstance(model_or_dir, MaskRCNN):
-        return model_or_dir.rebuilt(roi_align_implementation=EXPORT_ROI_ALIGN, **config_changes)
+        return rebuilt(model_or_dir, roi_align_implementation=EXPORT_ROI_ALIGN, **config_changes)
     if not isinstance(model_or_dir, str | Path):
         raise TypeError(
             "model_or_dir must be a MaskRCNN or the path of a model directory, "
@@ -126,7 +127,7 @@ def model_variables(model: MaskRCNN) -> list[tf.Variable]:
     A `tf.Module` must hold these explicitly: the Keras wrappers are not tracked as TF
     variables, and without them SavedModel / TFLite exports lose (or fail to freeze) the weights.
     """
-    return [w.value for w in model.inference_model.weights]
+    return [w.value for w in model.inference_graph().weights]
 
 
 def check_max_image_pixels(max_image_pixels) -> int | None:

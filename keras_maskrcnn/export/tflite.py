@@ -148,7 +148,7 @@ def _traced_inference(model: MaskRCNN, buckets=None):
     if key in cache:
         return cache[key]
     if buckets is None:
-        functions = [_signature_function(model.inference_model, model.config.image_size,
+        functions = [_signature_function(model.inference_graph(), model.config.image_size,
                                          TFLITE_SIGNATURE)]
     else:
         functions = [_signature_function(canvas_inference_model(model, canvas), canvas,

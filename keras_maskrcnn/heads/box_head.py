@@ -7,7 +7,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from keras_maskrcnn.heads.common import (
+from keras_maskrcnn.layers.conv_norm import (
     apply_conv_norm_stack,
     build_conv_norm_stack,
     check_norm,
@@ -89,10 +89,3 @@ class BoxHead(layers.Layer):
         return {**super().get_config(), "num_classes": self.num_classes,
                 "conv_dim": self.conv_dim, "num_convs": self.num_convs, "fc_dim": self.fc_dim,
                 "num_fcs": self.num_fcs, "norm": self.norm}
-
-
-def box_head_from_config(config, name: str = "box_head") -> BoxHead:
-    """The box head of a `MaskRCNNConfig`: `box_head_convs` convs of `box_head_conv_dim`,
-    `box_head_fcs` fcs of `box_head_dim`, normalization `head_norm`."""
-    return BoxHead(config.num_classes, config.box_head_conv_dim, config.box_head_convs,
-                   config.box_head_dim, config.box_head_fcs, config.head_norm, name=name)

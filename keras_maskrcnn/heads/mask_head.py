@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from keras_maskrcnn.heads.common import (
+from keras_maskrcnn.layers.conv_norm import (
     apply_conv_norm_stack,
     build_conv_norm_stack,
     check_norm,
@@ -57,10 +57,3 @@ class MaskHead(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes,
                 "conv_dim": self.conv_dim, "num_convs": self.num_convs, "norm": self.norm}
-
-
-def mask_head_from_config(config, name: str = "mask_head") -> MaskHead:
-    """The mask head of a `MaskRCNNConfig`: `mask_head_convs` convs of `mask_head_dim`,
-    normalization `head_norm`, `num_classes` logit maps."""
-    return MaskHead(config.num_classes, config.mask_head_dim, config.mask_head_convs,
-                    config.head_norm, name=name)

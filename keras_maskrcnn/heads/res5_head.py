@@ -17,14 +17,8 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from keras_maskrcnn.backbones.resnet import (
-    ResNetSpec,
-    build_res5_head,
-    resnet_spec_from_config,
-    stage_channels,
-)
+from keras_maskrcnn.backbones.resnet import ResNetSpec, build_res5_head, stage_channels
 from keras_maskrcnn.heads.box_head import box_predictors
-from keras_maskrcnn.heads.rpn_head import RPNHead
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -103,23 +97,3 @@ class Res5BoxHead(layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes}
-
-
-def res5_head_from_config(config, name: str = "res5_head") -> Res5Head:
-    """The res5 RoI head of a `MaskRCNNConfig`: the `backbone`'s res5 stage, its
-    `backbone_norm` and `stride_in_1x1`; trainable unless `freeze_at` >= 5."""
-    return Res5Head(resnet_spec_from_config(config), config.backbone_norm,
-                    config.stride_in_1x1, trainable=config.freeze_at < 5, name=name)
-
-
-def res5_box_head_from_config(config, name: str = "box_head") -> Res5BoxHead:
-    """The C4 box predictor of a `MaskRCNNConfig` (`num_classes`)."""
-    return Res5BoxHead(config.num_classes, name=name)
-
-
-def c4_rpn_head_from_config(config, name: str = "rpn_head") -> RPNHead:
-    """The C4 architecture's RPN head: `rpn_head_convs` 3x3 convs keeping C4's channel count
-    (Detectron2's StandardRPNHead: 1024 for ResNet-50), `num_anchors_per_location` (15)
-    objectness and delta maps."""
-    channels = stage_channels(resnet_spec_from_config(config), 4)
-    return RPNHead(config.num_anchors_per_location, channels, config.rpn_head_convs, name=name)

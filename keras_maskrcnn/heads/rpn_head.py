@@ -6,7 +6,7 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from keras_maskrcnn.heads.common import apply_conv_norm_stack, build_conv_norm_stack, conv_norm_stack
+from keras_maskrcnn.layers.conv_norm import apply_conv_norm_stack, build_conv_norm_stack, conv_norm_stack
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -57,10 +57,3 @@ class RPNHead(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "num_anchors": self.num_anchors,
                 "channels": self.channels, "num_convs": self.num_convs}
-
-
-def rpn_head_from_config(config, name: str = "rpn_head") -> RPNHead:
-    """The RPN head of a `MaskRCNNConfig`: `rpn_head_convs` convs of `fpn_channels`, one
-    objectness and one delta map per anchor shape (`num_anchors_per_location`)."""
-    return RPNHead(config.num_anchors_per_location, config.fpn_channels, config.rpn_head_convs,
-                   name=name)

@@ -1,4 +1,4 @@
-"""Building blocks shared by the heads and the FPN: the allowed normalizations and the stack of
+"""Conv + normalization stacks shared by the heads and the FPN: the allowed normalizations and the stack of
 3x3 convs, each optionally followed by a BatchNorm, then ReLU.
 
 With norm "bn" a conv has no bias (the BatchNorm's beta replaces it), as in torchvision's
@@ -12,13 +12,14 @@ import keras
 import tensorflow as tf
 from keras import layers
 
-from keras_maskrcnn.config import HEAD_NORMS
+# "none": convs with a bias; "bn": BatchNorm after each conv, no bias.
+NORMS = ("none", "bn")
 
 
 def check_norm(norm: str) -> str:
-    """`norm` if it is one of `config.HEAD_NORMS`, else ValueError."""
-    if norm not in HEAD_NORMS:
-        raise ValueError(f"norm must be one of {HEAD_NORMS}, got {norm!r}")
+    """`norm` if it is one of `NORMS`, else ValueError."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     return norm
 
 

@@ -28,10 +28,11 @@ import urllib.request
 from pathlib import Path
 
 from keras_maskrcnn.atomic import atomic_path
+from keras_maskrcnn.saving import MODEL_FILES
 
 CACHE_ENV = "KERAS_MASKRCNN_CACHE"
 CHUNK = 1 << 20
-MODEL_FILES = ("config.json", "model.weights.h5")  # = model.CONFIG_FILE, WEIGHTS_FILE
+
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,26 +1,34 @@
-"""Weight files written before the head classes were unified.
+"""Older weight files moved to the current layout: one module for every rename of the past.
 
 Keras 3 `save_weights` stores a variable under the path of attribute names from the model down
-to its layer (`box_head/fc1/vars/0`), except inside lists - the functional inference graph's
-`layers` among them - where a layer is named by its snake-cased class name
-(`inference_model/layers/rpn_head/...`). The unified `RPNHead`, `BoxHead` and `MaskHead` keep the
-paths of the single-purpose v1 heads (`RPNHead.conv`, `BoxHead.fc1` / `fc2`, `MaskHead.convs`),
-so model directories of v1 configs (presets `shapes`, `coco_*`, `torchvision_r50_fpn`) load
-unchanged. Files written by the removed `ConvRPNHead`, `ConvFCBoxHead` and `NormMaskHead`
-(torchvision v2 configs, and any config with several RPN convs, a conv box head, another fc count
-or normalized heads) address those heads differently; `legacy_path` maps their paths to the
-current ones:
+to its layer (`backbone/body/layers/conv2d/vars/0`); inside lists (a functional model's or a
+`keras.Model`'s `layers`) a layer is named by its snake-cased class name
+(`layers/rpn/head/conv/vars/0`, `layers/standard_ro_i_heads/box_head/fc1/vars/0`). Two
+generations of files are upgraded here, recognised from the file itself (its paths), never from a
+version number, and applying the rules twice changes nothing:
 
-    .../conv_rpn_head/convs/conv2d/...  -> .../rpn_head/conv/...
-    .../conv_rpn_head/...               -> .../rpn_head/...
-    .../norm_mask_head/...              -> .../mask_head/...
-    .../conv_fc_box_head/...            -> .../box_head/...
-    .../box_head/fcs/dense/...          -> .../box_head/fc1/...
-    .../box_head/fcs/dense_{k}/...      -> .../box_head/fc{k + 1}/...
+1. Before the heads were unified (`ConvRPNHead`, `ConvFCBoxHead`, `NormMaskHead`: torchvision v2
+   configs and any config with several RPN convs, a conv box head or normalized heads):
+       .../conv_rpn_head/convs/conv2d/...  -> .../rpn_head/conv/...
+       .../conv_rpn_head/...               -> .../rpn_head/...
+       .../norm_mask_head/...              -> .../mask_head/...
+       .../conv_fc_box_head/...            -> .../box_head/...
+       .../box_head/fcs/dense/...          -> .../box_head/fc1/...
+       .../box_head/fcs/dense_{k}/...      -> .../box_head/fc{k + 1}/...
+2. Before the model was assembled from parts (every layer an attribute of `MaskRCNN`; the ones
+   named after `inference_model` saved under its `layers`):
+       backbone/layers/...                         -> backbone/body/layers/...
+       fpn/layers/...                              -> backbone/fpn/layers/...
+       [inference_model/layers/]rpn_head/...       -> layers/rpn/head/...
+       [inference_model/layers/]box_head/...       -> layers/<roi heads>/box_head/...
+       [inference_model/layers/]mask_head/...      -> layers/<roi heads>/mask_head/...
+       [inference_model/layers/]res5_head/...      -> layers/res5_ro_i_heads/res5_head/...
+   where <roi heads> is `res5_ro_i_heads` for a C4 file (it holds `res5_head`), else
+   `standard_ro_i_heads`.
 
-Current files never hold these paths (their class names are gone, and `conv` / `fc{i}` are saved
-before the `convs` / `fcs` lists they alias), so the rule is recognised from the file itself,
-whatever its config `version`, and applying it twice changes nothing.
+Training checkpoints written before the `saving` package kept their config in the HDF5
+attribute `config` (`LEGACY_CONFIG_ATTRIBUTES`), model directories already in
+`keras_maskrcnn_config`; both are read.
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ from pathlib import Path
 
 import h5py
 
-_RULES = (
+LEGACY_CONFIG_ATTRIBUTES = ("config",)
+_HEAD_RULES = (
     (re.compile(r"(^|/)conv_rpn_head/convs/conv2d(/|$)"), r"\1rpn_head/conv\2"),
     (re.compile(r"(^|/)conv_rpn_head(/|$)"), r"\1rpn_head\2"),
     (re.compile(r"(^|/)norm_mask_head(/|$)"), r"\1mask_head\2"),
@@ -44,12 +53,27 @@ _RULES = (
     (re.compile(r"(^|/)box_head/fcs/dense_(\d+)(/|$)"),
      lambda m: f"{m[1]}box_head/fc{int(m[2]) + 1}{m[3]}"),
 )
+_FLAT = r"^(?:inference_model/layers/)?"
 
 
-def legacy_path(path: str) -> str:
-    """The current path of a weight-file path (`a/b/vars` or `a/b/vars/0`); current paths map
-    to themselves."""
-    for pattern, repl in _RULES:
+def _part_rules(roi_heads: str) -> tuple:
+    return (
+        (re.compile(r"^backbone/layers/"), "backbone/body/layers/"),
+        (re.compile(r"^fpn/"), "backbone/fpn/"),
+        (re.compile(_FLAT + r"rpn_head/"), "layers/rpn/head/"),
+        (re.compile(_FLAT + r"(box_head|mask_head|res5_head)/"), rf"layers/{roi_heads}/\1/"),
+    )
+
+
+def legacy_path(path: str, c4: bool = False) -> str:
+    """The current path of a weight-file path (`a/b/vars` or `a/b/vars/0`) of a file written
+    before the head unification or before the parts (`c4`: the file holds a res5 head);
+    current paths map to themselves."""
+    for pattern, repl in _HEAD_RULES:
+        path = pattern.sub(repl, path)
+    if path.startswith(("backbone/body/", "layers/")):
+        return path
+    for pattern, repl in _part_rules("res5_ro_i_heads" if c4 else "standard_ro_i_heads"):
         path = pattern.sub(repl, path)
     return path
 
@@ -57,17 +81,17 @@ def legacy_path(path: str) -> str:
 def legacy_renames(weights_path: str | Path) -> dict[str, str]:
     """`{old: new}` for every `vars` group of a Keras `.weights.h5` file that sits at a legacy
     path (empty for a file in the current layout)."""
-    renames: dict[str, str] = {}
+    groups: list[str] = []
 
     def visit(name: str, obj) -> None:
         if isinstance(obj, h5py.Group) and name.rsplit("/", 1)[-1] == "vars":
-            new = legacy_path(name)
-            if new != name:
-                renames[name] = new
+            groups.append(name)
 
     with h5py.File(weights_path, "r") as f:
         f.visititems(visit)
-    return renames
+    c4 = any("res5_head/" in name for name in groups)
+    renames = {name: legacy_path(name, c4) for name in groups}
+    return {old: new for old, new in renames.items() if old != new}
 
 
 def upgrade_weights_file(weights_path: str | Path, output: str | Path | None = None) -> bool:

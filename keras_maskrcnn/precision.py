@@ -15,13 +15,9 @@ after a warning.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator
 
-import keras
-
-from keras_maskrcnn.layers.pooler import MultiLevelRoIAlign
+from keras_maskrcnn.builder import keep_boxes_float32, rebuilt
 from keras_maskrcnn.model import MaskRCNN
 from keras_maskrcnn.runtime import cpu_has_bf16
 from keras_maskrcnn.runtime import resolve_precision as resolve_training_precision
@@ -32,9 +28,9 @@ PRECISIONS = ("float32", "bfloat16", "auto")
 POLICIES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 # `ProposalLayer`, `DetectionLayer` and `ImageNormalization` opt out of Keras' autocast of
 # their inputs themselves (autocast=False: bfloat16 holds 1066 as 1064); the RoIAlign poolers
-# (layers/pooler.py) do not yet, so `_keep_boxes_float32` switches it off on each model built
-# here: their features arrive in bfloat16 as computed, their boxes stay float32.
-_POLICY_ATTRIBUTE = "_kmr_inference_policy"
+# (layers/pooler.py) do not yet, so `builder.keep_boxes_float32` switches it off on each
+# bfloat16 inference model: their features arrive in bfloat16 as computed, their boxes stay
+# float32.
 
 
 def native_bf16() -> bool:
@@ -59,66 +55,23 @@ def resolve_precision(precision: str) -> str:
 
 def model_precision(model: MaskRCNN) -> str:
     """"bfloat16" when the model's convolutions compute in bfloat16, else "float32"."""
-    return "bfloat16" if model.rpn_head.compute_dtype == "bfloat16" else "float32"
-
-
-@contextlib.contextmanager
-def dtype_policy(policy: str) -> Iterator[None]:
-    """Sets Keras' global dtype policy inside the block (layers built there take it)."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
-
-
-def _keep_boxes_float32(model: MaskRCNN) -> None:
-    for layer in model.inference_model.layers:
-        if isinstance(layer, MultiLevelRoIAlign):
-            layer.autocast = False  # read by Layer.__call__ on every call
-
-
-def _rebuild_under(model: MaskRCNN, policy: str) -> MaskRCNN:
-    """Makes `model.rebuilt` (per-canvas models of `predict_images`, `export_ready_model`)
-    build under `policy` and with the same float32 box inputs."""
-    bound = type(model).rebuilt.__get__(model)
-
-    def rebuilt(*args, **kwargs):
-        with dtype_policy(policy):
-            other = bound(*args, **kwargs)
-        if other is not model and getattr(other, _POLICY_ATTRIBUTE, None) != policy:
-            _keep_boxes_float32(other)
-            _rebuild_under(other, policy)
-        return other
-
-    rebuilt.__doc__ = bound.__doc__
-    # Instance attributes past Keras' tracking (neither is a layer nor a weight).
-    object.__setattr__(model, "rebuilt", rebuilt)
-    object.__setattr__(model, _POLICY_ATTRIBUTE, policy)
-    return model
+    return "bfloat16" if model.rpn.head.compute_dtype == "bfloat16" else "float32"
 
 
 def with_precision(model: MaskRCNN, precision: str = "auto") -> MaskRCNN:
     """`model` computing in `precision` ("float32", "bfloat16" or "auto"), same weights.
 
     Returns `model` itself when it already computes so; else a new `MaskRCNN` built under the
-    policy (`POLICIES`) with the weights copied (variables stay float32). Models it rebuilds
-    for other canvases (`model.rebuilt`) keep the precision.
+    policy (`POLICIES`) with the weights copied (variables stay float32; `builder.rebuilt`, which
+    copies them again when `model`'s change). Models rebuilt from it for other canvases keep
+    the precision.
     """
     if not isinstance(model, MaskRCNN):
         raise TypeError(f"model must be a MaskRCNN, got {type(model).__name__}")
     precision = resolve_precision(precision)
     policy = POLICIES[precision]
     if model_precision(model) == precision:
-        if precision == "bfloat16" and getattr(model, _POLICY_ATTRIBUTE, None) != policy:
-            _keep_boxes_float32(model)
-            _rebuild_under(model, policy)
+        if precision == "bfloat16":
+            keep_boxes_float32(model)
         return model
-    with dtype_policy(policy):
-        other = MaskRCNN(model.config, roi_align_implementation=model.roi_align_implementation)
-    other.inference_model.set_weights(model.inference_model.get_weights())
-    if precision == "bfloat16":
-        _keep_boxes_float32(other)
-        _rebuild_under(other, policy)
-    return other
+    return rebuilt(model, policy=policy)

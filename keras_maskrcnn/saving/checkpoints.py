@@ -1,6 +1,7 @@
-"""Training checkpoints: `output_dir/checkpoints/step_NNNNNNNN.ckpt.weights.h5`, each the weights
-and the optimizer state with the step, epoch, run description and config as HDF5 attributes,
-written atomically (a checkpoint on disk under its final name is complete)."""
+"""Training checkpoints: `output_dir/checkpoints/step_NNNNNNNN.ckpt.weights.h5`, each a weights
+file (`saving.weights`: the config inside) with the optimizer state and the step, epoch and run
+description as HDF5 attributes, written atomically (a checkpoint on disk under its final name
+is complete) and restored strictly."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import json
 import re
 from pathlib import Path
 
-import h5py
-
 from keras_maskrcnn.atomic import atomic_path
-from keras_maskrcnn.config import MaskRCNNConfig
 from keras_maskrcnn.model import MaskRCNN
+from keras_maskrcnn.saving.weights import (
+    load_weights_strict,
+    read_attributes,
+    stored_config,
+    write_weights,
+)
 
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_PATTERN = re.compile(r"^step_(\d{8})\.ckpt\.weights\.h5$")
@@ -47,12 +51,7 @@ def save_checkpoint(model: MaskRCNN, output_dir: Path, step: int, epoch: int, ke
     deletes all but the newest `keep` checkpoints."""
     path = checkpoint_path(output_dir, step)
     with atomic_path(path, suffix=".weights.h5") as tmp:
-        model.save_weights(str(tmp))
-        with h5py.File(tmp, "a") as f:
-            f.attrs["step"] = step
-            f.attrs["epoch"] = epoch
-            f.attrs["run"] = json.dumps(run)
-            f.attrs["config"] = model.config.to_json()
+        write_weights(model, tmp, {"step": step, "epoch": epoch, "run": json.dumps(run)})
     for _, old in list_checkpoints(output_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
@@ -62,16 +61,16 @@ def checkpoint_info(path: Path) -> dict:
     """Step, epoch, run description and config of a checkpoint; ValueError naming the file if
     it cannot be read (checkpoints are written atomically: only a damaged disk or a copy)."""
     try:
-        with h5py.File(path, "r") as f:
-            return {"step": int(f.attrs["step"]), "epoch": int(f.attrs["epoch"]),
-                    "run": json.loads(f.attrs["run"]),
-                    "config": MaskRCNNConfig.from_dict(json.loads(f.attrs["config"]))}
-    except (OSError, KeyError) as err:
+        attributes = read_attributes(path)
+        return {"step": int(attributes["step"]), "epoch": int(attributes["epoch"]),
+                "run": json.loads(attributes["run"]), "config": stored_config(path)}
+    except (ValueError, KeyError) as err:
         raise ValueError(f"checkpoint {path} cannot be read ({err}): delete it to resume from "
                          "the one before, or pass --overwrite to start again") from None
 
 
 def restore_checkpoint(model: MaskRCNN, path: Path) -> None:
-    """Loads weights and optimizer state (the optimizer is built first so its slots exist)."""
+    """Loads weights and optimizer state strictly (the optimizer is built first so its slots
+    exist)."""
     model.optimizer.build(model.trainable_variables)
-    model.load_weights(str(path))
+    load_weights_strict(model, path)

@@ -1,4 +1,4 @@
-"""Pretrained torchvision weights by name (`keras_maskrcnn.pretrained`): download with checksum,
+"""Pretrained torchvision weights by name (`keras_maskrcnn.convert.published`): download with checksum,
 cache, convert, and `--model coco-v1` resolution in predict / evaluate / export.
 
 Nothing is downloaded: the URL table is pointed at local `file://` URLs (a few bytes for the
@@ -18,7 +18,7 @@ from test_torchvision_convert import synthetic_v1_state
 
 from keras_maskrcnn import pretrained
 from keras_maskrcnn.cli import main
-from keras_maskrcnn.pretrained import (
+from keras_maskrcnn.convert.published import (
     PRETRAINED,
     ChecksumError,
     DownloadError,
