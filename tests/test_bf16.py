@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_maskrcnn.builder import build_model, rebuilt
 from keras_maskrcnn import precision as precision_module
+from keras_maskrcnn.builder import build_model, rebuilt
 from keras_maskrcnn.precision import model_precision, resolve_precision, with_precision
 from keras_maskrcnn.runtime import cpu_has_bf16, cpu_model
 
