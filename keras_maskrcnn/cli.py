@@ -22,7 +22,8 @@ DEFAULT_MAX_IMAGE_PIXELS = 36_000_000  # keras_maskrcnn.data.images (kept import
 
 # Modules that add their own subcommands: each has `add_subcommand(subparsers)` registering a
 # parser whose `func(args) -> int` runs it.
-_SUBCOMMAND_MODULES = ("keras_maskrcnn.export.cli", "keras_maskrcnn.convert.cli")
+_SUBCOMMAND_MODULES = ("keras_maskrcnn.export.cli", "keras_maskrcnn.convert.cli",
+                       "keras_maskrcnn.data.cli")
 
 logger = logging.getLogger("keras_maskrcnn")
 
