@@ -462,3 +462,17 @@ def test_polygon_area_matches_a_raster():
     img = Image.new("L", (40, 40))
     ImageDraw.Draw(img).polygon(poly, fill=1)
     assert polygon_area(poly) == pytest.approx(np.asarray(img).sum(), rel=0.1)
+
+
+def test_labelme_ignore_labels_and_labels_txt(tmp_path):
+    """labelme's labels.txt (first lines __ignore__, _background_) works as --categories; shapes
+    with those labels are no instances."""
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    _labelme(folder, "x", [_shape("person", POLY), _shape("__ignore__", POLY)])
+    labels = tmp_path / "labels.txt"
+    labels.write_text("__ignore__\n_background_\nbottle\nperson\n")
+    result = convert("labelme", folder, categories=labels)
+    assert result.data["categories"] == [{"id": 1, "name": "bottle"}, {"id": 2, "name": "person"}]
+    assert [a["category_id"] for a in result.data["annotations"]] == [2]
+    assert any("__ignore__" in n for n in result.notes)

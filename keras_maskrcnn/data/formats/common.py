@@ -21,6 +21,8 @@ CURVE_TOLERANCE = 0.25  # pixels between a circle / ellipse and its polygon's ch
 MIN_CURVE_VERTICES = 16
 MAX_CURVE_VERTICES = 720
 _EXAMPLES = 3
+# Lines of labelme's labels.txt that name no category.
+NOT_CATEGORIES = ("__ignore__", "_background_")
 
 
 @dataclasses.dataclass
@@ -161,13 +163,13 @@ def read_json_file(path: Path, what: str) -> Any:
 
 
 def read_category_names(path: str | Path) -> list[str]:
-    """Category names from a text file, one a line (blank lines and surrounding spaces
-    ignored): ids 1..K in this order."""
+    """Category names from a text file, one a line (blank lines, surrounding spaces and
+    labelme's "__ignore__" / "_background_" lines ignored): ids 1..K in this order."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"categories file not found: {path}")
     names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    names = [n for n in names if n]
+    names = [n for n in names if n and n not in NOT_CATEGORIES]
     if not names:
         raise ValueError(f"categories file {path} names no category (one name a line)")
     seen: set[str] = set()

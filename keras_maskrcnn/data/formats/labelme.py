@@ -33,6 +33,8 @@ from keras_maskrcnn.data.images import BadImageError, image_file_size
 
 LABELME_REGIONS = ("polygon", "rectangle", "circle", "mask")
 LABELME_NOT_REGIONS = ("line", "linestrip", "point", "points")
+# labelme's own labels.txt convention: regions that are no object (skipped, counted).
+LABELME_SKIPPED_LABELS = ("__ignore__", "_background_")
 
 
 def labelme_files(source: Path) -> list[Path]:
@@ -90,6 +92,10 @@ def _labelme_shape(shape: Any, k: int, path: Path, size: tuple[int, int], notes:
     if not isinstance(label, str) or not label.strip():
         raise ValueError(f"{where} has no 'label' (a non-empty string), got {label!r}")
     label = label.strip()
+    if label in LABELME_SKIPPED_LABELS:
+        notes.add("labelme shape(s) labelled __ignore__ / _background_ skipped",
+                  f"{path.name} shapes[{k}]")
+        return None
     kind = shape.get("shape_type") or "polygon"
     where = f"{where} ({label!r}, {kind})"
     if kind in LABELME_NOT_REGIONS:
@@ -205,7 +211,8 @@ def labelme_to_coco(source: str | Path, images_dir: str | Path | None = None,
         categories: a names file fixing the category ids (default: sorted labels -> 1..K).
 
     Shapes: polygon, rectangle, circle and mask are regions; line, linestrip, point(s) are
-    skipped (counted); shapes with the same label and `group_id` are parts of one instance.
+    skipped (counted), as are shapes labelled "__ignore__" or "_background_"; shapes with the
+    same label and `group_id` are parts of one instance.
     """
     source = Path(source)
     files = labelme_files(source)
