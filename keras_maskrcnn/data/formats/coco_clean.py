@@ -23,7 +23,8 @@ from keras_maskrcnn.data.formats.common import (
     read_category_names,
     rectangle_polygon,
     refuse_duplicate_files,
-    segmentation_area_bbox,
+    segmentation_area,
+    segmentation_bbox,
 )
 from keras_maskrcnn.data.images import BadImageError, image_file_size
 
@@ -155,14 +156,15 @@ def _coco_annotation(ann: Any, k: int, path: Path, images: dict, category_set: s
     if crowd not in (0, 1, True, False):
         raise ValueError(f"{where}: 'iscrowd' must be 0 or 1, got {crowd!r}")
     out["iscrowd"] = int(crowd)
-    area, bbox = segmentation_area_bbox(seg, int(image["height"]), int(image["width"]))
+    height, width = int(image["height"]), int(image["width"])
+    bbox = segmentation_bbox(seg, height, width)
     if _bbox_off(ann.get("bbox"), bbox):
         notes.add("bbox(es) missing or off their segmentation by more than "
                   f"{BBOX_TOLERANCE:g} pixel, recomputed", where)
         out["bbox"] = bbox
     if not (is_number(ann.get("area")) and ann["area"] > 0):
         notes.add("area(s) missing or <= 0 recomputed", where)
-        out["area"] = area
+        out["area"] = segmentation_area(seg, height, width)
     return out
 
 

@@ -89,18 +89,20 @@ def ellipse_polygon(cx: float, cy: float, rx: float, ry: float,
 
 
 def polygon_area(poly: list[float]) -> float:
-    """Shoelace area of a flat [x1, y1, x2, y2, ...] polygon (pixels^2, >= 0)."""
-    xy = np.asarray(poly, np.float64).reshape(-1, 2)
-    x, y = xy[:, 0], xy[:, 1]
-    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2.0)
+    """Shoelace area of a flat [x1, y1, x2, y2, ...] polygon (pixels^2, >= 0). Plain Python:
+    COCO polygons are short, and a file holds hundreds of thousands of them."""
+    xs, ys = poly[0::2], poly[1::2]
+    twice = sum(x0 * y1 - x1 * y0 for x0, y0, x1, y1 in zip(xs, ys, xs[1:] + xs[:1],
+                                                             ys[1:] + ys[:1], strict=True))
+    return abs(float(twice)) / 2.0
 
 
 def polygons_bbox(polygons: list[list[float]]) -> list[float]:
     """COCO [x, y, width, height] of the extent of flat polygons."""
-    xy = np.concatenate([np.asarray(p, np.float64).reshape(-1, 2) for p in polygons])
-    x1, y1 = xy.min(axis=0)
-    x2, y2 = xy.max(axis=0)
-    return [float(x1), float(y1), float(x2 - x1), float(y2 - y1)]
+    xs = [v for poly in polygons for v in poly[0::2]]
+    ys = [v for poly in polygons for v in poly[1::2]]
+    x1, y1 = float(min(xs)), float(min(ys))
+    return [x1, y1, float(max(xs)) - x1, float(max(ys)) - y1]
 
 
 def to_rle(segmentation: Any, height: int, width: int) -> dict:
@@ -114,16 +116,27 @@ def to_rle(segmentation: Any, height: int, width: int) -> dict:
     return {"size": segmentation["size"], "counts": segmentation["counts"].encode("ascii")}
 
 
-def segmentation_area_bbox(segmentation: Any, height: int, width: int) -> tuple[float, list]:
-    """(area in pixels of the rasterized mask, COCO bbox): the polygons' extent, or the RLE
-    mask's pixel extent."""
+def segmentation_area(segmentation: Any, height: int, width: int) -> float:
+    """Area in pixels of the rasterized mask (pycocotools), as COCO's `area`."""
     from pycocotools import mask as mask_utils
 
-    rle = to_rle(segmentation, height, width)
-    area = float(mask_utils.area(rle))
+    return float(mask_utils.area(to_rle(segmentation, height, width)))
+
+
+def segmentation_bbox(segmentation: Any, height: int, width: int) -> list[float]:
+    """COCO bbox of a segmentation: the polygons' extent, or the RLE mask's pixel extent
+    (zeros for an empty mask)."""
     if isinstance(segmentation, list):
-        return area, polygons_bbox(segmentation)
-    return area, [float(v) for v in mask_utils.toBbox(rle)]
+        return polygons_bbox(segmentation)
+    from pycocotools import mask as mask_utils
+
+    return [float(v) for v in mask_utils.toBbox(to_rle(segmentation, height, width))]
+
+
+def segmentation_area_bbox(segmentation: Any, height: int, width: int) -> tuple[float, list]:
+    """(`segmentation_area`, `segmentation_bbox`)."""
+    return (segmentation_area(segmentation, height, width),
+            segmentation_bbox(segmentation, height, width))
 
 
 def encode_mask(mask: np.ndarray) -> dict:
