@@ -22,7 +22,8 @@ DEFAULT_MAX_IMAGE_PIXELS = 36_000_000  # keras_maskrcnn.data.images (kept import
 
 # Modules that add their own subcommands: each has `add_subcommand(subparsers)` registering a
 # parser whose `func(args) -> int` runs it.
-_SUBCOMMAND_MODULES = ("keras_maskrcnn.export.cli", "keras_maskrcnn.convert.cli")
+_SUBCOMMAND_MODULES = ("keras_maskrcnn.export.cli", "keras_maskrcnn.convert.cli",
+                       "keras_maskrcnn.data.cli")
 
 logger = logging.getLogger("keras_maskrcnn")
 
@@ -206,6 +207,8 @@ def cmd_train(args) -> int:
     val = _dataset_source(args, "val") if (args.val_annotations or demo or args.evaluate) \
         else None
     config = _train_config(args, source)
+    if args.repeat_factor_threshold is not None:
+        config = config.replace(repeat_factor_threshold=args.repeat_factor_threshold)
     start = time.time()
     result = train(
         config, source, output, epochs=epochs, max_steps=args.max_steps, steps_per_epoch=steps,
@@ -315,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the newest K checkpoints (default 3)")
     p.add_argument("--skip-bad-images", action="store_true",
                    help="skip unreadable images with a warning instead of stopping")
+    p.add_argument("--repeat-factor-threshold", type=unit_interval, metavar="T",
+                   help="repeat-factor sampling (LVIS: 0.001): images of classes found in "
+                   "fewer than a fraction T of the images are repeated, r = max(1, "
+                   "sqrt(T / f)); an epoch becomes about sum(r) images (default: the "
+                   "config's, 0 = off)")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the val split after")
     p.add_argument("--seed", type=int, default=0, help="seeds weights, data and samplers")
     p.add_argument("--deterministic", action="store_true",

@@ -159,9 +159,15 @@ class MaskRCNNConfig:
     lr_schedule: str = "step"
     lr_decay_fractions: tuple[float, ...] = DECAY_FRACTIONS_1X
     clipnorm: float | None = None
+    # Repeat-factor sampling threshold T (LVIS / Detectron2; `data.repeat_factor`): images of
+    # classes in fewer than a fraction T of the images are repeated; 0 = off (one pass per epoch).
+    repeat_factor_threshold: float = 0.0
 
     def __post_init__(self) -> None:
         self._check_types()
+        if self.repeat_factor_threshold < 0:
+            raise ValueError("repeat_factor_threshold must be >= 0 (0: off), got "
+                             f"{self.repeat_factor_threshold}")
         _check_choice("architecture", self.architecture, ARCHITECTURES)
         _check_choice("backbone", self.backbone, BACKBONES)
         _check_choice("backbone_norm", self.backbone_norm, NORMS)

@@ -240,7 +240,8 @@ def train(
         output_dir: model directory; `checkpoints/`, `logs/` (TensorBoard), `history.json`
             (strict JSON, one record per epoch) and, with validation, `best/` inside it.
         epochs / max_steps: run length (one of them; `max_steps` wins). An epoch is
-            `steps_per_epoch` steps, by default one pass over the source (len // batch).
+            `steps_per_epoch` steps, by default one pass over the source (len // batch; with
+            `config.repeat_factor_threshold`, floor(sum of the repeat factors) // batch).
         batch_size: global batch (default `config.batch_size`); the LR scales linearly with it.
         seed: seeds Python, NumPy, TF and Keras initializers, the data order, the augmentation
             and the in-graph samplers. `deterministic`: TF op determinism as well.
@@ -277,7 +278,8 @@ def train(
     if batch % env.strategy.num_replicas_in_sync:
         raise TrainingError(f"--batch-size {batch} must be a multiple of the "
                             f"{env.strategy.num_replicas_in_sync} replicas")
-    per_epoch = int(steps_per_epoch or num_batches(source, batch))
+    per_epoch = int(steps_per_epoch or num_batches(source, batch,
+                                                   config.repeat_factor_threshold))
     if per_epoch < 1:
         raise TrainingError(f"the dataset has fewer images ({len(list(source.image_ids))}) "
                             f"than one batch ({batch}): lower --batch-size")

@@ -45,7 +45,9 @@ def empty_annotations(height: int, width: int) -> dict[str, np.ndarray]:
     }
 
 
-def _read_json(path: Path) -> dict:
+def read_coco_json(path: Path) -> dict:
+    """The JSON object of a COCO file; FileNotFoundError / ValueError naming the file when it is
+    missing, not JSON, or lacks "images", "annotations" or "categories" (lists)."""
     if not path.is_file():
         raise FileNotFoundError(f"COCO annotation file not found: {path}")
     try:
@@ -134,6 +136,72 @@ def segmentation_problem(seg: Any, height: int, width: int) -> str | None:
     return f"must be a list of polygons or an RLE object, got {type(seg).__name__}"
 
 
+def check_image_record(img: Any, k: int, path: str | Path) -> None:
+    """ValueError naming `path`, the index `k` and the field of a malformed COCO image record
+    (needs an integer "id", a "file_name", positive integer "height" and "width")."""
+    where = f"{path}: images[{k}]"
+    if not isinstance(img, dict):
+        raise ValueError(f"{where} must be an object, got {img!r}")
+    for key in ("id", "file_name", "height", "width"):
+        if key not in img:
+            raise ValueError(f"{where} (id {img.get('id')}) has no {key!r}")
+    if not _is_int(img["id"]):
+        raise ValueError(f"{where}: 'id' must be an integer, got {img['id']!r}")
+    for key in ("height", "width"):
+        if not _is_int(img[key]) or int(img[key]) <= 0:
+            raise ValueError(f"{where} (id {img['id']}): {key!r} must be a positive "
+                             f"integer, got {img[key]!r}")
+
+
+def index_images(images: list, path: str | Path) -> dict[int, dict]:
+    """id -> image record of a COCO "images" list, each checked (`check_image_record`); a
+    repeated id is a ValueError too."""
+    by_id: dict[int, dict] = {}
+    for k, img in enumerate(images):
+        check_image_record(img, k, path)
+        if int(img["id"]) in by_id:
+            raise ValueError(f"{path}: images[{k}]: image id {img['id']} appears twice")
+        by_id[int(img["id"])] = img
+    return by_id
+
+
+def check_category_record(cat: Any, k: int, path: str | Path) -> None:
+    """ValueError naming `path` and the index `k` of a category without an integer "id" and a
+    "name"."""
+    if not isinstance(cat, dict) or not _is_int(cat.get("id")) or "name" not in cat:
+        raise ValueError(f"{path}: categories[{k}] must have an integer 'id' and a 'name', got "
+                         f"{cat!r}")
+
+
+def check_annotation_record(ann: Any, path: str | Path, images: dict[int, dict],
+                            category_ids: set[int]) -> None:
+    """Raises ValueError naming the file, the annotation id and the field of a malformed
+    annotation (ids, bbox, polygon or RLE mask), given the file's image records by id and its
+    category ids."""
+    if not isinstance(ann, dict):
+        raise ValueError(f"{path}: an annotation must be an object, got {ann!r}")
+    where = f"{path}: annotation id {ann.get('id')}"
+    for key in ("id", "image_id", "category_id", "bbox", "segmentation"):
+        if key not in ann:
+            raise ValueError(f"{where} has no {key!r}")
+    for key in ("id", "image_id", "category_id"):
+        if not _is_int(ann[key]):
+            raise ValueError(f"{where}: {key!r} must be an integer, got {ann[key]!r}")
+    if int(ann["category_id"]) not in category_ids:
+        raise ValueError(f"{where} refers to unknown category id {ann['category_id']}")
+    if int(ann["image_id"]) not in images:
+        raise ValueError(f"{where} refers to unknown image id {ann['image_id']}")
+    bbox = ann["bbox"]
+    if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_finite, bbox)):
+        raise ValueError(f"{where}: 'bbox' must be 4 finite numbers [x, y, width, height], "
+                         f"got {bbox!r}")
+    image = images[int(ann["image_id"])]
+    problem = segmentation_problem(ann["segmentation"], int(image["height"]),
+                                   int(image["width"]))
+    if problem:
+        raise ValueError(f"{where}: 'segmentation' {problem}")
+
+
 class CocoDataset:
     """A COCO instance-segmentation annotation file and its image folder.
 
@@ -167,7 +235,7 @@ class CocoDataset:
         self.annotations_path = Path(annotations)
         self.max_image_pixels = max_image_pixels
         self.images_dir = Path(images_dir)
-        data = _read_json(self.annotations_path)
+        data = read_coco_json(self.annotations_path)
         if not self.images_dir.is_dir():
             raise FileNotFoundError(f"images folder not found: {self.images_dir}; check --images")
         # Every record is checked before pycocotools indexes it (it would raise a bare
@@ -188,30 +256,11 @@ class CocoDataset:
     # ----------------------------------------------------------------------------- set-up
     def _index_images(self, images: list) -> dict[int, dict]:
         """id -> image record, each with an integer id, a file_name and positive sizes."""
-        by_id: dict[int, dict] = {}
-        for k, img in enumerate(images):
-            where = f"{self.annotations_path}: images[{k}]"
-            if not isinstance(img, dict):
-                raise ValueError(f"{where} must be an object, got {img!r}")
-            for key in ("id", "file_name", "height", "width"):
-                if key not in img:
-                    raise ValueError(f"{where} (id {img.get('id')}) has no {key!r}")
-            if not _is_int(img["id"]):
-                raise ValueError(f"{where}: 'id' must be an integer, got {img['id']!r}")
-            for key in ("height", "width"):
-                if not _is_int(img[key]) or int(img[key]) <= 0:
-                    raise ValueError(f"{where} (id {img['id']}): {key!r} must be a positive "
-                                     f"integer, got {img[key]!r}")
-            if int(img["id"]) in by_id:
-                raise ValueError(f"{where}: image id {img['id']} appears twice")
-            by_id[int(img["id"])] = img
-        return by_id
+        return index_images(images, self.annotations_path)
 
     def _init_labels(self, categories: list, class_names: list | None) -> None:
         for k, cat in enumerate(categories):
-            if not isinstance(cat, dict) or not _is_int(cat.get("id")) or "name" not in cat:
-                raise ValueError(f"{self.annotations_path}: categories[{k}] must have an "
-                                 f"integer 'id' and a 'name', got {cat!r}")
+            check_category_record(cat, k, self.annotations_path)
         cats = sorted(categories, key=lambda c: int(c["id"]))
         if class_names is None:
             chosen = cats
@@ -260,31 +309,8 @@ class CocoDataset:
         return by_image
 
     def _check_annotation(self, ann: dict) -> None:
-        """Raises ValueError naming the file, the annotation id and the field of a malformed
-        annotation (ids, bbox, polygon or RLE mask)."""
-        if not isinstance(ann, dict):
-            raise ValueError(f"{self.annotations_path}: an annotation must be an object, got "
-                             f"{ann!r}")
-        where = f"{self.annotations_path}: annotation id {ann.get('id')}"
-        for key in ("id", "image_id", "category_id", "bbox", "segmentation"):
-            if key not in ann:
-                raise ValueError(f"{where} has no {key!r}")
-        for key in ("id", "image_id", "category_id"):
-            if not _is_int(ann[key]):
-                raise ValueError(f"{where}: {key!r} must be an integer, got {ann[key]!r}")
-        if int(ann["category_id"]) not in self._known_category_ids:
-            raise ValueError(f"{where} refers to unknown category id {ann['category_id']}")
-        if int(ann["image_id"]) not in self._images:
-            raise ValueError(f"{where} refers to unknown image id {ann['image_id']}")
-        bbox = ann["bbox"]
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_finite, bbox)):
-            raise ValueError(f"{where}: 'bbox' must be 4 finite numbers [x, y, width, height], "
-                             f"got {bbox!r}")
-        image = self._images[int(ann["image_id"])]
-        problem = segmentation_problem(ann["segmentation"], int(image["height"]),
-                                       int(image["width"]))
-        if problem:
-            raise ValueError(f"{where}: 'segmentation' {problem}")
+        check_annotation_record(ann, self.annotations_path, self._images,
+                                self._known_category_ids)
 
     # ----------------------------------------------------------------------------- access
     def image_info(self, image_id: int) -> dict:
@@ -347,6 +373,12 @@ class CocoDataset:
             "masks": np.stack([self.coco.annToMask(a).astype(np.uint8) for a in anns]),
             "is_crowd": np.array([bool(a.get("iscrowd", 0)) for a in anns], bool),
         }
+
+    def image_labels(self, image_id: int) -> list[int]:
+        """Labels 1..K of the image's non-crowd instances (those `load_annotations` returns),
+        without decoding a mask: what repeat-factor sampling counts."""
+        return [self.category_id_to_label[int(a["category_id"])]
+                for a in self._anns_by_image[int(image_id)] if not a.get("iscrowd", 0)]
 
     def __len__(self) -> int:
         return len(self.image_ids)

@@ -86,3 +86,19 @@ def load_rgb_image(path: str | Path,
         raise BadImageError(path, f"too large to decode safely ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise BadImageError(path, f"truncated or corrupt ({err})") from None
+
+
+def image_file_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header (nothing decoded); BadImageError
+    naming the file when it is missing or not an image."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadImageError(path, "file not found")
+    try:
+        with open_without_pil_limit(path) as img:
+            width, height = img.size
+    except UnidentifiedImageError:
+        raise BadImageError(path, "not an image (unknown format)") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise BadImageError(path, f"truncated or corrupt ({err})") from None
+    return int(height), int(width)

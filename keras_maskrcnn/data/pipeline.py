@@ -22,6 +22,7 @@ full-size resized masks in the pipeline), and a horizontal flip simply reverses 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Sequence
 
@@ -270,9 +271,41 @@ def _drop_flag(*example):
     return example[:-1]
 
 
-def num_batches(source, batch_size: int) -> int:
-    """Full batches in one pass over `source` (an epoch of `make_dataset(training=True)`)."""
+def num_batches(source, batch_size: int, repeat_factor_threshold: float = 0.0) -> int:
+    """Full batches in one pass over `source` (an epoch of `make_dataset(training=True)`);
+    with repeat-factor sampling, in floor(sum_i r_i) images, the mean sampling epoch
+    (`data.repeat_factor`)."""
+    if repeat_factor_threshold:
+        from keras_maskrcnn.data.repeat_factor import expected_epoch_length, source_repeat_factors
+
+        factors = source_repeat_factors(source, repeat_factor_threshold)
+        return int(math.floor(expected_epoch_length(factors))) // int(batch_size)
     return len(list(source.image_ids)) // int(batch_size)
+
+
+def _repeat_factor_ids(source, ids: list[int], threshold: float, seed: int | None,
+                       shuffle: bool, repeat: bool) -> tf.data.Dataset:
+    """The image ids of repeat-factor sampling epochs 0, 1, ... (one if not `repeat`), each
+    `repeat_factor.epoch_order(ids, factors, seed, epoch)`: a pure function of (seed, epoch)."""
+    from keras_maskrcnn.data.repeat_factor import epoch_order, source_repeat_factors
+
+    factors = source_repeat_factors(source, threshold)
+    if seed is None:
+        seed = int(np.random.default_rng().integers(2**31))
+    logger.info("repeat-factor sampling (threshold %g): %d images, %.1f per sampling epoch on "
+                "average, largest factor %.2f", threshold, len(ids), float(factors.sum()),
+                float(factors.max()))
+
+    def order(epoch):
+        return epoch_order(ids, factors, seed, int(epoch), shuffle)
+
+    def one_epoch(epoch):
+        ids_of_epoch = tf.numpy_function(order, [epoch], tf.int64, stateful=False)
+        ids_of_epoch.set_shape([None])
+        return tf.data.Dataset.from_tensor_slices(ids_of_epoch)
+
+    epochs = tf.data.Dataset.counter() if repeat else tf.data.Dataset.range(1)
+    return epochs.flat_map(one_epoch)
 
 
 def make_dataset(
@@ -298,6 +331,9 @@ def make_dataset(
     drawn uniformly from `train_min_sizes` when not empty (Detectron2 multi-scale training,
     instead of `min_size`), and images are mirrored with probability 0.5 when
     `horizontal_flip`. With `training=False` there is neither (one scale, no flip).
+    With `training=True` and `config.repeat_factor_threshold` > 0, the image order is
+    repeat-factor sampling (`data.repeat_factor`): sampling epochs of about sum_i r_i images,
+    each a pure function of (seed, epoch), one after another.
 
     Args:
         source: a dataset source (`CocoDataset`, `ShapesDataset`, ...).
@@ -338,11 +374,15 @@ def make_dataset(
     repeat = training if repeat is None else bool(repeat)
     drop_remainder = training if drop_remainder is None else bool(drop_remainder)
 
-    dataset = tf.data.Dataset.from_tensor_slices(np.array(ids, np.int64))
-    if shuffle:
-        dataset = dataset.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
+    threshold = float(config.repeat_factor_threshold) if training else 0.0
+    if threshold > 0:
+        dataset = _repeat_factor_ids(source, ids, threshold, seed, shuffle, repeat)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices(np.array(ids, np.int64))
+        if shuffle:
+            dataset = dataset.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            dataset = dataset.repeat()
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(6)
     dataset = tf.data.Dataset.zip(dataset, seeds)
     if skip_batches:  # resume: the same stream, without loading what was already trained on
