@@ -90,7 +90,8 @@ def per_core(args) -> None:
         if out.returncode or not lines:
             print(f"{count:5d} | failed: {(out.stderr or out.stdout).strip()[-500:]}")
             continue
-        rate = float(lines[-1].split()[1])
+        rate, seen = float(lines[-1].split()[1]), int(lines[-1].split()[2])
+        assert seen == count, f"the child ran on {seen} cores, not {count}"
         print(f"{count:5d} | {rate:8.2f} | {rate / count:8.2f}")
 
 
@@ -110,7 +111,8 @@ def main() -> None:
     parser.add_argument("--child-cores", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_cores:
-        print(f"RATE {images_per_second(args, args.child_cores):.4f}")
+        rate = images_per_second(args, args.child_cores)
+        print(f"RATE {rate:.4f} {len(os.sched_getaffinity(0))}")
         return
     if args.per_core:
         per_core(args)
