@@ -19,7 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -260,7 +259,8 @@ def train(
         TrainingError / TrainingDiverged with a one-line message; the previous model directory
         and the last good checkpoint are left in place.
     """
-    from keras_maskrcnn.data import make_dataset, num_batches
+    from keras_maskrcnn.data import num_batches
+    from keras_maskrcnn.data.pipeline import distributed_dataset
 
     env = env or RunEnvironment.create()
     output_dir = Path(output_dir)
@@ -321,9 +321,9 @@ def train(
             print_fn(f"already trained to step {start} of {total}: nothing to do")
         else:
             skipped: list[str] = []
-            data = make_dataset(source, config, training=True, batch_size=batch, seed=seed,
-                                skip_batches=start, skip_bad_images=skip_bad_images,
-                                skipped=skipped)
+            data = distributed_dataset(env.strategy, source, config, batch_size=batch,
+                                       seed=seed, skip_batches=start,
+                                       skip_bad_images=skip_bad_images, skipped=skipped)
             loop = _Loop(model, env, output_dir, run, per_epoch, total, checkpoint_every,
                          keep_checkpoints, val_source, eval_every, log_every, history,
                          callbacks or [], print_fn)
@@ -363,7 +363,7 @@ class _Loop:
         self.best_ap = max((r.get("val_segm_AP") or -1.0 for r in history), default=-1.0)
 
     def run(self, data, start: int) -> None:
-        iterator = iter(self.env.strategy.experimental_distribute_dataset(data))
+        iterator = iter(data)  # data.distributed_dataset: per-worker input pipelines
         step_fn = make_train_step(self.model, self.env)
         sums: dict[str, float] = {}
         count = 0
@@ -479,14 +479,9 @@ def check_image_files(source, flag: str) -> None:
 
 def data_error_message(err: Exception) -> str:
     """One line naming the bad input behind an error raised by the input pipeline."""
-    text = getattr(err, "message", None) or str(err)
-    match = re.search(r"(bad image [^\n]*)", text)
-    if match:
-        return match.group(1).rstrip(". ") + " (fix or remove it, or pass --skip-bad-images)"
-    if isinstance(err, StopIteration) or "End of sequence" in text:
-        return "the training data ran out (every image was skipped as unreadable?)"
-    first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-    return f"the input pipeline failed: {first[:300]}"
+    from keras_maskrcnn.data.pipeline import input_error_message
+
+    return input_error_message(err)
 
 
 def format_seconds(seconds: float) -> str:

@@ -13,6 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from PIL import Image
 
 from keras_maskrcnn.config import get_config
 
@@ -209,7 +210,8 @@ def test_same_seed_same_losses(tmp_path):
 # ------------------------------------------------------------------------------ bad files
 def coco_copy(tmp_path: Path, coco10_dir: Path, kind: str) -> tuple[Path, Path, str]:
     """The ten COCO photos with the first image made bad in one way: missing, not an image,
-    truncated. Returns (annotations, images dir, the bad file's name)."""
+    truncated, or smaller than its json record says. Returns (annotations, images dir, the bad
+    file's name)."""
     import shutil
 
     images = tmp_path / "images"
@@ -223,6 +225,11 @@ def coco_copy(tmp_path: Path, coco10_dir: Path, kind: str) -> tuple[Path, Path, 
         target.write_text("this is not a JPEG\n")
     elif kind == "truncated":
         target.write_bytes(target.read_bytes()[:2000])
+    elif kind == "wrong_size":
+        from PIL import Image
+
+        with Image.open(target) as img:
+            img.resize((img.width // 2, img.height // 2)).save(target)
     annotations = tmp_path / "train.json"
     annotations.write_text(json.dumps(data))
     return annotations, images, name
@@ -236,7 +243,7 @@ def coco_train_cmd(tmp_path, annotations, images, *extra):
             "--output", str(tmp_path / "run"), *extra]
 
 
-@pytest.mark.parametrize("kind", ["missing", "not_an_image", "truncated"])
+@pytest.mark.parametrize("kind", ["missing", "not_an_image", "truncated", "wrong_size"])
 def test_bad_training_image_stops_with_its_name(tmp_path, coco10_dir, kind):
     annotations, images, name = coco_copy(tmp_path, coco10_dir, kind)
     result = run(coco_train_cmd(tmp_path, annotations, images), timeout=300)
@@ -244,6 +251,28 @@ def test_bad_training_image_stops_with_its_name(tmp_path, coco10_dir, kind):
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and name in errors[0] and "train.json" in errors[0], result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "model.weights.h5").exists()
+
+
+def test_wrong_size_image_stops_python_train_with_one_line(tmp_path, coco10_dir):
+    """The json gives one size, the file has another: `train` raises one line naming the file,
+    the image id and the json (was "the input pipeline failed: Graph execution error:")."""
+    from keras_maskrcnn.data import CocoDataset
+    from keras_maskrcnn.training import TrainingError, train
+
+    annotations, images, name = coco_copy(tmp_path, coco10_dir, "wrong_size")
+    source = CocoDataset(annotations, images)
+    image_id = next(i for i in source.image_ids if source.file_name(i) == name)
+    config = get_config(tiny_config(tmp_path / "tiny.json"))
+    with pytest.raises(TrainingError) as err:  # one batch of all ten images: the first step
+        train(config, source, tmp_path / "run", max_steps=1, batch_size=10,
+              print_fn=lambda s: None)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"bad image {images / name}: "), message
+    with Image.open(images / name) as img:
+        size = f"{img.height}x{img.width} (h x w) on disk"
+    assert f"{size} but " in message and f"image id {image_id} of {annotations}" in message
+    assert message.endswith("(fix or remove it, or pass --skip-bad-images)")
     assert not (tmp_path / "run" / "model.weights.h5").exists()
 
 
@@ -262,12 +291,16 @@ def test_missing_validation_image_refused_before_anything_is_built(tmp_path, coc
     assert not (tmp_path / "run").exists()
 
 
-def test_skip_bad_images_trains_and_counts(tmp_path, coco10_dir):
-    annotations, images, name = coco_copy(tmp_path, coco10_dir, "truncated")
+@pytest.mark.parametrize("kind", ["truncated", "wrong_size"])
+def test_skip_bad_images_trains_and_counts(tmp_path, coco10_dir, kind):
+    annotations, images, name = coco_copy(tmp_path, coco10_dir, kind)
     result = run(coco_train_cmd(tmp_path, annotations, images, "--skip-bad-images"), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     output = result.stdout + result.stderr
     assert name in output and "skipped 1 unreadable image" in output
+    warnings = [line for line in output.splitlines() if line.startswith("WARNING")
+                and f"skipping bad image {images / name}" in line]
+    assert warnings and ("on disk but" in warnings[0]) == (kind == "wrong_size"), output
     assert (tmp_path / "run" / "model.weights.h5").exists()
 
 

@@ -3,6 +3,7 @@
 from keras_maskrcnn.data.coco import CocoDataset
 from keras_maskrcnn.data.images import BadImageError, load_rgb_image
 from keras_maskrcnn.data.pipeline import (
+    distributed_dataset,
     make_dataset,
     make_inference_inputs,
     make_mini_masks,
@@ -23,6 +24,7 @@ __all__ = [
     "ShapesDataset",
     "compute_resize_scale",
     "compute_resized_shape",
+    "distributed_dataset",
     "make_dataset",
     "make_inference_inputs",
     "make_mini_masks",

@@ -339,18 +339,20 @@ class CocoDataset:
         return path
 
     def load_image(self, image_id: int) -> np.ndarray:
-        """The image as uint8 RGB `[h, w, 3]`; ValueError if its size differs from the JSON."""
+        """The image as uint8 RGB `[h, w, 3]`. BadImageError naming the file, the image id and
+        the annotation file for a missing or unreadable file, or one whose size differs from its
+        json record (the masks would not fit it)."""
         path = self.image_path(image_id)
+        context = f" (image id {image_id} of {self.annotations_path})"
         try:
             image = load_rgb_image(path, self.max_image_pixels)
         except BadImageError as err:
-            raise BadImageError(path, err.reason, f" (image id {image_id} of "
-                                f"{self.annotations_path})") from None
+            raise BadImageError(path, err.reason, context) from None
         info = self.image_info(image_id)
         expected = (int(info["height"]), int(info["width"]))
         if image.shape[:2] != expected:
-            raise ValueError(f"image {path} is {image.shape[0]}x{image.shape[1]} (h x w) on disk "
-                             f"but {expected[0]}x{expected[1]} in {self.annotations_path}")
+            raise BadImageError(path, f"{image.shape[0]}x{image.shape[1]} (h x w) on disk but "
+                                f"{expected[0]}x{expected[1]} in the annotations", context)
         return image
 
     def load_annotations(self, image_id: int) -> dict[str, np.ndarray]:

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
@@ -45,8 +47,12 @@ from keras_maskrcnn.transform import (
 )
 
 __all__ = [
+    "ExampleError",
     "compute_resize_scale",
     "compute_resized_shape",
+    "describe_image",
+    "distributed_dataset",
+    "input_error_message",
     "make_dataset",
     "make_inference_inputs",
     "make_mini_masks",
@@ -97,6 +103,31 @@ def _bilinear_taps(coords: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarra
     return lo, hi, coords - lo
 
 
+class ExampleError(ValueError):
+    """An error raised while loading one example; the message is one line naming the image id,
+    its file and annotation file, and starts with `cannot load image id`."""
+
+
+def describe_image(source, image_id: int) -> str:
+    """"image id 7 (IMAGES_DIR/a.jpg of ANNOTATIONS.json)": the id with whatever the source
+    knows of its file (`file_name`, `images_dir`, `annotations_path`; all optional)."""
+    try:
+        name = str(source.file_name(image_id)) if hasattr(source, "file_name") else ""
+    except Exception:  # noqa: BLE001 - a description must not fail
+        name = ""
+    if name and getattr(source, "images_dir", None) is not None:
+        name = str(Path(source.images_dir) / name)
+    annotations = getattr(source, "annotations_path", None)
+    where = " of ".join(str(x) for x in (name, annotations) if x)
+    return f"image id {image_id} ({where})" if where else f"image id {image_id}"
+
+
+def one_line(err: BaseException) -> str:
+    """`TypeName: message` with the message's lines joined (for one-line errors)."""
+    text = " ".join(str(err).split())
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 class _Loader:
     """Loads one image id from a dataset source into fixed-size numpy ground truth.
 
@@ -118,11 +149,15 @@ class _Loader:
     def __call__(self, image_id) -> tuple[np.ndarray, ...]:
         """The example of `image_id` and True; with `skip_bad_images`, for a bad image file a
         placeholder and False (warned, counted in `skipped`)."""
+        image_id = int(image_id)
         try:
-            return (*self.load(int(image_id)), np.bool_(True))
+            return (*self.load(image_id), np.bool_(True))
         except BadImageError as err:
+            if "image id" not in str(err):  # a source that does not name the id itself
+                where = describe_image(self.source, image_id)
+                err = BadImageError(err.path, err.reason, f" ({where})")
             if not self.skip_bad_images:
-                raise
+                raise err from None
             with self._lock:
                 self.skipped.append(err.path)
             logger.warning("skipping %s", err)
@@ -130,6 +165,9 @@ class _Loader:
             return (np.zeros((1, 1, 3), np.uint8), np.zeros((g, 4), np.float32),
                     np.zeros((g,), np.int32), np.zeros((g, m, m), np.float32),
                     np.ones((2,), np.int32), np.bool_(False))
+        except Exception as err:  # noqa: BLE001 - any failure of the source names the image
+            raise ExampleError(f"cannot load {describe_image(self.source, image_id)}: "
+                               f"{one_line(err)}") from err
 
     def load(self, image_id: int) -> tuple[np.ndarray, ...]:
         image = np.asarray(self.source.load_image(image_id))
@@ -308,6 +346,36 @@ def _repeat_factor_ids(source, ids: list[int], threshold: float, seed: int | Non
     return epochs.flat_map(one_epoch)
 
 
+def _example_stream(source, ids: list[int], shuffle: bool, repeat: bool, seed: int | None,
+                    repeat_factor_threshold: float = 0.0):
+    """The stream `(image_id int64, seeds [6] int64)` of a run: the ids in (shuffled, repeated
+    or repeat-factor sampled) order, each with its position's augmentation / sampler seeds."""
+    if repeat_factor_threshold > 0:
+        dataset = _repeat_factor_ids(source, ids, repeat_factor_threshold, seed, shuffle, repeat)
+    else:
+        dataset = tf.data.Dataset.from_tensor_slices(np.array(ids, np.int64))
+        if shuffle:
+            dataset = dataset.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            dataset = dataset.repeat()
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(6)
+    return tf.data.Dataset.zip(dataset, seeds)
+
+
+def _shard(dataset: tf.data.Dataset, batch_size: int, context) -> tf.data.Dataset:
+    """Input pipeline `context.input_pipeline_id`'s share of the id stream: slice i of N equal
+    contiguous slices of every global batch of `batch_size`, so that the N pipelines together
+    read each global batch once (a last partial global batch is dropped)."""
+    pipelines, index = int(context.num_input_pipelines), int(context.input_pipeline_id)
+    if batch_size % pipelines:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of the {pipelines} input "
+                         "pipelines (workers)")
+    share = batch_size // pipelines
+    lo, hi = index * share, (index + 1) * share
+    dataset = dataset.batch(batch_size, drop_remainder=True)
+    return dataset.map(lambda ids, seeds: (ids[lo:hi], seeds[lo:hi])).unbatch()
+
+
 def make_dataset(
     source,
     config: MaskRCNNConfig,
@@ -321,6 +389,7 @@ def make_dataset(
     skip_batches: int = 0,
     skip_bad_images: bool = False,
     skipped: list | None = None,
+    input_context: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     """Batches `(inputs,)` for `model.fit` (docs/CONVENTIONS.md) from a dataset source.
 
@@ -340,16 +409,26 @@ def make_dataset(
         config: the model's `MaskRCNNConfig`.
         training: training batches (augmented, and by default shuffled, repeated, fixed B) or
             evaluation batches (plain, one pass in order).
-        batch_size: B (default `config.batch_size`).
+        batch_size: B, the global batch (default `config.batch_size`).
         shuffle: shuffle the image ids every epoch (default: `training`).
         repeat: repeat forever (default: `training`).
         seed: makes shuffling and augmentation reproducible (None: random).
         drop_remainder: drop the last partial batch, making B static (default: `training`).
-        skip_batches: start after this many batches of the stream (resuming a run at that
-            step: the order, augmentation and sampler seeds of what follows are unchanged).
-        skip_bad_images: images that cannot be read (`BadImageError`) are left out with a
-            warning naming them, instead of failing the iteration with that message; their
-            paths are appended to `skipped` when given.
+        skip_batches: start after this many (global) batches of the stream (resuming a run at
+            that step: the order, augmentation and sampler seeds of what follows are unchanged).
+        skip_bad_images: bad image files (`BadImageError`: unreadable, or not the size the
+            annotations give) are left out with a warning naming them, instead of failing the
+            iteration with that message; their paths are appended to `skipped` when given.
+            Any other error of the source fails the iteration with an `ExampleError` line
+            naming the image id, its file and annotation file.
+        input_context: one input pipeline of a `tf.distribute` strategy
+            (`distributed_dataset`). With N > 1 pipelines this pipeline reads only slice
+            `input_pipeline_id` of N equal contiguous slices of each global batch of the
+            one-pipeline stream, chosen by image id before anything is decoded (same order,
+            augmentation and sampler seeds: the N pipelines' batches of a step together are
+            that step's global batch); batches are per replica
+            (`get_per_replica_batch_size(B)`). With one pipeline the stream is the same as
+            without `input_context`.
 
     Returns:
         A dataset of `(inputs,)` with images `[B, H, W, 3]` float32 0..255, image_shape `[B, 2]`
@@ -357,7 +436,7 @@ def make_dataset(
         `transform.boxes_to_input` of the original boxes, mirrored when flipped; zeros on
         padding), gt_classes `[B, G]` int32 (0 pad, -1 crowd, 1..K), gt_masks `[B, G, M, M]`
         float32, image_id `[B]` int64, scale `[B]` float32 (the resize rule's scale),
-        original_shape `[B, 2]` int32 (h, w).
+        original_shape `[B, 2]` int32 (h, w); B is the per-replica batch with `input_context`.
     """
     config = _check_config(config)
     if not isinstance(training, bool):
@@ -373,20 +452,17 @@ def make_dataset(
     shuffle = training if shuffle is None else bool(shuffle)
     repeat = training if repeat is None else bool(repeat)
     drop_remainder = training if drop_remainder is None else bool(drop_remainder)
+    sharded = input_context is not None and input_context.num_input_pipelines > 1
+    if sharded and shuffle and seed is None:
+        raise ValueError("several input pipelines need a seed (the same on every worker) to "
+                         "shuffle the image ids in the same order")
 
     threshold = float(config.repeat_factor_threshold) if training else 0.0
-    if threshold > 0:
-        dataset = _repeat_factor_ids(source, ids, threshold, seed, shuffle, repeat)
-    else:
-        dataset = tf.data.Dataset.from_tensor_slices(np.array(ids, np.int64))
-        if shuffle:
-            dataset = dataset.shuffle(len(ids), seed=seed, reshuffle_each_iteration=True)
-        if repeat:
-            dataset = dataset.repeat()
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(6)
-    dataset = tf.data.Dataset.zip(dataset, seeds)
+    dataset = _example_stream(source, ids, shuffle, repeat, seed, threshold)
     if skip_batches:  # resume: the same stream, without loading what was already trained on
         dataset = dataset.skip(int(skip_batches) * batch_size)
+    if sharded:  # before anything is read: each pipeline loads only its own images
+        dataset = _shard(dataset, batch_size, input_context)
     loader = _Loader(source, max_instances, mask_size, skip_bad_images)
     if skipped is not None:
         loader.skipped = skipped
@@ -398,8 +474,63 @@ def make_dataset(
     transform = _make_transform(canvas, config.min_size, config.max_size, train_min_sizes,
                                 horizontal_flip)
     dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
+    if input_context is not None:
+        batch_size = input_context.get_per_replica_batch_size(batch_size)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def distributed_dataset(
+    strategy: tf.distribute.Strategy, source, config: MaskRCNNConfig, *, batch_size: int,
+    seed: int, **options,
+) -> tf.distribute.DistributedDataset:
+    """The training batches of `make_dataset(training=True)` for `strategy`, built once per
+    input pipeline (`strategy.distribute_datasets_from_function`): each worker reads and decodes
+    only its share of every global batch of `batch_size` (`make_dataset`'s `input_context`),
+    and its replicas get per-replica batches. With one pipeline (one worker, or `mirrored` on one
+    host) each replica gets the same images as `experimental_distribute_dataset` of
+    `make_dataset` would give it.
+
+    Args:
+        strategy: the run's `tf.distribute` strategy.
+        source, config: as for `make_dataset`.
+        batch_size: the global batch (a multiple of `strategy.num_replicas_in_sync`).
+        seed: the run's seed, the same on every worker.
+        options: further `make_dataset` arguments (`skip_batches`, `skip_bad_images`,
+            `skipped`, `shuffle`, `repeat`).
+    """
+    if seed is None:
+        raise ValueError("distributed_dataset needs a seed, the same on every worker")
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        return make_dataset(source, config, training=True, batch_size=batch_size, seed=seed,
+                            input_context=context, **options)
+
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+_LOADER_ERROR = re.compile(r"(cannot load image id [^\n]*)")
+_BAD_IMAGE = re.compile(r"(bad image [^\n]*)")
+_TF_ERROR_FRAME = ("Graph execution error", "Detected at node", "<stack traces")
+
+
+def input_error_message(err: BaseException) -> str:
+    """One line naming the bad input behind an error raised by the input pipeline (the text of
+    a TensorFlow error wrapping an `ExampleError` or `BadImageError` of the loader)."""
+    text = getattr(err, "message", None) or str(err)
+    match = _LOADER_ERROR.search(text)
+    if match:
+        return match.group(1).rstrip(". ")
+    match = _BAD_IMAGE.search(text)
+    if match:
+        return match.group(1).rstrip(". ") + " (fix or remove it, or pass --skip-bad-images)"
+    if isinstance(err, StopIteration) or "End of sequence" in text:
+        return "the training data ran out (every image was skipped as unreadable?)"
+    # A TF error: "Graph execution error:", "Detected at node N defined at:", an indented
+    # stack, then the op's message, then "\t [[{{node N}}]]" lines.
+    lines = [line for line in text.splitlines() if line.strip() and not line[0].isspace()
+             and not line.startswith(_TF_ERROR_FRAME)]
+    return f"the input pipeline failed: {(lines or [type(err).__name__])[0][:300]}"
 
 
 def make_inference_inputs(
