@@ -34,7 +34,7 @@ from keras_maskrcnn.layers.losses import BoxHeadLoss, MaskLoss, RPNLoss
 from keras_maskrcnn.layers.pooler import MultiLevelRoIAlign, single_level_roi_pooler
 from keras_maskrcnn.layers.preprocessing import ImageNormalization
 from keras_maskrcnn.layers.proposals import ProposalLayer
-from keras_maskrcnn.layers.targets import AnchorTargetLayer, DetectionTargetLayer
+from keras_maskrcnn.layers.targets import AnchorTargetLayer, DetectionTargetLayer, gt_mask_spec
 
 LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "class_loss", "box_loss", "mask_loss")
 INFERENCE_INPUTS = ("images", "image_shape")
@@ -228,12 +228,15 @@ class MaskRCNN(keras.Model):
         self.mask_selector = MaskSelector(name="mask_probabilities", dtype=FLOAT32)
         self.anchor_targets = AnchorTargetLayer(
             c.rpn_positive_iou, c.rpn_negative_iou, c.rpn_batch_per_image,
-            c.rpn_positive_fraction, name="anchor_targets", dtype=FLOAT32)
+            c.rpn_positive_fraction, quota_rounding=c.sampler_quota_rounding,
+            name="anchor_targets", dtype=FLOAT32)
         self.detection_targets = DetectionTargetLayer(
             c.roi_batch_per_image, c.roi_positive_fraction, c.roi_foreground_iou,
             c.box_coder_weights, c.mask_resolution, trim_masks=not self.is_c4,
+            quota_rounding=c.sampler_quota_rounding, mask_target_rule=c.mask_target_rule,
             name="detection_targets", dtype=FLOAT32)
-        self.rpn_loss = RPNLoss(c.rpn_batch_per_image, c.rpn_box_loss_beta, name="rpn_loss", dtype=FLOAT32)
+        self.rpn_loss = RPNLoss(c.rpn_batch_per_image, c.rpn_box_loss_beta,
+                                normalizer=c.rpn_loss_normalizer, name="rpn_loss", dtype=FLOAT32)
         self.box_loss = BoxHeadLoss(c.box_loss_beta, name="box_head_loss", dtype=FLOAT32)
         self.mask_loss = MaskLoss(name="mask_head_loss", dtype=FLOAT32)
 
@@ -248,6 +251,7 @@ class MaskRCNN(keras.Model):
             "gt_boxes": ((c.max_instances, 4), "float32"),
             "gt_classes": ((c.max_instances,), "int32"),
             "gt_masks": ((c.max_instances, m, m), "float32"),
+            **gt_mask_spec(c),
             "sample_seed": ((2,), "int32"),
         }
         return {n: keras.Input(specs[n][0], dtype=specs[n][1], name=n) for n in names}
@@ -311,7 +315,7 @@ class MaskRCNN(keras.Model):
         rpn_objectness_loss, rpn_box_loss = self.rpn_loss(logits, deltas, labels, rpn_targets)
         proposals, num_proposals = self.train_proposals(logits, deltas, anchors, image_shape)
         t = self.detection_targets(proposals, num_proposals, gt_boxes, gt_classes,
-                                   inputs["gt_masks"], seeds)
+                                   inputs["gt_masks"], seeds, image_shape)
         box_features = self._box_features(features, t["rois"])
         class_logits, box_deltas = self.box_head(box_features)
         class_loss, box_loss = self.box_loss(class_logits, box_deltas, t["class_targets"],
@@ -328,6 +332,7 @@ class MaskRCNN(keras.Model):
         # Normalizers of the data-dependent means, for exact cross-replica reduction.
         outputs["roi_count"] = keras.ops.sum(t["weights"])
         outputs["mask_count"] = keras.ops.sum(t["mask_weights"])
+        outputs["rpn_count"] = keras.ops.sum(keras.ops.cast(labels >= 0, "float32"))
         return keras.Model(inputs, outputs, name="training_graph")
 
     # -- Keras hooks -----------------------------------------------------------------------------
@@ -358,8 +363,13 @@ class MaskRCNN(keras.Model):
         if replicas > 1:
             roi = ctx.all_reduce(tf.distribute.ReduceOp.SUM, out["roi_count"])
             mask = ctx.all_reduce(tf.distribute.ReduceOp.SUM, out["mask_count"])
+            rpn = ctx.all_reduce(tf.distribute.ReduceOp.SUM, out["rpn_count"])
             for name in ("rpn_objectness_loss", "rpn_box_loss"):
-                losses[name] = losses[name] / replicas
+                if self.config.rpn_loss_normalizer == "sampled":
+                    losses[name] = losses[name] * tf.maximum(out["rpn_count"], 1.0) / \
+                        tf.maximum(rpn, 1.0)
+                else:
+                    losses[name] = losses[name] / replicas
             for name in ("class_loss", "box_loss"):
                 losses[name] = losses[name] * tf.maximum(out["roi_count"], 1.0) / \
                     tf.maximum(roi, 1.0)

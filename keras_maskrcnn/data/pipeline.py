@@ -17,6 +17,11 @@ the image resize (`tf.image.resize`, half-pixel centres: input index `p` reads o
 `(p + 0.5) * h / h' - 0.5`) are the same continuous map, so the sample points are the same in
 both frames: the mini masks are computed once from the original-resolution mask and box (no
 full-size resized masks in the pipeline), and a horizontal flip simply reverses their columns.
+
+With `mask_target_rule="torchvision"` (config) `gt_masks` are instead canvas masks `[G, H, W]`
+uint8 (0 / 1): each instance mask mirrored first when the image is, then resized to (h', w')
+as torchvision's transform resizes target masks (`ops.masks.resize_masks_nearest`), then
+zero-padded to the canvas, which is what torchvision's mask targets read.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import tensorflow as tf
 
 from keras_maskrcnn.config import MaskRCNNConfig
 from keras_maskrcnn.data.images import BadImageError
+from keras_maskrcnn.ops.masks import resize_masks_nearest
 from keras_maskrcnn.transform import (
     SIZE_MULTIPLE,
     boxes_to_input_tf,
@@ -100,15 +106,16 @@ class _Loader:
     """Loads one image id from a dataset source into fixed-size numpy ground truth.
 
     Returns image uint8 `[h, w, 3]`, boxes `[G, 4]` float32 original pixels (clipped to the
-    image), classes `[G]` int32 (crowd -1, padding 0), mini masks `[G, M, M]` float32, original
-    shape `[2]` int32.
+    image), classes `[G]` int32 (crowd -1, padding 0), mini masks `[G, M, M]` float32 (with
+    `full_masks`: the instance masks `[G, h, w]` uint8 0 / 1), original shape `[2]` int32.
     """
 
     def __init__(self, source, max_instances: int, mask_size: int,
-                 skip_bad_images: bool = False) -> None:
+                 skip_bad_images: bool = False, full_masks: bool = False) -> None:
         self.source = source
         self.max_instances = max_instances
         self.mask_size = mask_size
+        self.full_masks = full_masks
         self.skip_bad_images = skip_bad_images
         self.skipped: list[str] = []
         self._warned: set[int] = set()
@@ -126,9 +133,10 @@ class _Loader:
                 self.skipped.append(err.path)
             logger.warning("skipping %s", err)
             m, g = self.mask_size, self.max_instances
+            masks = np.zeros((g, 1, 1), np.uint8) if self.full_masks else \
+                np.zeros((g, m, m), np.float32)
             return (np.zeros((1, 1, 3), np.uint8), np.zeros((g, 4), np.float32),
-                    np.zeros((g,), np.int32), np.zeros((g, m, m), np.float32),
-                    np.ones((2,), np.int32), np.bool_(False))
+                    np.zeros((g,), np.int32), masks, np.ones((2,), np.int32), np.bool_(False))
 
     def load(self, image_id: int) -> tuple[np.ndarray, ...]:
         image = np.asarray(self.source.load_image(image_id))
@@ -139,7 +147,10 @@ class _Loader:
         ann = self.source.load_annotations(image_id)
         boxes, classes, masks = self._instances(image_id, ann, height, width)
         boxes = np.clip(boxes, 0.0, [height, width, height, width]).astype(np.float32)
-        mini = make_mini_masks(masks, boxes, self.mask_size)
+        if self.full_masks:
+            mini = (masks > 0).astype(np.uint8)
+        else:
+            mini = make_mini_masks(masks, boxes, self.mask_size)
         pad = self.max_instances - len(classes)
         return (
             image,
@@ -215,9 +226,19 @@ def _flip(image: tf.Tensor, boxes: tf.Tensor, mini: tf.Tensor):
     return tf.reverse(image, [1]), boxes, tf.reverse(mini, [2])
 
 
-def _make_transform(canvas, min_size, max_size, train_min_sizes, horizontal_flip):
+def _canvas_masks(masks: tf.Tensor, image_shape: tf.Tensor, canvas) -> tf.Tensor:
+    """Instance masks `[G, h, w]` -> `[G, H, W]` uint8: resized to `image_shape` (h', w') as
+    torchvision resizes target masks, zero-padded to the canvas."""
+    resized = resize_masks_nearest(masks, tf.cast(image_shape, tf.int32))
+    shape = tf.shape(resized)
+    padded = tf.pad(resized, [[0, 0], [0, canvas[0] - shape[1]], [0, canvas[1] - shape[2]]])
+    return tf.ensure_shape(padded, [None, canvas[0], canvas[1]])
+
+
+def _make_transform(canvas, min_size, max_size, train_min_sizes, horizontal_flip,
+                    full_masks: bool = False):
     """The per-image tf map: random short side, resize, boxes to input pixels (per axis), flip,
-    pad."""
+    pad; with `full_masks` the instance masks become canvas masks (`_canvas_masks`)."""
 
     def transform(image, boxes, classes, mini, image_id, original_shape, seeds):
         if train_min_sizes is not None:
@@ -232,6 +253,8 @@ def _make_transform(canvas, min_size, max_size, train_min_sizes, horizontal_flip
             do_flip = tf.random.stateless_uniform([], seeds[2:4]) < 0.5
             resized, boxes, mini = tf.cond(do_flip, lambda: _flip(resized, boxes, mini),
                                            lambda: (resized, boxes, mini))
+        if full_masks:  # mirrored (if at all) at the original size, as torchvision does
+            mini = _canvas_masks(mini, image_shape, canvas)
         valid = tf.cast(tf.not_equal(classes, 0), tf.float32)[:, None]
         inputs = {
             "images": pad_to_canvas(resized, canvas),
@@ -251,15 +274,19 @@ def _make_transform(canvas, min_size, max_size, train_min_sizes, horizontal_flip
 
 
 def _load_fn(loader: _Loader, max_instances: int, mask_size: int):
+    mask_dtype = tf.uint8 if loader.full_masks else tf.float32
+    mask_shape = [max_instances, None, None] if loader.full_masks else \
+        [max_instances, mask_size, mask_size]
+
     def load(image_id, seeds):
         image, boxes, classes, mini, shape, ok = tf.numpy_function(
-            loader, [image_id], [tf.uint8, tf.float32, tf.int32, tf.float32, tf.int32, tf.bool],
+            loader, [image_id], [tf.uint8, tf.float32, tf.int32, mask_dtype, tf.int32, tf.bool],
             stateful=False)
         ok.set_shape([])
         image.set_shape([None, None, 3])
         boxes.set_shape([max_instances, 4])
         classes.set_shape([max_instances])
-        mini.set_shape([max_instances, mask_size, mask_size])
+        mini.set_shape(mask_shape)
         shape.set_shape([2])
         return image, boxes, classes, mini, image_id, shape, seeds, ok
 
@@ -320,7 +347,7 @@ def make_dataset(
         float32 (h', w'), gt_boxes `[B, G, 4]` float32 input pixels (the per-axis map
         `transform.boxes_to_input` of the original boxes, mirrored when flipped; zeros on
         padding), gt_classes `[B, G]` int32 (0 pad, -1 crowd, 1..K), gt_masks `[B, G, M, M]`
-        float32, image_id `[B]` int64, scale `[B]` float32 (the resize rule's scale),
+        float32 (`mask_target_rule="torchvision"`: `[B, G, H, W]` uint8 canvas masks), image_id `[B]` int64, scale `[B]` float32 (the resize rule's scale),
         original_shape `[B, 2]` int32 (h, w).
     """
     config = _check_config(config)
@@ -347,7 +374,8 @@ def make_dataset(
     dataset = tf.data.Dataset.zip(dataset, seeds)
     if skip_batches:  # resume: the same stream, without loading what was already trained on
         dataset = dataset.skip(int(skip_batches) * batch_size)
-    loader = _Loader(source, max_instances, mask_size, skip_bad_images)
+    full_masks = config.mask_target_rule == "torchvision"
+    loader = _Loader(source, max_instances, mask_size, skip_bad_images, full_masks)
     if skipped is not None:
         loader.skipped = skipped
     dataset = dataset.map(_load_fn(loader, max_instances, mask_size),
@@ -356,7 +384,7 @@ def make_dataset(
         dataset = dataset.filter(lambda *example: example[-1])
     dataset = dataset.map(_drop_flag)
     transform = _make_transform(canvas, config.min_size, config.max_size, train_min_sizes,
-                                horizontal_flip)
+                                horizontal_flip, full_masks)
     dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)
