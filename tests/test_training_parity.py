@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 
 SEED = 0
-SIDE = 256  # images at the canvas size: no resize, no padding
+SIDE = 192  # images at the canvas size: no resize, no padding
 NUM_CLASSES = 3
 MAX_INSTANCES = 4
 BIG_QUOTA = 1_000_000  # more than the candidates: every anchor / RoI is sampled
@@ -54,7 +54,8 @@ GRAD_FACTOR = {"frozen_bn": 2.0, "bn": 3.0}
 # cancelling, 100x smaller than P3's) are 1e-3 off (4e-6 with TF_ENABLE_ONEDNN_OPTS=0, as
 # torchvision's); a mapping or loss mistake gives O(1).
 TENSOR_SLACK = 1e-2
-# Instance boxes (y1, x1, y2, x2) per image; the masks are ellipses and triangles inside them.
+# Instance boxes (y1, x1, y2, x2) per image on a 256 canvas (scaled to SIDE); the masks are
+# ellipses and triangles inside them.
 INSTANCES = (
     ((1, (30.0, 40.0, 140.0, 120.0), "ellipse"), (3, (100.0, 130.0, 230.0, 250.0), "triangle"),
      (2, (150.0, 20.0, 200.0, 90.0), "ellipse")),
@@ -105,7 +106,7 @@ def sample_batch() -> dict[str, np.ndarray]:
              "sample_seed": np.array([[1, 2], [3, 4]], np.int32)}
     for i, instances in enumerate(INSTANCES):
         for g, (label, box, shape) in enumerate(instances):
-            mask = instance_mask(box, shape)
+            mask = instance_mask(np.asarray(box) * SIDE / 256, shape)
             batch["gt_masks"][i, g] = mask
             batch["gt_boxes"][i, g] = mask_box(mask)
             batch["gt_classes"][i, g] = label
@@ -121,10 +122,14 @@ def mask_ops_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
     for b, (h, w) in enumerate(sizes):
         data["pm_masks"][b, :, :h, :w] = rng.uniform(size=(3, h, w)) < 0.5
     data["pm_sizes"] = np.array(sizes, np.int32)
-    corner = rng.uniform(-2, 40, size=(2, 40, 2))
-    extent = rng.uniform(0.3, 30, size=(2, 40, 2))
+    # RoIs inside the images (proposals are clipped to them), sides >= 1.2 pixels (see
+    # `project_masks` for sides under one pixel at the bottom / right edge)
+    corner = rng.uniform(0, 21, size=(2, 40, 2))
+    extent = rng.uniform(1.2, 30, size=(2, 40, 2))
     rois = np.concatenate([corner, corner + extent], -1)
-    rois[:, :4] = [[0, 0, 37, 45], [30, 40, 37, 45], [36.5, 44.2, 37, 45], [20, 20, 20.4, 20.3]]
+    # the whole image, corners at the bottom-right edge (reads snapped to the last row /
+    # column), an RoI under one pixel (its side clamped to 1)
+    rois[:, :4] = [[0, 0, 37, 45], [30, 40, 37, 45], [35.5, 43.0, 37, 45], [20, 20, 20.4, 20.3]]
     for b, (h, w) in enumerate(sizes):  # proposals are clipped to the image
         rois[b] = np.clip(rois[b], 0, [h, w, h, w])
     data["pm_rois"] = rois.astype(np.float32)

@@ -347,7 +347,8 @@ def make_dataset(
         float32 (h', w'), gt_boxes `[B, G, 4]` float32 input pixels (the per-axis map
         `transform.boxes_to_input` of the original boxes, mirrored when flipped; zeros on
         padding), gt_classes `[B, G]` int32 (0 pad, -1 crowd, 1..K), gt_masks `[B, G, M, M]`
-        float32 (`mask_target_rule="torchvision"`: `[B, G, H, W]` uint8 canvas masks), image_id `[B]` int64, scale `[B]` float32 (the resize rule's scale),
+        float32 (`mask_target_rule="torchvision"`: `[B, G, H, W]` uint8 canvas masks),
+        image_id `[B]` int64, scale `[B]` float32 (the resize rule's scale),
         original_shape `[B, 2]` int32 (h, w).
     """
     config = _check_config(config)

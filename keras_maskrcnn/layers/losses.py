@@ -2,9 +2,10 @@
 
 Normalizations follow Detectron2: RPN losses are sums over sampled anchors divided by
 `batch_per_image * B` (or, with `normalizer="sampled"`, by the number of anchors sampled in the
-batch: torchvision's mean over sampled anchors); the box loss is a sum over foreground RoIs divided by the number of sampled
-RoIs; classification is the mean over sampled RoIs; the mask loss is the mean per-pixel binary
-cross-entropy over foreground RoIs, on the ground-truth class channel only.
+batch: torchvision's mean over sampled anchors); the box loss is a sum over foreground RoIs
+divided by the number of sampled RoIs; classification is the mean over sampled RoIs; the mask
+loss is the mean per-pixel binary cross-entropy over foreground RoIs, on the ground-truth class
+channel only.
 """
 
 from __future__ import annotations

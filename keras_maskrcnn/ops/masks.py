@@ -200,7 +200,9 @@ def project_masks(
         output_size: the target size (28).
         image_shape: optional [B, 2] float32 (h', w'): torchvision's masks end at the image,
             where RoIAlign snaps to the edge instead of reading the canvas padding
-            (`extend_mask_edges`). None: the canvas is the image.
+            (`extend_mask_edges`). None: the canvas is the image. One case stays apart: an
+            RoI less than one pixel tall (wide) within a pixel of the image's bottom (right)
+            edge, whose clamped side reaches past h' (w'), where torchvision reads 0.
 
     Returns:
         [B, R, output_size, output_size] float32 in [0, 1].
