@@ -129,8 +129,9 @@ def mask_ops_inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
     rois = np.concatenate([corner, corner + extent], -1)
     # the whole image, corners at the bottom-right edge (reads snapped to the last row /
     # column), an RoI under one pixel (its side clamped to 1)
-    rois[:, :4] = [[0, 0, 37, 45], [30, 40, 37, 45], [35.5, 43.0, 37, 45], [20, 20, 20.4, 20.3]]
     for b, (h, w) in enumerate(sizes):  # proposals are clipped to the image
+        rois[b, :4] = [[0, 0, h, w], [h - 7, w - 5, h, w], [h - 1.5, w - 2, h, w],
+                       [20, 20, 20.4, 20.3]]
         rois[b] = np.clip(rois[b], 0, [h, w, h, w])
     data["pm_rois"] = rois.astype(np.float32)
     data["pm_matched"] = rng.integers(0, 3, size=(2, 40)).astype(np.int32)
