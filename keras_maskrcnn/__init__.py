@@ -27,6 +27,7 @@ from keras_maskrcnn.config import MaskRCNNConfig, get_config  # noqa: E402
 from keras_maskrcnn.model import MaskRCNN  # noqa: E402
 from keras_maskrcnn.saving import load_model_dir, save_model_dir  # noqa: E402
 from keras_maskrcnn.solver import WarmupStepDecay  # noqa: E402
+from keras_maskrcnn.targets_debug import training_targets  # noqa: E402
 
 __all__ = [
     "MaskRCNN",
@@ -36,4 +37,5 @@ __all__ = [
     "get_config",
     "load_model_dir",
     "save_model_dir",
+    "training_targets",
 ]

@@ -112,9 +112,9 @@ def build_rpn(config: MaskRCNNConfig) -> RPN:
         anchor_targets=AnchorTargetLayer(
             positive_iou=c.rpn_positive_iou, negative_iou=c.rpn_negative_iou,
             batch_per_image=c.rpn_batch_per_image, positive_fraction=c.rpn_positive_fraction,
-            name="anchor_targets", dtype=FLOAT32),
+            quota_rounding=c.sampler_quota_rounding, name="anchor_targets", dtype=FLOAT32),
         criterion=RPNLoss(batch_per_image=c.rpn_batch_per_image, beta=c.rpn_box_loss_beta,
-                          name="criterion", dtype=FLOAT32),
+                          normalizer=c.rpn_loss_normalizer, name="criterion", dtype=FLOAT32),
         name="rpn")
 
 
@@ -130,8 +130,9 @@ def _head_layers(config: MaskRCNNConfig, trim_masks: bool) -> dict:
         detection_targets=DetectionTargetLayer(
             batch_per_image=c.roi_batch_per_image, positive_fraction=c.roi_positive_fraction,
             foreground_iou=c.roi_foreground_iou, box_coder_weights=c.box_coder_weights,
-            mask_size=c.mask_resolution, trim_masks=trim_masks, name="detection_targets",
-            dtype=FLOAT32),
+            mask_size=c.mask_resolution, trim_masks=trim_masks,
+            quota_rounding=c.sampler_quota_rounding, mask_target_rule=c.mask_target_rule,
+            name="detection_targets", dtype=FLOAT32),
         box_criterion=BoxHeadLoss(beta=c.box_loss_beta, name="box_criterion", dtype=FLOAT32),
         mask_criterion=MaskLoss(name="mask_criterion", dtype=FLOAT32))
 

@@ -27,6 +27,9 @@ LR_SCHEDULES = ("step", "cosine")
 # Detectron2's 1x schedule: x0.1 at 60k and 80k of 90k iterations (3x: 210k, 250k of 270k).
 DECAY_FRACTIONS_1X = (2.0 / 3.0, 8.0 / 9.0)
 MASK_PASTES = ("exact", "torchvision")
+MASK_TARGET_RULES = ("detectron2", "torchvision")
+RPN_LOSS_NORMALIZERS = ("batch", "sampled")
+QUOTA_ROUNDINGS = ("round", "floor")
 HEAD_NORMS = ("none", "bn")
 # The fields that fix the network and the meaning of its weights: a model directory's
 # `config.json` may not change them (every other field is an inference or training setting).
@@ -163,6 +166,22 @@ class MaskRCNNConfig:
     # classes in fewer than a fraction T of the images are repeated; 0 = off (one pass per epoch).
     repeat_factor_threshold: float = 0.0
 
+    # Training-target conventions (docs/CONVENTIONS.md, "Training targets").
+    # How the 28x28 mask-head targets are made. "detectron2": RoIAlign (aligned=True, 2x2
+    # samples) of the `gt_mask_size` mini mask at the RoI, thresholded at 0.5 (binary).
+    # "torchvision": RoIAlign (aligned=False, adaptive samples) of the full-resolution binary
+    # mask at the RoI, kept soft (torchvision's `project_masks_on_boxes`); `gt_masks` are then
+    # canvas masks `[B, G, H, W]` uint8 (nearest-resized as torchvision's transform does) and
+    # `gt_mask_size` is unused.
+    mask_target_rule: str = "detectron2"
+    # What the two RPN losses are divided by. "batch": `rpn_batch_per_image * B` (Detectron2);
+    # "sampled": the number of anchors actually sampled in the batch (torchvision: the mean
+    # over sampled anchors), which differs when an image has too few anchors to fill the quota.
+    rpn_loss_normalizer: str = "batch"
+    # The positive quota of both samplers from `*_batch_per_image * *_positive_fraction`:
+    # "round" (half to even) or "floor" (torchvision's `int(...)`).
+    sampler_quota_rounding: str = "round"
+
     def __post_init__(self) -> None:
         self._check_types()
         if self.repeat_factor_threshold < 0:
@@ -179,6 +198,9 @@ class MaskRCNNConfig:
                              f"of the run), got {self.lr_decay_fractions}")
         _check_choice("canvas", self.canvas, ("fixed", "per_image"))
         _check_choice("mask_paste", self.mask_paste, MASK_PASTES)
+        _check_choice("mask_target_rule", self.mask_target_rule, MASK_TARGET_RULES)
+        _check_choice("rpn_loss_normalizer", self.rpn_loss_normalizer, RPN_LOSS_NORMALIZERS)
+        _check_choice("sampler_quota_rounding", self.sampler_quota_rounding, QUOTA_ROUNDINGS)
         _check_choice("fpn_norm", self.fpn_norm, HEAD_NORMS)
         _check_choice("head_norm", self.head_norm, HEAD_NORMS)
         for field in ("rpn_head_convs", "box_head_convs", "box_head_fcs"):
@@ -455,6 +477,13 @@ def _torchvision_r50_fpn() -> MaskRCNNConfig:
     smaller than 1e-3 and detections smaller than 1e-2 pixels dropped, 2000 post-NMS
     proposals in training, RoIAlign with aligned=False and sampling ratio 2, smooth-L1 beta 1/9,
     torchvision's mask pasting, a single training scale.
+
+    Training targets follow torchvision too, so that fine-tuning a converted model trains as
+    torchvision's train mode does (tests/test_training_parity.py): soft mask targets, RoIAlign
+    (aligned=False) of the full-resolution masks (`mask_target_rule="torchvision"`: the
+    pipeline then carries canvas-sized masks, G x H x W bytes per image); RPN losses divided by
+    the anchors actually sampled (`rpn_loss_normalizer="sampled"`); positive quotas
+    `int(batch * fraction)` (`sampler_quota_rounding="floor"`).
     """
     return MaskRCNNConfig(
         name="torchvision_r50_fpn",
@@ -471,6 +500,9 @@ def _torchvision_r50_fpn() -> MaskRCNNConfig:
         box_loss_beta=1.0 / 9.0,
         min_detection_size=1e-2,
         mask_paste="torchvision",
+        mask_target_rule="torchvision",
+        rpn_loss_normalizer="sampled",
+        sampler_quota_rounding="floor",
     )
 
 

@@ -144,7 +144,9 @@ class MaskRCNN(keras.Model):
             "image_shape": ((2,), "float32"),
             "gt_boxes": ((c.max_instances, 4), "float32"),
             "gt_classes": ((c.max_instances,), "int32"),
-            "gt_masks": ((c.max_instances, m, m), "float32"),
+            # mini masks, or canvas masks for torchvision's mask targets (docs/CONVENTIONS.md)
+            "gt_masks": ((c.max_instances, *c.image_size), "uint8")
+            if c.mask_target_rule == "torchvision" else ((c.max_instances, m, m), "float32"),
             "sample_seed": ((2,), "int32"),
         }
         return {n: keras.Input(specs[n][0], dtype=specs[n][1], name=n) for n in names}
@@ -175,9 +177,10 @@ class MaskRCNN(keras.Model):
         proposals, num_proposals = self.rpn.proposals(rpn_outputs, inputs["image_shape"],
                                                       training=True)
         outputs.update(self.roi_heads.training_losses(features, proposals, num_proposals, *gt,
-                                                      inputs["gt_masks"], seeds))
+                                                      inputs["gt_masks"], seeds,
+                                                      inputs["image_shape"]))
         # Losses, then the normalizers of the data-dependent means (cross-replica reduction).
-        names = (*LOSS_NAMES, "roi_count", "mask_count")
+        names = (*LOSS_NAMES, "rpn_count", "roi_count", "mask_count")
         return keras.Model(inputs, {n: outputs[n] for n in names}, name="training_graph")
 
     # -- Keras hooks -----------------------------------------------------------------------------
@@ -208,8 +211,13 @@ class MaskRCNN(keras.Model):
         if replicas > 1:
             roi = ctx.all_reduce(tf.distribute.ReduceOp.SUM, out["roi_count"])
             mask = ctx.all_reduce(tf.distribute.ReduceOp.SUM, out["mask_count"])
+            rpn = ctx.all_reduce(tf.distribute.ReduceOp.SUM, out["rpn_count"])
             for name in ("rpn_objectness_loss", "rpn_box_loss"):
-                losses[name] = losses[name] / replicas
+                if self.rpn.criterion.normalizer == "sampled":
+                    losses[name] = losses[name] * tf.maximum(out["rpn_count"], 1.0) / \
+                        tf.maximum(rpn, 1.0)
+                else:
+                    losses[name] = losses[name] / replicas
             for name in ("class_loss", "box_loss"):
                 losses[name] = losses[name] * tf.maximum(out["roi_count"], 1.0) / \
                     tf.maximum(roi, 1.0)

@@ -28,6 +28,20 @@ def test_coco_preset_has_detectron2_defaults():
     assert (c.learning_rate, c.momentum, c.weight_decay, c.warmup_steps) == (0.02, 0.9, 1e-4, 1000)
 
 
+def test_training_target_conventions_per_preset():
+    for name in ("coco_r50_fpn", "shapes", "coco_r50_c4"):
+        c = get_config(name)
+        assert (c.mask_target_rule, c.rpn_loss_normalizer, c.sampler_quota_rounding) == \
+            ("detectron2", "batch", "round")
+    for name in ("torchvision_r50_fpn", "torchvision_r50_fpn_v2"):
+        c = get_config(name)
+        assert (c.mask_target_rule, c.rpn_loss_normalizer, c.sampler_quota_rounding) == \
+            ("torchvision", "sampled", "floor")
+    for field in ("mask_target_rule", "rpn_loss_normalizer", "sampler_quota_rounding"):
+        with pytest.raises(ValueError, match=f"config field {field}='x' is not one of"):
+            get_config("shapes", **{field: "x"})
+
+
 def test_config_is_frozen_and_replace_validates():
     c = get_config("shapes")
     with pytest.raises(AttributeError):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from keras_maskrcnn.config import get_config
 
@@ -16,14 +17,21 @@ TIMEOUT = 420
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_MASKRCNN_DISABLE_CUSTOM_OP": "1"}
 
 
-def tiny_config(path):
+# torchvision's training-target conventions: RPN losses over the anchors sampled in the global
+# batch (a cross-replica count), soft full-resolution mask targets, floor quotas.
+# Every anchor sampled: the per-image counts differ, so a per-replica normalization would show.
+TORCHVISION_TARGETS = dict(rpn_loss_normalizer="sampled", mask_target_rule="torchvision",
+                           sampler_quota_rounding="floor", rpn_batch_per_image=100_000)
+
+
+def tiny_config(path, **overrides):
     # GroupNorm: per-replica BatchNorm statistics would differ from one device's by design.
-    config = get_config("shapes", image_size=(64, 64), min_size=64, max_size=64,
-                        tiny_widths=(8, 8, 16, 16), fpn_channels=16, box_head_dim=32,
-                        mask_head_dim=8, mask_head_convs=1, anchor_sizes=(8, 16, 32, 64, 128),
-                        backbone_norm="gn", rpn_pre_nms_topk_train=200,
-                        rpn_post_nms_topk_train=64, roi_batch_per_image=32,
-                        rpn_batch_per_image=64, warmup_steps=1)
+    values = dict(image_size=(64, 64), min_size=64, max_size=64, tiny_widths=(8, 8, 16, 16),
+                  fpn_channels=16, box_head_dim=32, mask_head_dim=8, mask_head_convs=1,
+                  anchor_sizes=(8, 16, 32, 64, 128), backbone_norm="gn",
+                  rpn_pre_nms_topk_train=200, rpn_post_nms_topk_train=64,
+                  roi_batch_per_image=32, rpn_batch_per_image=64, warmup_steps=1)
+    config = get_config("shapes", **{**values, **overrides})
     config.to_json(path)
     return path
 
@@ -49,8 +57,10 @@ print("RESULT " + json.dumps(out))
 """
 
 
-def test_mirrored_two_devices_equals_one_device(tmp_path):
-    config = tiny_config(tmp_path / "tiny.json")
+@pytest.mark.parametrize("targets", ["detectron2", "torchvision"])
+def test_mirrored_two_devices_equals_one_device(tmp_path, targets):
+    overrides = TORCHVISION_TARGETS if targets == "torchvision" else {}
+    config = tiny_config(tmp_path / "tiny.json", **overrides)
     result = subprocess.run([sys.executable, "-c", MIRRORED, str(config), str(tmp_path)],
                             capture_output=True, text=True, timeout=TIMEOUT, env=ENV)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -27,7 +27,7 @@ LAYERS = (
     ("transform",),
     ("data", "evaluation", "visualize"),
     ("runtime", "solver"),
-    ("finetune", "precision"),
+    ("finetune", "precision", "targets_debug"),
     ("inference",),
     ("files", "tiling"),
     ("demo",),

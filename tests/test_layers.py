@@ -82,10 +82,19 @@ CASES = {
         lambda rng: (_normal(rng, 2, 3, 6, 6, 4), _int([[1, 4, 0], [2, 3, 3]]))),
     "AnchorTargetLayer": (
         lambda: AnchorTargetLayer(positive_iou=0.6, negative_iou=0.4, batch_per_image=16,
-                                  positive_fraction=0.25),
+                                  positive_fraction=0.25, quota_rounding="floor"),
         lambda rng: (_boxes(rng, 40), _boxes(rng, 2, 3), _int([[1, 2, 0], [3, -1, 1]]),
                      _int([[1, 2], [3, 4]]))),
     "DetectionTargetLayer": (
+        lambda: DetectionTargetLayer(batch_per_image=7, positive_fraction=0.5,
+                                     foreground_iou=0.4, box_coder_weights=(5.0, 5.0, 2.0, 2.0),
+                                     mask_size=6, trim_masks=True, quota_rounding="floor",
+                                     mask_target_rule="torchvision"),
+        lambda rng: (_boxes(rng, 2, 10), _int([10, 7]), _boxes(rng, 2, 3),
+                     _int([[1, 2, 0], [3, 3, 1]]),
+                     tf.constant(rng.uniform(size=(2, 3, CANVAS, CANVAS)) > 0.5, tf.uint8),
+                     _int([[5, 6], [7, 8]]), tf.constant([[64.0, 64.0], [50.0, 60.0]]))),
+    "DetectionTargetLayer-detectron2": (
         lambda: DetectionTargetLayer(batch_per_image=8, positive_fraction=0.5,
                                      foreground_iou=0.4, box_coder_weights=(5.0, 5.0, 2.0, 2.0),
                                      mask_size=6, trim_masks=True),
@@ -94,7 +103,7 @@ CASES = {
                      tf.constant(rng.uniform(size=(2, 3, 12, 12)) > 0.5, tf.float32),
                      _int([[5, 6], [7, 8]]))),
     "RPNLoss": (
-        lambda: RPNLoss(batch_per_image=32, beta=0.2),
+        lambda: RPNLoss(batch_per_image=32, beta=0.2, normalizer="sampled"),
         lambda rng: (_normal(rng, 2, 20), _normal(rng, 2, 20, 4), _int(rng.integers(-1, 2, (2, 20))),
                      _normal(rng, 2, 20, 4))),
     "BoxHeadLoss": (
@@ -341,3 +350,69 @@ def test_detection_layer_per_class_nms_and_padding():
     np.testing.assert_array_equal(classes.numpy()[0], [2, 1, 0, 0, 0])
     np.testing.assert_allclose(boxes.numpy()[0, :2], [[100, 100, 140, 140], [10, 10, 50, 50]])
     assert np.all(boxes.numpy()[0, 2:] == 0) and np.all(scores.numpy()[0, 2:] == 0)
+
+
+def test_positive_quota_round_and_floor():
+    assert sampling.positive_quota(7, 0.25) == 2  # 1.75 rounds
+    assert sampling.positive_quota(7, 0.25, "floor") == 1  # torchvision: int(1.75)
+    assert sampling.positive_quota(10, 0.25) == 2 and sampling.positive_quota(14, 0.25) == 4
+    assert sampling.positive_quota(512, 0.25, "floor") == 128
+    # The candidates clip: "round" rounds the clipped count, "floor" clips the quota.
+    assert sampling.positive_quota(1000, 0.5, "round", 9) == 4
+    assert sampling.positive_quota(1000, 0.5, "floor", 9) == 9
+    with pytest.raises(ValueError, match="quota rounding"):
+        sampling.positive_quota(8, 0.5, "ceil")
+
+
+def test_subsample_labels_floor_quota_like_torchvision():
+    pos = np.zeros((1, 100), bool)
+    pos[0, :40] = True
+    for rounding, expected in (("round", 2), ("floor", 1)):
+        sp, sn = sampling.subsample_labels(tf.constant(pos), tf.constant(~pos), 7, 0.25,
+                                           rounding=rounding)
+        assert sp.numpy().sum() == expected and sn.numpy().sum() == 7 - expected
+
+
+def test_rpn_loss_sampled_normalizer_is_the_sampled_count():
+    rng = np.random.default_rng(3)
+    logits = rng.normal(size=(2, 30)).astype(np.float32)
+    deltas = rng.normal(size=(2, 30, 4)).astype(np.float32)
+    targets = rng.normal(size=(2, 30, 4)).astype(np.float32)
+    labels = rng.integers(-1, 2, size=(2, 30)).astype(np.int32)
+    obj, box = RPNLoss(batch_per_image=256, beta=0.0, normalizer="sampled")(
+        logits, deltas, labels, targets)
+    y = (labels == 1).astype(np.float32)
+    bce = np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))
+    count = (labels >= 0).sum()  # torchvision: mean over sampled anchors, sum / their count
+    np.testing.assert_allclose(obj, (bce * (labels >= 0)).sum() / count, rtol=1e-5)
+    np.testing.assert_allclose(box, (np.abs(deltas - targets) * y[..., None]).sum() / count,
+                               rtol=1e-5)
+    with pytest.raises(ValueError, match="normalizer"):
+        RPNLoss(normalizer="mean")
+
+
+def test_torchvision_mask_targets_are_roi_align_of_the_canvas_masks():
+    """The "torchvision" rule: soft targets = RoIAlign (aligned=False, adaptive ratio) of the
+    matched full-resolution mask, from the definition (tests/reference_roi_align.py)."""
+    from reference_roi_align import roi_align_np
+
+    rng = np.random.default_rng(5)
+    masks = np.zeros((1, 2, CANVAS, CANVAS), np.uint8)
+    masks[0, 0, 10:30, 12:40] = 1
+    masks[0, 1, 35:60, 5:25] = rng.uniform(size=(25, 20)) < 0.7
+    gt_boxes = tf.constant([[[10, 12, 30, 40], [35, 5, 60, 25]]], tf.float32)
+    proposals = tf.constant([[[9, 11, 31, 38], [36, 4, 58, 27], [11.5, 13.2, 28.7, 41.0],
+                              [0, 40, 20, 60]]], tf.float32)
+    layer = DetectionTargetLayer(batch_per_image=16, positive_fraction=1.0, mask_size=7,
+                                 mask_target_rule="torchvision")
+    t = layer(proposals, _int([4]), gt_boxes, _int([[1, 2]]), tf.constant(masks),
+              image_shape=tf.constant([[64.0, 64.0]]))
+    fg = t["mask_weights"].numpy()[0] > 0
+    assert fg.sum() == 5  # 3 proposals + 2 ground-truth boxes
+    rois = t["mask_rois"].numpy()[0][fg]
+    matched = t["mask_classes"].numpy()[0][fg] - 1  # class k is ground truth k - 1 here
+    expected = roi_align_np(masks[0][:, :, :, None].astype(np.float64), rois, matched, (7, 7),
+                            1.0, 0, False)[..., 0]
+    got = t["mask_targets"].numpy()[0][fg]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert np.any((got > 0.01) & (got < 0.99))  # soft, not thresholded

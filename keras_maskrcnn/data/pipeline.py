@@ -17,6 +17,11 @@ the image resize (`tf.image.resize`, half-pixel centres: input index `p` reads o
 `(p + 0.5) * h / h' - 0.5`) are the same continuous map, so the sample points are the same in
 both frames: the mini masks are computed once from the original-resolution mask and box (no
 full-size resized masks in the pipeline), and a horizontal flip simply reverses their columns.
+
+With `mask_target_rule="torchvision"` (config) `gt_masks` are instead canvas masks `[G, H, W]`
+uint8 (0 / 1): each instance mask mirrored first when the image is, then resized to (h', w')
+as torchvision's transform resizes target masks (`ops.masks.resize_masks_nearest`), then
+zero-padded to the canvas, which is what torchvision's mask targets read.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import tensorflow as tf
 
 from keras_maskrcnn.config import MaskRCNNConfig
 from keras_maskrcnn.data.images import BadImageError
+from keras_maskrcnn.ops.masks import resize_masks_nearest
 from keras_maskrcnn.transform import (
     SIZE_MULTIPLE,
     boxes_to_input_tf,
@@ -132,15 +138,16 @@ class _Loader:
     """Loads one image id from a dataset source into fixed-size numpy ground truth.
 
     Returns image uint8 `[h, w, 3]`, boxes `[G, 4]` float32 original pixels (clipped to the
-    image), classes `[G]` int32 (crowd -1, padding 0), mini masks `[G, M, M]` float32, original
-    shape `[2]` int32.
+    image), classes `[G]` int32 (crowd -1, padding 0), mini masks `[G, M, M]` float32 (with
+    `full_masks`: the instance masks `[G, h, w]` uint8 0 / 1), original shape `[2]` int32.
     """
 
     def __init__(self, source, max_instances: int, mask_size: int,
-                 skip_bad_images: bool = False) -> None:
+                 skip_bad_images: bool = False, full_masks: bool = False) -> None:
         self.source = source
         self.max_instances = max_instances
         self.mask_size = mask_size
+        self.full_masks = full_masks
         self.skip_bad_images = skip_bad_images
         self.skipped: list[str] = []
         self._warned: set[int] = set()
@@ -162,9 +169,10 @@ class _Loader:
                 self.skipped.append(err.path)
             logger.warning("skipping %s", err)
             m, g = self.mask_size, self.max_instances
+            masks = np.zeros((g, 1, 1), np.uint8) if self.full_masks else \
+                np.zeros((g, m, m), np.float32)
             return (np.zeros((1, 1, 3), np.uint8), np.zeros((g, 4), np.float32),
-                    np.zeros((g,), np.int32), np.zeros((g, m, m), np.float32),
-                    np.ones((2,), np.int32), np.bool_(False))
+                    np.zeros((g,), np.int32), masks, np.ones((2,), np.int32), np.bool_(False))
         except Exception as err:  # noqa: BLE001 - any failure of the source names the image
             raise ExampleError(f"cannot load {describe_image(self.source, image_id)}: "
                                f"{one_line(err)}") from err
@@ -178,7 +186,10 @@ class _Loader:
         ann = self.source.load_annotations(image_id)
         boxes, classes, masks = self._instances(image_id, ann, height, width)
         boxes = np.clip(boxes, 0.0, [height, width, height, width]).astype(np.float32)
-        mini = make_mini_masks(masks, boxes, self.mask_size)
+        if self.full_masks:
+            mini = (masks > 0).astype(np.uint8)
+        else:
+            mini = make_mini_masks(masks, boxes, self.mask_size)
         pad = self.max_instances - len(classes)
         return (
             image,
@@ -254,9 +265,19 @@ def _flip(image: tf.Tensor, boxes: tf.Tensor, mini: tf.Tensor):
     return tf.reverse(image, [1]), boxes, tf.reverse(mini, [2])
 
 
-def _make_transform(canvas, min_size, max_size, train_min_sizes, horizontal_flip):
+def _canvas_masks(masks: tf.Tensor, image_shape: tf.Tensor, canvas) -> tf.Tensor:
+    """Instance masks `[G, h, w]` -> `[G, H, W]` uint8: resized to `image_shape` (h', w') as
+    torchvision resizes target masks, zero-padded to the canvas."""
+    resized = resize_masks_nearest(masks, tf.cast(image_shape, tf.int32))
+    shape = tf.shape(resized)
+    padded = tf.pad(resized, [[0, 0], [0, canvas[0] - shape[1]], [0, canvas[1] - shape[2]]])
+    return tf.ensure_shape(padded, [None, canvas[0], canvas[1]])
+
+
+def _make_transform(canvas, min_size, max_size, train_min_sizes, horizontal_flip,
+                    full_masks: bool = False):
     """The per-image tf map: random short side, resize, boxes to input pixels (per axis), flip,
-    pad."""
+    pad; with `full_masks` the instance masks become canvas masks (`_canvas_masks`)."""
 
     def transform(image, boxes, classes, mini, image_id, original_shape, seeds):
         if train_min_sizes is not None:
@@ -271,6 +292,8 @@ def _make_transform(canvas, min_size, max_size, train_min_sizes, horizontal_flip
             do_flip = tf.random.stateless_uniform([], seeds[2:4]) < 0.5
             resized, boxes, mini = tf.cond(do_flip, lambda: _flip(resized, boxes, mini),
                                            lambda: (resized, boxes, mini))
+        if full_masks:  # mirrored (if at all) at the original size, as torchvision does
+            mini = _canvas_masks(mini, image_shape, canvas)
         valid = tf.cast(tf.not_equal(classes, 0), tf.float32)[:, None]
         inputs = {
             "images": pad_to_canvas(resized, canvas),
@@ -290,15 +313,19 @@ def _make_transform(canvas, min_size, max_size, train_min_sizes, horizontal_flip
 
 
 def _load_fn(loader: _Loader, max_instances: int, mask_size: int):
+    mask_dtype = tf.uint8 if loader.full_masks else tf.float32
+    mask_shape = [max_instances, None, None] if loader.full_masks else \
+        [max_instances, mask_size, mask_size]
+
     def load(image_id, seeds):
         image, boxes, classes, mini, shape, ok = tf.numpy_function(
-            loader, [image_id], [tf.uint8, tf.float32, tf.int32, tf.float32, tf.int32, tf.bool],
+            loader, [image_id], [tf.uint8, tf.float32, tf.int32, mask_dtype, tf.int32, tf.bool],
             stateful=False)
         ok.set_shape([])
         image.set_shape([None, None, 3])
         boxes.set_shape([max_instances, 4])
         classes.set_shape([max_instances])
-        mini.set_shape([max_instances, mask_size, mask_size])
+        mini.set_shape(mask_shape)
         shape.set_shape([2])
         return image, boxes, classes, mini, image_id, shape, seeds, ok
 
@@ -435,7 +462,8 @@ def make_dataset(
         float32 (h', w'), gt_boxes `[B, G, 4]` float32 input pixels (the per-axis map
         `transform.boxes_to_input` of the original boxes, mirrored when flipped; zeros on
         padding), gt_classes `[B, G]` int32 (0 pad, -1 crowd, 1..K), gt_masks `[B, G, M, M]`
-        float32, image_id `[B]` int64, scale `[B]` float32 (the resize rule's scale),
+        float32 (`mask_target_rule="torchvision"`: `[B, G, H, W]` uint8 canvas masks),
+        image_id `[B]` int64, scale `[B]` float32 (the resize rule's scale),
         original_shape `[B, 2]` int32 (h, w); B is the per-replica batch with `input_context`.
     """
     config = _check_config(config)
@@ -463,7 +491,8 @@ def make_dataset(
         dataset = dataset.skip(int(skip_batches) * batch_size)
     if sharded:  # before anything is read: each pipeline loads only its own images
         dataset = _shard(dataset, batch_size, input_context)
-    loader = _Loader(source, max_instances, mask_size, skip_bad_images)
+    full_masks = config.mask_target_rule == "torchvision"
+    loader = _Loader(source, max_instances, mask_size, skip_bad_images, full_masks)
     if skipped is not None:
         loader.skipped = skipped
     dataset = dataset.map(_load_fn(loader, max_instances, mask_size),
@@ -472,7 +501,7 @@ def make_dataset(
         dataset = dataset.filter(lambda *example: example[-1])
     dataset = dataset.map(_drop_flag)
     transform = _make_transform(canvas, config.min_size, config.max_size, train_min_sizes,
-                                horizontal_flip)
+                                horizontal_flip, full_masks)
     dataset = dataset.map(transform, num_parallel_calls=tf.data.AUTOTUNE)
     if input_context is not None:
         batch_size = input_context.get_per_replica_batch_size(batch_size)

@@ -1,9 +1,11 @@
 """Loss layers: the five Mask R-CNN losses as scalars, each named for the progress bar.
 
 Normalizations follow Detectron2: RPN losses are sums over sampled anchors divided by
-`batch_per_image * B`; the box loss is a sum over foreground RoIs divided by the number of sampled
-RoIs; classification is the mean over sampled RoIs; the mask loss is the mean per-pixel binary
-cross-entropy over foreground RoIs, on the ground-truth class channel only.
+`batch_per_image * B` (or, with `normalizer="sampled"`, by the number of anchors sampled in the
+batch: torchvision's mean over sampled anchors); the box loss is a sum over foreground RoIs
+divided by the number of sampled RoIs; classification is the mean over sampled RoIs; the mask
+loss is the mean per-pixel binary cross-entropy over foreground RoIs, on the ground-truth class
+channel only.
 """
 
 from __future__ import annotations
@@ -24,26 +26,39 @@ def smooth_l1(x: tf.Tensor, beta: float) -> tf.Tensor:
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
 class RPNLoss(layers.Layer):
     """Call: `logits [B, N]`, `deltas [B, N, 4]`, `labels [B, N]` (1/0/-1), `box_targets [B, N, 4]`
-    -> `(objectness_loss, box_loss)` float32 scalars."""
+    -> `(objectness_loss, box_loss)` float32 scalars: sums over the sampled anchors (labels
+    >= 0; box loss over positives) divided by `batch_per_image * B` (`normalizer="batch"`) or
+    by the number of sampled anchors in the batch, at least 1 (`"sampled"`)."""
 
-    def __init__(self, batch_per_image: int = 256, beta: float = 0.0, **kwargs):
+    NORMALIZERS = ("batch", "sampled")
+
+    def __init__(self, batch_per_image: int = 256, beta: float = 0.0, normalizer: str = "batch",
+                 **kwargs):
         super().__init__(**kwargs)
+        if normalizer not in self.NORMALIZERS:
+            raise ValueError(f"RPNLoss normalizer must be one of {self.NORMALIZERS}, got "
+                             f"{normalizer!r}")
         self.batch_per_image = int(batch_per_image)
         self.beta = float(beta)
+        self.normalizer = normalizer
 
     def call(self, logits, deltas, labels, box_targets):
         logits = tf.cast(logits, tf.float32)
         deltas = tf.cast(deltas, tf.float32)
         sampled = tf.cast(labels >= 0, tf.float32)
         positive = tf.cast(labels == 1, tf.float32)
-        normalizer = tf.cast(self.batch_per_image * tf.shape(labels)[0], tf.float32)
+        if self.normalizer == "sampled":
+            normalizer = tf.maximum(tf.reduce_sum(sampled), 1.0)
+        else:
+            normalizer = tf.cast(self.batch_per_image * tf.shape(labels)[0], tf.float32)
         bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=positive, logits=logits)
         objectness = tf.reduce_sum(bce * sampled) / normalizer
         box = tf.reduce_sum(smooth_l1(deltas - box_targets, self.beta) * positive[..., None])
         return objectness, box / normalizer
 
     def get_config(self):
-        return {**super().get_config(), "batch_per_image": self.batch_per_image, "beta": self.beta}
+        return {**super().get_config(), "batch_per_image": self.batch_per_image, "beta": self.beta,
+                "normalizer": self.normalizer}
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -74,8 +89,9 @@ class BoxHeadLoss(layers.Layer):
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
 class MaskLoss(layers.Layer):
-    """Call: `mask_logits [B, F, P, P, K]`, `mask_classes [B, F]`, `mask_targets [B, F, P, P]`,
-    `mask_weights [B, F]` -> mean binary cross-entropy on the ground-truth class channel."""
+    """Call: `mask_logits [B, F, P, P, K]`, `mask_classes [B, F]`, `mask_targets [B, F, P, P]`
+    (binary, or soft in [0, 1] with `mask_target_rule="torchvision"`), `mask_weights [B, F]` ->
+    mean binary cross-entropy on the ground-truth class channel."""
 
     def call(self, mask_logits, mask_classes, mask_targets, mask_weights):
         mask_logits = tf.cast(mask_logits, tf.float32)

@@ -79,15 +79,20 @@ class AnchorTargetLayer(layers.Layer):
     1 sampled positive, 0 sampled negative, -1 ignored; box_targets [B, N, 4] deltas with weights
     (1, 1, 1, 1))`. IoU >= `positive_iou` is positive, < `negative_iou` negative, and each ground
     truth's best anchors (ties included) are positive too (Detectron2's low-quality matches).
+    At most `sampling.positive_quota(batch_per_image, positive_fraction, quota_rounding)`
+    positives are sampled per image.
     """
 
     def __init__(self, positive_iou: float = 0.7, negative_iou: float = 0.3,
-                 batch_per_image: int = 256, positive_fraction: float = 0.5, **kwargs):
+                 batch_per_image: int = 256, positive_fraction: float = 0.5,
+                 quota_rounding: str = "round", **kwargs):
         super().__init__(**kwargs)
         self.positive_iou = float(positive_iou)
         self.negative_iou = float(negative_iou)
         self.batch_per_image = int(batch_per_image)
         self.positive_fraction = float(positive_fraction)
+        sampling.positive_quota(1, 0.5, quota_rounding)  # checks the choice
+        self.quota_rounding = quota_rounding
 
     def call(self, anchors, gt_boxes, gt_classes, seeds=None):
         iou, max_iou, matched, in_crowd = match_boxes(anchors, gt_boxes, gt_classes)
@@ -96,7 +101,8 @@ class AnchorTargetLayer(layers.Layer):
         positive = (max_iou >= self.positive_iou) | is_best
         negative = (max_iou < self.negative_iou) & ~positive & ~in_crowd
         pos, neg = sampling.subsample_labels(positive, negative, self.batch_per_image,
-                                             self.positive_fraction, fold_seeds(seeds, 1))
+                                             self.positive_fraction, fold_seeds(seeds, 1),
+                                             rounding=self.quota_rounding)
         labels = tf.where(pos, 1, tf.where(neg, 0, -1))
         matched_boxes = tf.gather(gt_boxes, matched, batch_dims=1)
         box_targets = box_ops.encode_boxes(matched_boxes, anchors[None], weights=(1.0, 1.0, 1.0, 1.0))
@@ -106,7 +112,8 @@ class AnchorTargetLayer(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "positive_iou": self.positive_iou,
                 "negative_iou": self.negative_iou, "batch_per_image": self.batch_per_image,
-                "positive_fraction": self.positive_fraction}
+                "positive_fraction": self.positive_fraction,
+                "quota_rounding": self.quota_rounding}
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -114,20 +121,35 @@ class DetectionTargetLayer(layers.Layer):
     """Samples RoIs from proposals + ground truth and builds their class, box and mask targets.
 
     Call: `proposals [B, R, 4]`, `num_proposals [B]`, `gt_boxes [B, G, 4]`, `gt_classes [B, G]`,
-    `gt_masks [B, G, M, M]`, optional `seeds [B, 2]` int32 (per-image sampling seeds) -> dict:
+    `gt_masks`, optional `seeds [B, 2]` int32 (per-image sampling seeds), optional
+    `image_shape [B, 2]` -> dict:
       `rois [B, S, 4]`, `class_targets [B, S]` int32 (0 background), `box_targets [B, S, 4]`
       (weights `box_coder_weights`), `weights [B, S]` float32 (1 for sampled slots),
-      `mask_rois [B, F, 4]`, `mask_classes [B, F]` int32, `mask_targets [B, F, P, P]` in {0, 1},
+      `mask_rois [B, F, 4]`, `mask_classes [B, F]` int32, `mask_targets [B, F, P, P]`,
       `mask_weights [B, F]` (1 for foreground RoIs).
-    Positives are placed first, so the F = round(S * positive_fraction) first slots hold them all.
+    `mask_target_rule` "detectron2": `gt_masks [B, G, M, M]` mini masks, binary targets
+    (`ops.masks.crop_mask_targets`); "torchvision": `gt_masks [B, G, H, W]` canvas masks and
+    `image_shape` (h', w'), soft targets in [0, 1] (`ops.masks.project_masks`).
+    Positives are placed first, so the F = `num_foreground` first slots (the positive quota,
+    `sampling.positive_quota` with `quota_rounding`) hold them all.
     With `trim_masks` (outside XLA) the four mask outputs keep only the first F' slots, F' the
     largest foreground count of the batch: the mask head then runs on real foreground only.
     """
 
+    OUTPUT_KEYS = ("rois", "class_targets", "box_targets", "weights", "mask_rois",
+                   "mask_classes", "mask_targets", "mask_weights")
+
     def __init__(self, batch_per_image: int = 512, positive_fraction: float = 0.25,
                  foreground_iou: float = 0.5, box_coder_weights=(10.0, 10.0, 5.0, 5.0),
-                 mask_size: int = 28, trim_masks: bool = False, **kwargs):
+                 mask_size: int = 28, trim_masks: bool = False, quota_rounding: str = "round",
+                 mask_target_rule: str = "detectron2", **kwargs):
         super().__init__(**kwargs)
+        if mask_target_rule not in mask_ops.MASK_TARGET_RULES:
+            raise ValueError(f"mask_target_rule must be one of {mask_ops.MASK_TARGET_RULES}, "
+                             f"got {mask_target_rule!r}")
+        sampling.positive_quota(1, 0.5, quota_rounding)  # checks the choice
+        self.quota_rounding = quota_rounding
+        self.mask_target_rule = mask_target_rule
         self.trim_masks = bool(trim_masks)
         self.batch_per_image = int(batch_per_image)
         self.positive_fraction = float(positive_fraction)
@@ -137,9 +159,12 @@ class DetectionTargetLayer(layers.Layer):
 
     @property
     def num_foreground(self) -> int:
-        return int(round(self.batch_per_image * self.positive_fraction))
+        """The positive quota per image (before clipping to the candidate count)."""
+        return sampling.positive_quota(self.batch_per_image, self.positive_fraction,
+                                       self.quota_rounding)
 
-    def call(self, proposals, num_proposals, gt_boxes, gt_classes, gt_masks, seeds=None):
+    def call(self, proposals, num_proposals, gt_boxes, gt_classes, gt_masks, seeds=None,
+             image_shape=None):
         proposals = tf.stop_gradient(proposals)
         num_rois = proposals.shape[1]
         candidates = tf.concat([proposals, gt_boxes], axis=1)
@@ -150,8 +175,9 @@ class DetectionTargetLayer(layers.Layer):
         negative = valid & (max_iou < self.foreground_iou) & ~in_crowd
         total = candidates.shape[1]
         num_samples = min(self.batch_per_image, total)
-        pos, neg = sampling.subsample_labels(positive, negative, num_samples,
-                                             self.positive_fraction, fold_seeds(seeds, 2))
+        pos, neg = sampling.subsample_labels(positive, negative, self.batch_per_image,
+                                             self.positive_fraction, fold_seeds(seeds, 2),
+                                             rounding=self.quota_rounding)
         indices, slot_valid, slot_positive = sampling.sampled_indices(pos, neg, num_samples)
 
         rois = tf.gather(candidates, indices, batch_dims=1)
@@ -170,8 +196,8 @@ class DetectionTargetLayer(layers.Layer):
             mask_rois, mask_positive, mask_matched, mask_classes = trim_padding(
                 mask_positive, mask_rois, mask_positive, mask_matched, mask_classes)
         mask_weights = tf.cast(mask_positive, tf.float32)
-        mask_targets = mask_ops.crop_mask_targets(
-            gt_masks, gt_boxes, mask_rois, mask_matched, output_size=self.mask_size)
+        mask_targets = self._mask_targets(gt_masks, gt_boxes, gt_classes, mask_rois,
+                                          mask_matched, image_shape)
         mask_targets = mask_targets * mask_weights[..., None, None]
         outputs = {
             "rois": rois,
@@ -183,11 +209,21 @@ class DetectionTargetLayer(layers.Layer):
             "mask_targets": mask_targets,
             "mask_weights": mask_weights,
         }
-        return {k: tf.stop_gradient(v) for k, v in outputs.items()}
+        return {k: tf.stop_gradient(outputs[k]) for k in self.OUTPUT_KEYS}
+
+    def _mask_targets(self, gt_masks, gt_boxes, gt_classes, rois, matched, image_shape):
+        if self.mask_target_rule == "detectron2":
+            return mask_ops.crop_mask_targets(gt_masks, gt_boxes, rois, matched,
+                                              output_size=self.mask_size)
+        # Only the ground-truth columns in use are cast to float32 (outside XLA), as in matching.
+        (gt_masks,) = trim_padding(gt_classes != 0, gt_masks)
+        return mask_ops.project_masks(gt_masks, rois, matched, output_size=self.mask_size,
+                                      image_shape=image_shape)
 
     def get_config(self):
         return {**super().get_config(), "batch_per_image": self.batch_per_image,
                 "positive_fraction": self.positive_fraction,
                 "foreground_iou": self.foreground_iou,
                 "box_coder_weights": self.box_coder_weights, "mask_size": self.mask_size,
-                "trim_masks": self.trim_masks}
+                "trim_masks": self.trim_masks, "quota_rounding": self.quota_rounding,
+                "mask_target_rule": self.mask_target_rule}

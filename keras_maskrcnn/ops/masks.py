@@ -1,5 +1,9 @@
 """Mask ops: mini masks, mask-head targets, and pasting predicted masks into the image.
 
+Mask-head targets follow one of two rules (config `mask_target_rule`): "detectron2"
+(`crop_mask_targets`: the mini mask resampled half-pixel aligned, thresholded at 0.5) or
+"torchvision" (`project_masks`: the full-resolution mask resampled with aligned=False, soft).
+
 Ground-truth "mini masks" (docs/CONVENTIONS.md): instance ``g`` is stored as an ``M x M`` float
 grid covering its box; cell ``i`` spans box rows ``y1 + i * h / M .. y1 + (i + 1) * h / M`` and
 holds the full mask's bilinear value at the cell centre (pixel-centre convention: pixel ``r``
@@ -143,6 +147,108 @@ def crop_mask_targets(
     targets = tf.cast(pooled[..., 0] >= 0.5, tf.float32)
     rois_shape = tf.shape(rois)
     return tf.reshape(targets, [rois_shape[0], rois_shape[1], output_size, output_size])
+
+
+MASK_TARGET_RULES = ("detectron2", "torchvision")
+
+
+def extend_mask_edges(masks: tf.Tensor, image_shape: tf.Tensor) -> tf.Tensor:
+    """Canvas masks whose row h' and column w' repeat row h' - 1 and column w' - 1.
+
+    RoIAlign on an image-sized map (torchvision's masks are `[h', w']`) snaps reads in
+    `(h' - 1, h']` to the last row; on the zero-padded canvas the same points would blend in
+    the padding. Repeating the edge row / column once makes the canvas read what the image-sized
+    map reads, for every point up to h' (x likewise); rows and columns past the canvas are
+    not added (the canvas then ends at the image and snaps by itself).
+
+    Args:
+        masks: [B, G, H, W] float32 canvas masks (the image top-left, zeros elsewhere).
+        image_shape: [B, 2] float32 (h', w') of each image inside the canvas.
+
+    Returns:
+        [B, G, H, W] float32.
+    """
+    size = tf.cast(tf.round(image_shape), tf.int32)
+    height, width = size[:, 0], size[:, 1]
+    last_row = tf.gather(masks, tf.maximum(height - 1, 0), axis=2, batch_dims=1)  # [B, G, W]
+    at_row = tf.range(tf.shape(masks)[2])[None, :] == height[:, None]  # [B, H]
+    masks = tf.where(at_row[:, None, :, None], last_row[:, :, None, :], masks)
+    last_col = tf.gather(masks, tf.maximum(width - 1, 0), axis=3, batch_dims=1)  # [B, G, H]
+    at_col = tf.range(tf.shape(masks)[3])[None, :] == width[:, None]  # [B, W]
+    return tf.where(at_col[:, None, None, :], last_col[..., None], masks)
+
+
+@no_autograph
+def project_masks(
+    gt_masks: tf.Tensor,
+    rois: tf.Tensor,
+    matched_gt: tf.Tensor,
+    output_size: int = 28,
+    image_shape: tf.Tensor | None = None,
+) -> tf.Tensor:
+    """Soft mask-head targets as torchvision makes them (`project_masks_on_boxes`).
+
+    Each RoI's matched full-resolution binary mask is read with RoIAlign at the RoI: spatial
+    scale 1, aligned=False (no half-pixel shift, RoI sides clamped to >= 1 pixel), adaptive
+    sampling ratio (`ceil(roi_side / output_size)` samples per bin and axis), no threshold.
+
+    Args:
+        gt_masks: [B, G, H, W] canvas masks (uint8 / bool / float, 0 / 1) in input pixels: each
+            image's resized masks top-left, zeros elsewhere.
+        rois: [B, R, 4] float32 (y1, x1, y2, x2) in input pixels.
+        matched_gt: [B, R] int32 ground truth of each RoI, clipped to [0, G - 1]. G >= 1.
+        output_size: the target size (28).
+        image_shape: optional [B, 2] float32 (h', w'): torchvision's masks end at the image,
+            where RoIAlign snaps to the edge instead of reading the canvas padding
+            (`extend_mask_edges`). None: the canvas is the image. One case stays apart: an
+            RoI less than one pixel tall (wide) within a pixel of the image's bottom (right)
+            edge, whose clamped side reaches past h' (w'), where torchvision reads 0.
+
+    Returns:
+        [B, R, output_size, output_size] float32 in [0, 1].
+    """
+    output_size = _check_size(output_size, "output_size")
+    gt_masks = _check_rank(gt_masks, 4, "gt_masks", "[B, G, H, W]")
+    rois = _check_rank(rois, 3, "rois", "[B, R, 4]")
+    matched_gt = _check_rank(matched_gt, 2, "matched_gt", "[B, R]")
+    masks = tf.cast(gt_masks, tf.float32)
+    if image_shape is not None:
+        masks = extend_mask_edges(masks, tf.cast(image_shape, tf.float32))
+    shape = tf.shape(masks)
+    batch, num_gt, height, width = shape[0], shape[1], shape[2], shape[3]
+    matched = tf.clip_by_value(tf.cast(matched_gt, tf.int32), 0, num_gt - 1)
+    image = tf.range(batch, dtype=tf.int32)[:, None] * num_gt + matched  # [B, R]
+    pooled = roi_align(
+        tf.reshape(masks, [-1, height, width, 1]),
+        tf.reshape(tf.cast(rois, tf.float32), [-1, 4]),
+        tf.reshape(image, [-1]),
+        output_size,
+        spatial_scale=1.0,
+        sampling_ratio=0,
+        aligned=False,
+        implementation="gather",
+    )
+    rois_shape = tf.shape(rois)
+    return tf.reshape(pooled[..., 0], [rois_shape[0], rois_shape[1], output_size, output_size])
+
+
+def nearest_indices(in_size: tf.Tensor, out_size: tf.Tensor) -> tf.Tensor:
+    """[out_size] int32 source rows of torch's legacy "nearest" resize (`F.interpolate`
+    without a scale factor): `min(floor(i * float32(in / out)), in - 1)`, in float32."""
+    scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+    index = tf.cast(tf.floor(tf.cast(tf.range(out_size), tf.float32) * scale), tf.int32)
+    return tf.minimum(index, tf.cast(in_size, tf.int32) - 1)
+
+
+def resize_masks_nearest(masks: tf.Tensor, size: tf.Tensor) -> tf.Tensor:
+    """Instance masks `[G, h, w]` resized to `size` (h', w') as torchvision's detection
+    transform resizes target masks (nearest, no half-pixel offset); dtype kept."""
+    masks = _check_rank(masks, 3, "masks", "[G, h, w]")
+    shape = tf.shape(masks)
+    size = tf.cast(size, tf.int32)
+    rows = nearest_indices(shape[1], size[0])
+    cols = nearest_indices(shape[2], size[1])
+    return tf.gather(tf.gather(masks, rows, axis=1), cols, axis=2)
 
 
 def _grid_weights_tf(start, end, length, count, size):

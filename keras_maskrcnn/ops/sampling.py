@@ -94,28 +94,51 @@ def random_keys(shape: tf.Tensor, seeds: tf.Tensor | None) -> tf.Tensor:
     return stateless_uniform_rows(shape[1:], tf.cast(seeds, tf.int32))
 
 
+QUOTA_ROUNDINGS = ("round", "floor")
+
+
+def positive_quota(num_samples: int, positive_fraction: float, rounding: str = "round",
+                   num_candidates: int | None = None) -> int:
+    """The most positives a sampler keeps per row (a Python int: it sizes static shapes).
+
+    "round": `round(min(num_samples, N) * fraction)` (half to even; Detectron2 rounds the
+    same product, up to ties). "floor": `int(num_samples * fraction)` as torchvision's
+    `BalancedPositiveNegativeSampler` computes it (Python float product, truncated), at most
+    N. `num_candidates` is N, the row length, when known.
+    """
+    if rounding not in QUOTA_ROUNDINGS:
+        raise ValueError(f"quota rounding must be one of {QUOTA_ROUNDINGS}, got {rounding!r}")
+    clipped = num_samples if num_candidates is None else min(num_samples, num_candidates)
+    if rounding == "round":
+        return int(round(clipped * positive_fraction))
+    return min(int(num_samples * positive_fraction), clipped)
+
+
 def subsample_labels(
     positive: tf.Tensor,
     negative: tf.Tensor,
     num_samples: int,
     positive_fraction: float,
     seeds: tf.Tensor | None = None,
+    rounding: str = "round",
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Randomly keeps at most `num_samples` examples per row, at most a `positive_fraction` of them
-    positive; negatives fill the rest (Detectron2's `subsample_labels`).
+    """Randomly keeps at most `num_samples` examples per row, at most `positive_quota(
+    num_samples, positive_fraction, rounding)` of them positive; negatives fill the rest
+    (Detectron2's `subsample_labels`, torchvision's `BalancedPositiveNegativeSampler`).
 
     Args:
       positive, negative: `[B, N]` bool, disjoint candidate masks.
       seeds: optional `[B, 2]` int32 stateless seeds, one per row: the sample of row b then
         depends only on `seeds[b]` and the masks (reproducible, and the same whichever replica
         or batch the image lands in). None: stateful random.
+      rounding: "round" or "floor", see `positive_quota`.
     Returns:
       `(sampled_positive, sampled_negative)`, `[B, N]` bool.
     """
     n = positive.shape[1]
+    max_pos = positive_quota(num_samples, positive_fraction, rounding, n)
     if n is not None:
         num_samples = min(num_samples, n)
-    max_pos = int(round(num_samples * positive_fraction))
     keys = random_keys(tf.shape(positive), seeds)
     pos_keys = tf.where(positive, keys, -1.0)
     neg_keys = tf.where(negative, keys, -1.0)

@@ -54,18 +54,20 @@ class RoIHeads(Part):
         return dict(zip(OUTPUT_NAMES, (boxes, scores, classes, num, masks), strict=True))
 
     def targets(self, proposals, num_proposals, gt_boxes, gt_classes, gt_masks,
-                seeds=None) -> dict[str, Any]:
+                seeds=None, image_shape=None) -> dict[str, Any]:
         """The sampled RoIs (ground truth appended) and their targets:
         `layers.targets.DetectionTargetLayer`'s dict (`rois`, `class_targets`, `box_targets`,
-        `weights`, `mask_rois`, `mask_classes`, `mask_targets`, `mask_weights`)."""
+        `weights`, `mask_rois`, `mask_classes`, `mask_targets`, `mask_weights`); `image_shape`
+        is read by torchvision's mask-target rule (canvas masks)."""
         return self.detection_targets(proposals, num_proposals, gt_boxes, gt_classes, gt_masks,
-                                      seeds)
+                                      seeds, image_shape)
 
     def training_losses(self, features, proposals, num_proposals, gt_boxes, gt_classes, gt_masks,
-                        seeds=None) -> dict[str, Any]:
+                        seeds=None, image_shape=None) -> dict[str, Any]:
         """-> `{"class_loss", "box_loss", "mask_loss"}` float32 scalars, and the normalizers of
         their means, `roi_count` and `mask_count` (for exact cross-replica reduction)."""
-        t = self.targets(proposals, num_proposals, gt_boxes, gt_classes, gt_masks, seeds)
+        t = self.targets(proposals, num_proposals, gt_boxes, gt_classes, gt_masks, seeds,
+                         image_shape)
         box_features = self.box_features(features, t["rois"])
         class_logits, box_deltas = self.box_head(box_features)
         class_loss, box_loss = self.box_criterion(class_logits, box_deltas, t["class_targets"],

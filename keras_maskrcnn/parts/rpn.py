@@ -59,8 +59,11 @@ class RPN(Part):
 
     def training_losses(self, outputs: dict[str, Any], gt_boxes, gt_classes,
                         seeds=None) -> dict[str, Any]:
-        """-> `{"rpn_objectness_loss", "rpn_box_loss"}` float32 scalars."""
+        """-> `{"rpn_objectness_loss", "rpn_box_loss"}` float32 scalars, and `rpn_count` the
+        anchors sampled (the normalizer of `criterion.normalizer` "sampled", for exact
+        cross-replica reduction)."""
         labels, box_targets = self.targets(outputs, gt_boxes, gt_classes, seeds)
         objectness, box = self.criterion(outputs["logits"], outputs["deltas"], labels,
                                          box_targets)
-        return {"rpn_objectness_loss": objectness, "rpn_box_loss": box}
+        return {"rpn_objectness_loss": objectness, "rpn_box_loss": box,
+                "rpn_count": keras.ops.sum(keras.ops.cast(labels >= 0, "float32"))}
