@@ -64,12 +64,12 @@ def trunk_step(model, images, image_shape):
     """A `tf.function` of forward + backward through backbone, FPN and RPN head alone (loss:
     mean of each feature map + 1e-3 x the sum of the RPN outputs); returns the gradients."""
     images, shape = tf.constant(images), tf.constant(image_shape)
-    variables = model.backbone.fpn.trainable_variables + model.rpn.head.trainable_variables
+    variables = model.backbone.trainable_variables + model.rpn.head.trainable_variables
 
     @tf.function
     def run():
         with tf.GradientTape() as tape:
-            features = model.backbone.fpn(model.normalizer(images, shape))
+            features = model.backbone(model.normalizer(images, shape))
             logits, deltas = model.rpn.head(features)
             loss = tf.add_n([tf.reduce_mean(tf.cast(f, tf.float32)) for f in features]) + \
                 1e-3 * tf.cast(tf.reduce_sum(logits) + tf.reduce_sum(deltas), tf.float32)

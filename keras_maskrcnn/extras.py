@@ -36,13 +36,15 @@ def require(module: str, extra: str, what: str) -> ModuleType:
         raise MissingExtraError(f"{what} needs {module}: {install_hint(extra)}") from err
 
 
-def check_installed(modules: tuple[str, ...], extra: str, what: str) -> None:
+def check_installed(modules: tuple[str, ...], extra: str, what: str, otherwise: str = "") -> None:
     """Raises `MissingExtraError` for the first of `modules` that is not installed, without
-    importing any (so a long job can refuse before it starts)."""
+    importing any (so a long job can refuse before it starts); `otherwise` names an
+    alternative that needs no extra."""
     for module in modules:
         try:
             spec = importlib.util.find_spec(module)
         except (ImportError, ValueError):  # a blocked or half-installed module
             spec = None
         if spec is None:
-            raise MissingExtraError(f"{what} needs {module}: {install_hint(extra)}")
+            alternative = f" ({otherwise})" if otherwise else ""
+            raise MissingExtraError(f"{what} needs {module}: {install_hint(extra)}{alternative}")

@@ -73,11 +73,38 @@ def test_strict_load_rejects_config_with_fewer_layers(tmp_path):
     values = json.loads((tmp_path / "m" / "config.json").read_text())
     values["mask_head_convs"] = 1
     (tmp_path / "m" / "config.json").write_text(json.dumps(values))
-    # The weights carry their own config, so the edited config.json is noticed and ignored...
-    assert load_model_dir(tmp_path / "m").config.mask_head_convs == 2
-    # ...and loading with the edited config fails, naming the weights it would not use.
+    # An edit of config.json that changes the architecture is refused, naming the field...
+    with pytest.raises(ValueError, match=r"config.json changes the architecture.*mask_head_convs \(2 -> 1\)"):
+        load_model_dir(tmp_path / "m")
+    # ...and loading with such a config fails, naming the weights it would not use.
     with pytest.raises(ValueError, match="does not use.*mask_head"):
         load_model_dir(tmp_path / "m", config=config.replace(mask_head_convs=1))
+
+
+def test_inference_settings_edited_in_config_json_take_effect(tmp_path):
+    config = get_config("shapes")
+    save_model_dir(build_model(config), tmp_path / "m")
+    values = json.loads((tmp_path / "m" / "config.json").read_text())
+    values.update(score_threshold=0.5, detections_per_image=7, class_names=["bg", "a", "b", "c"])
+    (tmp_path / "m" / "config.json").write_text(json.dumps(values))
+    model = load_model_dir(tmp_path / "m")
+    assert model.config.score_threshold == 0.5 and model.config.detections_per_image == 7
+    assert model.roi_heads.detection_layer.max_detections == 7  # reaches the graph
+    assert model.config.class_names == ("bg", "a", "b", "c")
+
+
+def test_config_json_older_than_its_weights_is_an_interrupted_save(tmp_path):
+    """A save killed between its two renames leaves the new weights beside the previous
+    config.json (older): the weights' own config wins, architecture included."""
+    save_model_dir(build_model(get_config("shapes")), tmp_path / "old")
+    save_model_dir(build_model(get_config("shapes", mask_head_convs=1)), tmp_path / "m")
+    config_json = tmp_path / "m" / "config.json"
+    config_json.write_text((tmp_path / "old" / "config.json").read_text())
+    weights = tmp_path / "m" / "model.weights.h5"
+    stamp = weights.stat().st_mtime_ns
+    os.utime(config_json, ns=(stamp - 10**9, stamp - 10**9))
+    assert read_model_config(tmp_path / "m").mask_head_convs == 1
+    assert load_model_dir(tmp_path / "m").config.mask_head_convs == 1
 
 
 def test_predicting_with_nan_weights_is_refused():

@@ -119,6 +119,7 @@ def test_backbone_weights_from_a_local_keras_applications_file(tmp_path):
     """`--backbone-weights FILE`: a local copy of keras.applications' ImageNet file (here a
     random-initialised one, nothing downloads) is loaded through the same copy."""
     from keras_maskrcnn.backbones.pretrained import imagenet_config_overrides, load_backbone_weights
+    from keras_maskrcnn.builder import build_model
     from keras_maskrcnn.config import get_config
 
     app = keras.applications.ResNet50(include_top=False, weights=None)
@@ -128,8 +129,13 @@ def test_backbone_weights_from_a_local_keras_applications_file(tmp_path):
     config = get_config("coco_r50_fpn", **imagenet_config_overrides()).replace(
         backbone_weights=str(path))
     ours = build_resnet(RESNET_SPECS["resnet50"], norm="frozen_bn", stride_in_1x1=True)
-    load_backbone_weights(ours, config)
+    load_backbone_weights(ours, str(path), "resnet50", keras_applications_layout=True)
     np.testing.assert_array_equal(ours.get_layer("stem_conv1").get_weights()[0],
                                   app.get_layer("conv1_conv").get_weights()[0])
     with pytest.raises(FileNotFoundError, match="backbone weights file not found"):
-        load_backbone_weights(ours, config.replace(backbone_weights=str(tmp_path / "none.h5")))
+        load_backbone_weights(ours, str(tmp_path / "none.h5"), "resnet50", True)
+    # Through the builder, from the config's fields.
+    model = build_model(config.replace(num_classes=2, image_size=(128, 128), min_size=128,
+                                       max_size=128))
+    np.testing.assert_array_equal(model.backbone.body.get_layer("stem_conv1").get_weights()[0],
+                                  app.get_layer("conv1_conv").get_weights()[0])

@@ -178,13 +178,14 @@ def test_tiny_c4_model_layer_by_layer():
     config = tiny_c4()
     model = build_model(config)
     names = [layer.name for layer in model.inference_graph().layers]
-    assert names == ["images", "image_shape", "normalize", "backbone", "rpn_head", "anchors",
-                     "test_proposals", "roi_pooler", "res5_head", "box_head", "detections",
+    assert names == ["images", "image_shape", "normalizer", "backbone", "head", "anchors",
+                     "test_proposals", "pooler", "res5_head", "box_head", "detections",
                      "mask_head", "mask_probabilities"]
-    assert not hasattr(model, "fpn")
+    assert model.backbone.fpn is None and type(model.roi_heads).__name__ == "Res5RoIHeads"
     images = tf.random.uniform((2, 128, 128, 3), 0, 255)
     image_shape = tf.constant([[128.0, 128.0], [96.0, 128.0]])
-    c2, c3, c4 = model.backbone(model.normalizer(images, image_shape))
+    c2, c3, c4 = model.backbone.body(model.normalizer(images, image_shape))
+    assert len(model.backbone(model.normalizer(images, image_shape))) == 1  # [C4] alone
     assert tuple(c4.shape) == (2, 8, 8, 32 * 4)
     anchors = model.rpn.anchor_generator(images)
     assert tuple(anchors.shape) == (8 * 8 * 15, 4)
@@ -234,7 +235,7 @@ def test_preset_parameter_counts(name, expected, detectron2):
         assert torch_count(model.roi_heads.res5_head.weights) == TV_RESNET50_LAYER4
         assert model.rpn.head.count_params() == C4_RPN
     if name == "coco_x50_32x4d_fpn":
-        assert torch_count(model.backbone.weights) == TV_RESNEXT50_NO_FC
+        assert torch_count(model.backbone.body.weights) == TV_RESNEXT50_NO_FC
 
 
 def test_c4_backbone_weights_fill_the_backbone_and_the_res5_head(tmp_path):
@@ -332,7 +333,7 @@ def test_c4_keras_file_round_trip(tmp_path):
     model = build_model(tiny_c4())
     model.save(tmp_path / "c4.keras")
     loaded = keras.saving.load_model(tmp_path / "c4.keras")
-    assert loaded.config == model.config and loaded.is_c4
+    assert loaded.config == model.config and type(loaded.roi_heads).__name__ == "Res5RoIHeads"
     inputs = {"images": tf.random.uniform((1, 128, 128, 3), 0, 255),
               "image_shape": tf.constant([[128.0, 128.0]])}
     a, b = model.inference_graph()(inputs), loaded.inference_graph()(inputs)

@@ -273,10 +273,11 @@ def test_serving_bytes_matches_keras_with_mixed_sizes(exported):
     assert outputs["bytes_detection_full_masks"].shape == (3, 8, 110, 120)
     for index, ref_index in ((0, 0), (1, 2), (2, 3)):
         _check_image(outputs, "bytes", index, refs[ref_index], exported["shapes"][ref_index])
-    # the decoded first image is the same as the uint8 tensor of serving_default
+    # the decoded first image is the same as the uint8 tensor of serving_default (to float32
+    # rounding: the two signatures batch it with other images; one ulp at 80 px is 7.6e-6)
     for key in ("detection_boxes", "detection_scores", "detection_masks"):
         np.testing.assert_allclose(outputs[f"bytes_{key}"][0], outputs[f"default_{key}"][0],
-                                   atol=1e-6)
+                                   atol=2e-5)
 
 
 def test_bad_requests_fail_with_clear_errors(exported):

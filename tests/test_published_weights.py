@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from test_torchvision_convert import synthetic_v1_state
 
-from keras_maskrcnn import pretrained
 from keras_maskrcnn.cli import main
+from keras_maskrcnn.convert import published as pretrained
 from keras_maskrcnn.convert.published import (
     PRETRAINED,
     ChecksumError,

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.data import ShapesDataset, make_dataset
-from keras_maskrcnn.model import MaskRCNN
 from keras_maskrcnn.targets_debug import training_targets
 
 BIG_QUOTA = 100_000
@@ -43,7 +43,7 @@ def shapes_batch():
 
 def test_training_targets_follow_the_matching_rule_and_leave_the_model_alone(shapes_batch):
     config, batch = shapes_batch
-    model = MaskRCNN(config)
+    model = build_model(config)
     before = [v.numpy().copy() for v in model.non_trainable_variables]
     t = training_targets(model, batch)
     again = training_targets(model, batch)
@@ -68,7 +68,7 @@ def test_training_targets_follow_the_matching_rule_and_leave_the_model_alone(sha
 
 def test_training_targets_names_a_missing_key(shapes_batch):
     config, batch = shapes_batch
-    model = MaskRCNN(config)
+    model = build_model(config)
     with pytest.raises(KeyError, match="gt_masks"):
         training_targets(model, {k: v for k, v in batch.items() if k != "gt_masks"})
 
@@ -102,7 +102,7 @@ def test_torchvision_rule_batches_carry_nearest_resized_canvas_masks():
         assert not got[g:].any()
     assert 0 < flipped < 6
 
-    model = MaskRCNN(config)
+    model = build_model(config)
     (batch,) = next(iter(dataset))
     t = training_targets(model, batch)
     fg = t["mask_weights"] > 0

@@ -194,7 +194,7 @@ def test_load_state_dict_sources(tmp_path, monkeypatch):
         tvc.load_state_dict(42)
     (tmp_path / "state.pth").write_bytes(b"not read")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(ImportError, match=r"pip install -e \.\[parity\]"):
+    with pytest.raises(ImportError, match=r'pip install -e "\.\[parity\]"'):
         tvc.load_state_dict(tmp_path / "state.pth")
 
 
@@ -300,14 +300,14 @@ def test_convert_cli_writes_a_model_directory(converted):
 
 def test_converted_weights_land_in_place(converted):
     state, _, model = converted
-    np.testing.assert_array_equal(_kernel(model.backbone, "stem_conv1"),
+    np.testing.assert_array_equal(_kernel(model.backbone.body, "stem_conv1"),
                                   state["backbone.body.conv1.weight"].transpose(2, 3, 1, 0))
     norm = model.backbone.body.get_layer("res4_2_norm3").get_weights()
     np.testing.assert_array_equal(norm[0], state["backbone.body.layer3.2.bn3.weight"])
     np.testing.assert_array_equal(norm[3] + np.float32(1e-5),  # FrozenBN, eps 0 folded
                                   state["backbone.body.layer3.2.bn3.running_var"])
     np.testing.assert_array_equal(
-        _kernel(model.backbone, "res3_0_downsample_conv")[0, 0],
+        _kernel(model.backbone.body, "res3_0_downsample_conv")[0, 0],
         state["backbone.body.layer2.0.downsample.0.weight"][:, :, 0, 0].T)
     fpn_output = state["backbone.fpn.layer_blocks.1.0.weight"]
     np.testing.assert_array_equal(_kernel(model.backbone.fpn, "fpn_output3"),

@@ -36,8 +36,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_maskrcnn.builder import build_model
-
 SEED = 0
 MIN_SIZE, MAX_SIZE = 320, 512
 # Fewer proposals and detections than torchvision's defaults (1000 / 100) keep the test fast;
@@ -435,6 +433,7 @@ def stage(parity, request):
 
 
 def _build_model(canvas, v2: bool):
+    from keras_maskrcnn.builder import build_model
     from keras_maskrcnn.convert.torchvision import torchvision_config
 
     config = torchvision_config(90, MIN_SIZE, MAX_SIZE, v2=v2, image_size=canvas).replace(
@@ -480,7 +479,7 @@ def _run_ours(model, reference, end_to_end: bool) -> dict:
     out = {"model": model, "batch": batch, "pipeline_shapes": _pipeline_shapes(images)}
     image_shape = tf.constant(batch["image_shape"])
     out["normalized"] = model.normalizer(tf.constant(batch["images"]), image_shape).numpy()
-    features = model.backbone.fpn(tf.constant(out["normalized"]))
+    features = model.backbone(tf.constant(out["normalized"]))
     out["features"] = [f.numpy() for f in features]
     logits, deltas = model.rpn.head(features)
     out["rpn_logits"], out["rpn_deltas"] = logits.numpy(), deltas.numpy()

@@ -352,11 +352,12 @@ def _run_ours(setup: str, state_path: Path, batch, reference) -> dict:
     training targets of our model loaded with the torchvision state."""
     import tensorflow as tf
 
+    from keras_maskrcnn.builder import build_model
     from keras_maskrcnn.convert.torchvision import load_state_dict, load_torchvision_weights
-    from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN
+    from keras_maskrcnn.model import LOSS_NAMES
     from keras_maskrcnn.targets_debug import training_targets
 
-    model = MaskRCNN(_config(setup))
+    model = build_model(_config(setup))
     state = load_state_dict(state_path)
     load_torchvision_weights(model, state, frozen_bn_eps=1e-5)
     out = {"targets": training_targets(model, batch)}

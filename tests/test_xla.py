@@ -356,6 +356,12 @@ def _batch(config, batch_size, seed=0):
             boxes[b, i] = [y, x, y + rng.uniform(12, 0.4 * h), x + rng.uniform(12, 0.4 * w)]
             classes[b, i] = 1 + (i + b) % config.num_classes
             masks[b, i, size // 4:3 * size // 4, size // 5:4 * size // 5] = 1.0
+    if config.mask_target_rule == "torchvision":  # canvas masks: the box's middle
+        canvas = np.zeros((batch_size, num, h, w), np.uint8)
+        for b, i in zip(*np.nonzero(classes), strict=True):
+            y1, x1, y2, x2 = boxes[b, i].astype(int)
+            canvas[b, i, (3 * y1 + y2) // 4:(y1 + 3 * y2) // 4, (4 * x1 + x2) // 5:(x1 + 4 * x2) // 5] = 1
+        masks = canvas
     return {
         "images": tf.constant(rng.uniform(0, 255, (batch_size, h, w, 3)).astype(F32)),
         "image_shape": tf.constant([[h, w]] * batch_size, tf.float32),

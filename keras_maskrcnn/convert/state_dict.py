@@ -105,7 +105,7 @@ def torch_error_reason(text: str) -> str:
 def _read_torch_file(path: Path) -> dict[str, np.ndarray]:
     """Reads a torch.save file with torch; in a subprocess when TensorFlow is already imported
     (torch imported after TensorFlow crashes the process)."""
-    check_installed(("torch",), "parity", f"reading {path} (or pass an .npz of arrays)")
+    check_installed(("torch",), "parity", f"reading {path}", otherwise="or pass an .npz of arrays")
     if "tensorflow" in sys.modules and "torch" not in sys.modules:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "state.npz"
