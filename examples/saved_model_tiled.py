@@ -30,6 +30,7 @@ from PIL import Image
 from keras_maskrcnn.tiling import (
     DEFAULT_OVERLAP,
     Detections,
+    check_tiling,
     coco_records,
     crop_tiles,
     merge_detections,
@@ -48,9 +49,11 @@ def load_export_config(saved_model_dir: str | Path) -> dict:
 
 
 def tiled_detections(serve, image: np.ndarray, tile: int, overlap: float, config: dict,
-                     batch_size: int = 8) -> Detections:
+                     batch_size: int = 8, score_threshold: float = 0.0) -> Detections:
     """Runs `serve` (the `serving_default` signature) on the tiles of `image [h, w, 3]` uint8
-    and merges their detections (`tiling.merge_detections`)."""
+    and merges their detections (`tiling.merge_detections`); detections below
+    `score_threshold` are dropped before the merge, as `inference.predict_tiled` does."""
+    check_tiling(tile, overlap)
     views = tile_grid(image.shape[:2], tile, overlap)
     tiles = crop_tiles(image, views)  # views of `image`; one batch copied at a time
     parts = []
@@ -59,9 +62,10 @@ def tiled_detections(serve, image: np.ndarray, tile: int, overlap: float, config
         out = {k: v.numpy() for k, v in serve(images=tf.constant(batch)).items()}
         for i in range(len(batch)):
             n = int(out["num_detections"][i])
+            keep = out["detection_scores"][i, :n] >= score_threshold
             parts.append(tile_detections(
-                out["detection_boxes"][i, :n], out["detection_scores"][i, :n],
-                out["detection_classes"][i, :n], out["detection_masks"][i, :n],
+                out["detection_boxes"][i, :n][keep], out["detection_scores"][i, :n][keep],
+                out["detection_classes"][i, :n][keep], out["detection_masks"][i, :n][keep],
                 views[start + i], config.get("mask_threshold", 0.5),
                 config.get("mask_paste", "exact")))
     return merge_detections(parts, image.shape[:2],
@@ -83,18 +87,18 @@ def main(argv: list[str] | None = None) -> int:
     image = np.asarray(Image.open(args.image).convert("RGB"), np.uint8)
     try:
         det = tiled_detections(serve, image, args.tile, args.tile_overlap, config,
-                               args.batch_size)
+                               args.batch_size, args.score_threshold)
     except ValueError as err:
         print(f"saved_model_tiled: error: {err}", file=sys.stderr)
         return 2
-    det = det.select(det.scores >= args.score_threshold)
     labels = {k: k for k in range(1, int(config["num_classes"]) + 1)}
     records = coco_records(det, 0, image.shape[:2], labels)
     for record in records:
         record.pop("image_id")
     Path(args.output).write_text(json.dumps(records))
-    print(f"{len(records)} detections on {len(crop_tiles(image, tile_grid(image.shape[:2], args.tile, args.tile_overlap)))} "
-          f"tiles of {Path(args.image).name} written to {args.output}")
+    tiles = len(tile_grid(image.shape[:2], args.tile, args.tile_overlap))
+    print(f"{len(records)} detections on {tiles} tiles of {Path(args.image).name} written to "
+          f"{args.output}")
     return 0
 
 

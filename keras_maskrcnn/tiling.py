@@ -22,27 +22,32 @@ tight extent of its pixels) with the crop's top-left `mask_origins` in image pix
 RLE is written from the crop directly (`crop_rle`), so a 12000 x 8000 image with 500 detections
 does not hold 500 full-size masks.
 
-Merge (`merge_detections`): greedy per class, in descending score order, on boxes:
-- two detections are the same object when their box IoU is >= `iou_threshold` (as the model's
-  own per-class NMS, `config.nms_threshold`), or, when at least one of them is *cut* (its box
-  touches an edge of its tile that is not an image border, within `edge_margin` pixels), when
-  the IoU of the two boxes clipped to the region both tiles saw is >= `iou_threshold`;
+Merge (`merge_detections`): greedy per class, in descending score order:
+- two detections are the same object when their box IoU is >= `iou_threshold` (the model's
+  own per-class NMS threshold, `config.nms_threshold`), or, when at least one of them is *cut*
+  (its box touches, within `edge_margin` pixels, an edge of its tile that is not an image
+  border), when their boxes or their masks, restricted to the pixels both tiles saw, have an
+  IoU >= `iou_threshold`, or when a cut one lies at least `CONTAINED` (70 %) inside the box of
+  a whole one grown by the margin (a sliver at a tile edge, or a truncated object's box that
+  the model placed badly, still lies on the whole object);
 - two whole (uncut) detections: the lower-scored one is suppressed (NMS);
 - a whole and a cut detection: the whole one's box and mask are kept (with the higher score);
 - two cut detections (an object larger than the overlap, seen in parts by several tiles): they
-  are merged: the union of the boxes, the union of the masks, the higher score; a part that
-  matches several merged groups joins them all into one, and a merged detection still counts
-  as cut (its parts need not cover the whole object), so that a later whole detection of the
-  object replaces all its parts and further parts join it.
+  are merged: the union of the boxes, the union of the masks, the higher score. A part that
+  matches several merged groups joins them into one; a merged detection still counts as cut
+  (its parts need not cover the object), so that a later whole detection replaces all its
+  parts and further parts join it.
 
 Why not plain NMS: a tile that sees 40 % of an object near its border reports a box whose IoU
 with the whole object's box is about 0.4, below any usual NMS threshold, so NMS keeps both (a
 duplicate). Why not merge every overlapping pair (by intersection over the smaller box, as
 "non-maximum merging" does): that glues touching or nested objects of the same class into one.
-Comparing the boxes only inside the area both tiles saw makes a fragment and the whole object
-(or two fragments) agree exactly where they can both be judged, and whole detections are still
-compared by plain IoU. Box IoU rather than mask IoU: boxes are what the model's own NMS uses,
-and are cheap for thousands of tile detections.
+Comparing a part with the whole object (or two parts) only where both tiles saw the object
+makes them agree exactly there, whatever the rest of the object looks like, while whole
+detections are still compared by plain box IoU, as the model's NMS does. Masks are compared
+as well as boxes because the box of a merged, non-rectangular object, clipped to a small
+shared region, can be much larger than the object's part there; boxes alone are kept for the
+whole-whole case (cheap for thousands of tile detections).
 
 The optional whole-image pass (`full_image=True` in `inference.predict_tiled`) adds the model's
 detections on the downscaled whole image with the whole image as their view (never cut): they
@@ -65,8 +70,9 @@ from keras_maskrcnn.ops.masks import paste_masks
 
 DEFAULT_OVERLAP = 0.2
 MIN_TILE = 32  # the coarsest FPN level (stride 32) needs one pixel
-EDGE_MARGIN_FRACTION = 0.01  # of the tile side, at least MIN_EDGE_MARGIN pixels
+EDGE_MARGIN_FRACTION = 0.03  # of the tile side, at least MIN_EDGE_MARGIN pixels
 MIN_EDGE_MARGIN = 2.0
+CONTAINED = 0.7  # a cut part this much inside a whole detection's box (grown by the margin)
 
 
 # --------------------------------------------------------------------------------- checks
@@ -269,18 +275,24 @@ def clip_to(boxes: np.ndarray, regions: np.ndarray) -> np.ndarray:
     return np.concatenate([lo, np.maximum(hi, lo)], axis=-1)
 
 
+def edge_margins(views: np.ndarray, edge_margin: float | None = None) -> np.ndarray:
+    """`[D]` float64 pixels: `edge_margin`, or (None) `max(2, 3 %` of each view's longer side`)`
+    (the box of a truncated object often stops a few pixels short of the tile edge)."""
+    views = np.asarray(views, np.float64).reshape(-1, 4)
+    if edge_margin is not None:
+        return np.full(len(views), float(edge_margin))
+    side = np.maximum(views[:, 2] - views[:, 0], views[:, 3] - views[:, 1])
+    return np.maximum(MIN_EDGE_MARGIN, EDGE_MARGIN_FRACTION * side)
+
+
 def is_cut(boxes: np.ndarray, views: np.ndarray, image_shape: Sequence[int],
            edge_margin: float | None = None) -> np.ndarray:
-    """`[D]` bool: box touches (within the margin) an edge of its view that is not an image
-    border. `edge_margin` pixels; None: `max(2, 1 % of the view's longer side)`."""
+    """`[D]` bool: box touches, within `edge_margins`, an edge of its view that is not an
+    image border."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     views = np.asarray(views, np.float64).reshape(-1, 4)
     h, w = float(image_shape[0]), float(image_shape[1])
-    if edge_margin is None:
-        side = np.maximum(views[:, 2] - views[:, 0], views[:, 3] - views[:, 1])
-        margin = np.maximum(MIN_EDGE_MARGIN, EDGE_MARGIN_FRACTION * side)
-    else:
-        margin = np.full(len(boxes), float(edge_margin))
+    margin = edge_margins(views, edge_margin)
     return (((views[:, 0] > 0) & (boxes[:, 0] <= views[:, 0] + margin))
             | ((views[:, 1] > 0) & (boxes[:, 1] <= views[:, 1] + margin))
             | ((views[:, 2] < h) & (boxes[:, 2] >= views[:, 2] - margin))
@@ -301,7 +313,7 @@ def merge_detections(
             (NMS); a cut one is one object with another when their boxes, or their masks inside
             the region both views saw, have at least this IoU.
         edge_margin: pixels within which a box touching an inner tile edge counts as cut
-            (None: `max(2, 1 %` of the tile side`)`).
+            (None: `max(2, 3 %` of the tile side`)`).
 
     Returns:
         `Detections`, descending score; merged parts have the union box, mask and view.
@@ -312,10 +324,12 @@ def merge_detections(
     if not len(det):
         return det
     cut = is_cut(det.boxes, det.views, image_shape, edge_margin)
+    margins = edge_margins(det.views, edge_margin)
     order = np.lexsort((np.arange(len(det)), -det.scores))  # score down, stable
     groups: list[_Group] = []
     for label in np.unique(det.labels):
-        groups.extend(_merge_class(det, order[det.labels[order] == label], cut, iou_threshold))
+        groups.extend(_merge_class(det, order[det.labels[order] == label], cut, margins,
+                                   iou_threshold))
     groups.sort(key=lambda g: (-float(det.scores[g.head]), g.head))
     heads = np.array([g.head for g in groups], np.int64)
     return Detections(
@@ -337,26 +351,29 @@ class _Group:
     origin: np.ndarray
     cut: bool
     seen: list[np.ndarray]
+    margin: float
 
 
-def _merge_class(det: Detections, idx: np.ndarray, cut: np.ndarray,
+def _merge_class(det: Detections, idx: np.ndarray, cut: np.ndarray, margins: np.ndarray,
                  iou_threshold: float) -> list[_Group]:
     """Greedy merge of one class's detections `idx` (descending score)."""
     boxes, views = det.boxes.astype(np.float64), det.views.astype(np.float64)
     kept_boxes = np.zeros((len(idx), 4))
     kept_views = np.zeros((len(idx), 4))
     kept_cut = np.zeros(len(idx), bool)
+    kept_margin = np.zeros(len(idx))
     alive = np.zeros(len(idx), bool)
     groups: list[_Group] = []
     for i in idx:
         k = len(groups)
         new = _Group(int(i), boxes[i], views[i], det.mask_crops[i], det.mask_origins[i],
-                     bool(cut[i]), [views[i]])
+                     bool(cut[i]), [views[i]], float(margins[i]))
         same = alive[:k] & _matches(new, groups, kept_boxes[:k], kept_views[:k], kept_cut[:k],
-                                    iou_threshold)
+                                    kept_margin[:k], iou_threshold)
         if not same.any():
             groups.append(new)
-            kept_boxes[k], kept_views[k], kept_cut[k], alive[k] = new.box, new.view, new.cut, True
+            kept_boxes[k], kept_views[k], kept_cut[k] = new.box, new.view, new.cut
+            kept_margin[k], alive[k] = new.margin, True
             continue
         if (same & ~kept_cut[:k]).any():
             continue  # a whole object is kept: suppressed, as NMS does
@@ -366,7 +383,7 @@ def _merge_class(det: Detections, idx: np.ndarray, cut: np.ndarray,
         if not new.cut:  # the whole object replaces its parts
             group.box, group.view, group.crop, group.origin = new.box, new.view, new.crop, \
                 new.origin
-            group.cut, group.seen = False, new.seen
+            group.cut, group.seen, group.margin = False, new.seen, new.margin
         else:  # parts of one object (`new` may join several groups): union; still cut, since
             # the parts need not cover the object (a later whole one replaces them)
             for other in [new, *(groups[j] for j in rest)]:
@@ -375,25 +392,46 @@ def _merge_class(det: Detections, idx: np.ndarray, cut: np.ndarray,
                 group.crop, group.origin = _union_mask(group, other)
                 group.seen = group.seen + other.seen
         kept_boxes[first], kept_views[first], kept_cut[first] = group.box, group.view, group.cut
+        kept_margin[first] = group.margin
         alive[rest] = False
     return [g for n, g in enumerate(groups) if alive[n]]
 
 
 def _matches(new: _Group, groups: list[_Group], kept_boxes: np.ndarray, kept_views: np.ndarray,
-             kept_cut: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """`[K]` bool: `new` is the same object as each kept group: box IoU, or, where either is
-    cut, the IoU of the masks (of the boxes when both masks are empty there) inside the region
-    both views saw."""
+             kept_cut: np.ndarray, kept_margin: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """`[K]` bool: `new` is the same object as each kept group: box IoU; where one is cut and
+    the other whole, the cut box lying `CONTAINED` inside the whole box grown by the cut one's
+    margin; where either is cut, the IoU of the boxes or of the masks inside the region both
+    views saw (the larger)."""
     if not len(kept_boxes):
         return np.zeros(0, bool)
     same = box_iou(new.box, kept_boxes) >= iou_threshold
+    if new.cut:
+        same |= ~kept_cut & (_inside(new.box, _grow(kept_boxes, new.margin)) >= CONTAINED)
+    else:
+        same |= kept_cut & (_inside(kept_boxes, _grow(new.box, kept_margin)) >= CONTAINED)
     shared = clip_to(new.view, kept_views)  # [K, 4] the region both saw
     in_new, in_kept = clip_to(new.box, shared), clip_to(kept_boxes, shared)
     seen = box_iou(in_new, in_kept)
     for j in np.flatnonzero(~same & (new.cut | kept_cut) & (seen > 0)):
-        iou = _mask_iou_in(new, groups[j], shared[j])
-        same[j] = (seen[j] if iou is None else iou) >= iou_threshold
+        same[j] = seen[j] >= iou_threshold \
+            or (_mask_iou_in(new, groups[j], shared[j]) or 0.0) >= iou_threshold
     return same
+
+
+def _grow(boxes: np.ndarray, margin) -> np.ndarray:
+    """`boxes [..., 4]` grown by `margin` (scalar or `[K]`) pixels on each side."""
+    margin = np.asarray(margin, np.float64)[..., None]
+    return boxes + margin * np.array([-1.0, -1.0, 1.0, 1.0])
+
+
+def _inside(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Fraction of the area of `a` inside `b` (`[4]` / `[K, 4]`, broadcast); 0 for empty `a`."""
+    lo = np.maximum(a[..., :2], b[..., :2])
+    hi = np.minimum(a[..., 2:], b[..., 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
+    area = np.prod(np.clip(a[..., 2:] - a[..., :2], 0, None), axis=-1)
+    return np.where(area > 0, inter / np.where(area > 0, area, 1.0), 0.0)
 
 
 def _mask_iou_in(a: _Group, b: _Group, region: np.ndarray) -> float | None:

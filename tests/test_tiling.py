@@ -32,6 +32,7 @@ from keras_maskrcnn.tiling import (
     coco_records,
     crop_rle,
     crop_tiles,
+    is_cut,
     merge_detections,
     tight_crop,
     tile_detections,
@@ -338,23 +339,29 @@ def test_sliced_inference_finds_the_small_objects_whole_image_inference_misses(
         assert sliced[iou_type]["AP50"] > 0.4 and sliced[iou_type]["AR100"] > 0.3
 
 
-def _on_object(boxes, gt_box):
-    """[D] fraction of each box's area that lies on `gt_box` (y1, x1, y2, x2)."""
+def _overlaps(boxes, gt_box):
+    """([D] IoU with `gt_box`, [D] fraction of each box's area on `gt_box`)."""
     lo = np.maximum(boxes[:, :2], gt_box[:2])
     hi = np.minimum(boxes[:, 2:], gt_box[2:])
     inter = np.prod(np.clip(hi - lo, 0, None), axis=1)
-    return inter / np.maximum(np.prod(boxes[:, 2:] - boxes[:, :2], axis=1), 1e-6)
+    area = np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+    return inter / (area + np.prod(gt_box[2:] - gt_box[:2]) - inter), inter / np.maximum(area, 1e-6)
 
 
 def test_no_duplicates_on_objects_crossing_tile_borders(trained, big_image, tile_parts):
+    """On every object that a tile border crosses (each is whole in some other tile): no
+    detection cut by a tile edge is left (a truncated part lying on the object), and no two
+    detections of one class found it (IoU >= 0.5) from different tiles. Without the merge the
+    tiles' detections have both. (Two detections of one class from the same tile are the
+    model's own NMS output, as on any image, and not counted.)"""
     _, model = trained
     source, image = big_image
     tiles = tile_grid(image.shape[:2], TILE, OVERLAP)
-    gt = source.load_annotations(0)
     raw = Detections.concat(tile_parts)
     merged = merge_detections(tile_parts, image.shape[:2], model.config.nms_threshold)
-    crossing, raw_duplicates = 0, 0
-    for box in gt["boxes"]:
+    counts = {"raw": [0, 0], "merged": [0, 0]}
+    crossing = 0
+    for box in source.load_annotations(0)["boxes"]:
         inside = (box[0] >= tiles[:, 0]) & (box[1] >= tiles[:, 1]) & (box[2] <= tiles[:, 2]) \
             & (box[3] <= tiles[:, 3])
         touches = (box[0] < tiles[:, 2]) & (box[2] > tiles[:, 0]) & (box[1] < tiles[:, 3]) \
@@ -362,20 +369,24 @@ def test_no_duplicates_on_objects_crossing_tile_borders(trained, big_image, tile
         if not (touches & ~inside).any():
             continue  # no tile border through it
         crossing += 1
-        for det, name in ((raw, "raw"), (merged, "merged")):
-            on = (_on_object(det.boxes, box) >= 0.5) & (det.scores >= 0.3)
-            per_class = np.bincount(det.labels[on], minlength=4)
-            if name == "raw":
-                raw_duplicates += int(per_class.max() > 1)
-            else:
-                assert per_class.max() <= 1, f"duplicates on {box}: {det.boxes[on]}"
-    print(f"{crossing} objects cross tile borders; {raw_duplicates} had duplicates unmerged")
-    assert crossing >= 10 and raw_duplicates >= 5  # the case is exercised
+        for name, det in (("raw", raw), ("merged", merged)):
+            iou, on = _overlaps(det.boxes, box)
+            confident = det.scores >= 0.3
+            cut = is_cut(det.boxes, det.views, image.shape[:2])
+            counts[name][0] += int((confident & cut & (on >= 0.5)).sum())
+            for label in (1, 2, 3):
+                found = confident & (iou >= 0.5) & (det.labels == label)
+                counts[name][1] += max(len(np.unique(det.views[found], axis=0)) - 1, 0)
+    print(f"{crossing} objects cross tile borders; [cut parts left, duplicates from other "
+          f"tiles]: {counts}")
+    assert crossing >= 10
+    assert counts["merged"] == [0, 0]
+    assert counts["raw"][0] >= 10 and counts["raw"][1] >= 5  # the case is exercised
 
 
 def test_predict_tiled_holds_no_second_copy_of_a_large_image(trained):
     """4000 x 3000 (36 MB): numpy allocations during sliced inference (tiles are views, masks
-    crops) stay far below the image's size; predict_images(tile=...) returns full masks."""
+    crops) stay below half the image's size (one tile and its float copies are 12 MB)."""
     _, model = trained
     image = ScatteredShapesDataset(1, image_size=(3000, 4000), seed=5, min_shapes=5,
                                    max_shapes=8, min_side=200, max_side=400).load_image(0)
@@ -385,7 +396,7 @@ def test_predict_tiled_holds_no_second_copy_of_a_large_image(trained):
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert peak < image.nbytes / 4, f"peak {peak / 2**20:.1f} MiB"
+    assert peak < image.nbytes / 2, f"peak {peak / 2**20:.1f} MiB"
     assert len(det) and all(c.size < image.shape[0] * image.shape[1] for c in det.mask_crops)
 
 
