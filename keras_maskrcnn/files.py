@@ -13,6 +13,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from keras_maskrcnn.atomic import atomic_path, atomic_write_json
 from keras_maskrcnn.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_rgb_image
 from keras_maskrcnn.evaluation import detections_to_coco_results
@@ -125,7 +127,9 @@ def predict_files(
     return records
 
 
-def _predict_whole(model, image, score_threshold, mapping, names, draw):
+def _predict_whole(model: MaskRCNN, image: np.ndarray, score_threshold: float,
+                   mapping: dict[int, int], names: Sequence[str],
+                   draw: bool) -> tuple[np.ndarray | None, list[dict]]:
     """(drawing or None, COCO records) of one image, the model on the whole image."""
     det = predict_images(model, [image])[0]
     keep = det["scores"] >= score_threshold
@@ -136,7 +140,9 @@ def _predict_whole(model, image, score_threshold, mapping, names, draw):
                                                mapping, masks=det["masks"])
 
 
-def _predict_sliced(model, image, score_threshold, mapping, names, draw, tiling):
+def _predict_sliced(model: MaskRCNN, image: np.ndarray, score_threshold: float,
+                    mapping: dict[int, int], names: Sequence[str], draw: bool,
+                    tiling: tuple[int, float, bool, int]) -> tuple[np.ndarray | None, list[dict]]:
     """`_predict_whole` by sliced inference; `tiling` = (tile, overlap, full_image, batch)."""
     tile, overlap, full_image, batch_size = tiling
     det = predict_tiled(model, image, tile, overlap, full_image, batch_size,
