@@ -111,6 +111,44 @@ def unit_interval(text: str) -> float:
     return value
 
 
+def overlap_fraction(text: str) -> float:
+    """--tile-overlap: a float in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not 0.0 <= value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1) (a fraction of the tile, e.g. "
+                                         f"0.2), got {value}")
+    return value
+
+
+def add_tiling_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tile", type=image_side, metavar="S",
+                   help="sliced inference for small objects in large images: run the model on "
+                   "S x S tiles of the full-resolution image (S in image pixels, >= 32; about "
+                   "the model's input size) and merge the tiles' detections")
+    p.add_argument("--tile-overlap", type=overlap_fraction, metavar="F",
+                   help="with --tile: neighbouring tiles overlap by at least F * S pixels "
+                   "(0 <= F < 1, default 0.2); make F * S at least the size of the objects")
+    p.add_argument("--tile-full-image", action="store_true",
+                   help="with --tile: also run on the whole (downscaled) image and merge its "
+                   "detections (objects larger than a tile)")
+
+
+def tiling_options(args) -> dict:
+    """`tile`, `tile_overlap`, `tile_full_image` keyword arguments; UserError when a tiling
+    option is given without --tile."""
+    if args.tile is None:
+        for flag, value in (("--tile-overlap", args.tile_overlap),
+                            ("--tile-full-image", args.tile_full_image)):
+            if value not in (None, False):
+                raise UserError(f"{flag} needs --tile S (the tile side in image pixels)")
+        return {}
+    overlap = 0.2 if args.tile_overlap is None else args.tile_overlap
+    return {"tile": args.tile, "tile_overlap": overlap, "tile_full_image": args.tile_full_image}
+
+
 def _config_for(args, source):
     from keras_maskrcnn.config import get_config
 
@@ -240,9 +278,11 @@ def cmd_evaluate(args) -> int:
 
     require_file(args.json, "--json")
     require_file(args.pr_curves, "--pr-curves")
+    tiling = tiling_options(args)
     model = load_model_dir(resolve_model(args.model))
     source = _dataset_source(args, "val")
-    metrics = evaluate(model, source, batch_size=args.batch_size, max_images=args.max_images)
+    metrics = evaluate(model, source, batch_size=args.batch_size, max_images=args.max_images,
+                       **tiling)
     print(format_size_table(metrics))
     print_per_class_table(metrics)
     if args.json:
@@ -261,6 +301,7 @@ def cmd_predict(args) -> int:
     from keras_maskrcnn.saving import load_model_dir
 
     require_folder(args.output)
+    tiling = tiling_options(args)
     model = load_model_dir(resolve_model(args.model))
     model.ensure_finite_weights()
     if args.precision != "float32":
@@ -271,7 +312,8 @@ def cmd_predict(args) -> int:
     if not files:
         raise UserError(f"no image files in {' '.join(args.images)}")
     records = predict_files(model, files, args.output, score_threshold=args.score_threshold,
-                            max_image_pixels=pixel_limit(args), draw=not args.no_draw)
+                            max_image_pixels=pixel_limit(args), draw=not args.no_draw,
+                            batch_size=args.batch_size, **tiling)
     done = {r["file_name"] for r in records}
     print(f"{len(records)} detections on {len(files)} images written to {args.output}")
     missing = [p for p in files if not (Path(args.output) / f"{p.stem}.png").exists()
@@ -352,8 +394,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw precision-recall curves (IoU 0.50, 0.75, mean over 0.50:0.95; all "
                    "classes averaged, area all, maxDets 100) as this PNG, one panel per iou type "
                    "(default: not drawn)")
-    p.add_argument("--batch-size", type=positive_int, default=2)
+    p.add_argument("--batch-size", type=positive_int, default=2,
+                   help="images per model call (with --tile: tiles per model call)")
     p.add_argument("--max-images", type=positive_int)
+    add_tiling_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="draw detections and write predictions.json")
@@ -363,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-threshold", type=unit_interval, default=0.5)
     p.add_argument("--no-draw", action="store_true", help="only write predictions.json")
     add_pixel_limit_arg(p)
+    add_tiling_args(p)
+    p.add_argument("--batch-size", type=positive_int, default=4,
+                   help="with --tile: tiles per model call (default %(default)s)")
     p.add_argument("--precision", choices=("float32", "bfloat16", "auto"), default="float32",
                    help="compute in bfloat16 (same weights; boxes, scores and masks stay "
                    "float32): about twice as fast on CPUs with AVX512_BF16 / AMX, emulated and "

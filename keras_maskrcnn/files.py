@@ -13,12 +13,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from keras_maskrcnn.atomic import atomic_path, atomic_write_json
 from keras_maskrcnn.data.images import DEFAULT_MAX_IMAGE_PIXELS, BadImageError, load_rgb_image
 from keras_maskrcnn.evaluation import detections_to_coco_results
-from keras_maskrcnn.inference import category_map, predict_images
+from keras_maskrcnn.inference import category_map, predict_images, predict_tiled
 from keras_maskrcnn.model import MaskRCNN
-from keras_maskrcnn.visualize import draw_detections, save_image
+from keras_maskrcnn.tiling import DEFAULT_OVERLAP, check_tiling, coco_records
+from keras_maskrcnn.visualize import blend_mask_crops, draw_detections, save_image
 
 logger = logging.getLogger("keras_maskrcnn")
 
@@ -71,6 +74,8 @@ def predict_files(
     class_names: Sequence[str] | None = None, score_threshold: float = 0.5,
     label_to_category_id: dict[int, int] | None = None, draw: bool = True,
     max_image_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS, progress: bool | None = None,
+    tile: int | None = None, tile_overlap: float = DEFAULT_OVERLAP,
+    tile_full_image: bool = False, batch_size: int = 4,
 ) -> list[dict]:
     """Predicts each image file (files, folders or globs), writes `<stem>.png` drawings (with
     `draw`) and `predictions.json`.
@@ -79,8 +84,11 @@ def predict_files(
     in original pixels, `score`, `segmentation` (COCO RLE). Detections below `score_threshold`
     are left out of both. A file that cannot be read (missing, not an image, truncated, above
     `max_image_pixels`) is named in a warning and skipped; the others are still processed.
-    Returns the records.
+    `tile`: sliced inference (`inference.predict_tiled`, `batch_size` tiles per model call);
+    its masks stay crops for drawing and RLE (no `[D, h, w]` array). Returns the records.
     """
+    if tile is not None:
+        check_tiling(tile, tile_overlap)
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     files = expand_image_paths(paths)
@@ -98,16 +106,15 @@ def predict_files(
             bad.append(str(path))
             bar.update(done)
             continue
-        det = predict_images(model, [image])[0]
-        keep = det["scores"] >= score_threshold
-        det = {k: v[keep] for k, v in det.items()}
-        if draw:
-            drawing = draw_detections(image, det["boxes"], det["labels"], det["scores"],
-                                      det["masks"], names)
+        if tile is None:
+            drawing, found = _predict_whole(model, image, score_threshold, mapping, names, draw)
+        else:
+            drawing, found = _predict_sliced(model, image, score_threshold, mapping, names, draw,
+                                             (tile, tile_overlap, tile_full_image, batch_size))
+        if drawing is not None:
             with atomic_path(output_dir / f"{path.stem}.png", suffix=".png") as tmp:
                 save_image(drawing, tmp)
-        for record in detections_to_coco_results(0, det["boxes"], det["scores"], det["labels"],
-                                                 mapping, masks=det["masks"]):
+        for record in found:
             record.pop("image_id")
             records.append({"file_name": path.name, **record})
         bar.update(done)
@@ -118,3 +125,30 @@ def predict_files(
     logger.info("wrote %d detections for %d images to %s", len(records),
                 len(files) - len(bad), output_dir)
     return records
+
+
+def _predict_whole(model: MaskRCNN, image: np.ndarray, score_threshold: float,
+                   mapping: dict[int, int], names: Sequence[str],
+                   draw: bool) -> tuple[np.ndarray | None, list[dict]]:
+    """(drawing or None, COCO records) of one image, the model on the whole image."""
+    det = predict_images(model, [image])[0]
+    keep = det["scores"] >= score_threshold
+    det = {k: v[keep] for k, v in det.items()}
+    drawing = draw_detections(image, det["boxes"], det["labels"], det["scores"], det["masks"],
+                              names) if draw else None
+    return drawing, detections_to_coco_results(0, det["boxes"], det["scores"], det["labels"],
+                                               mapping, masks=det["masks"])
+
+
+def _predict_sliced(model: MaskRCNN, image: np.ndarray, score_threshold: float,
+                    mapping: dict[int, int], names: Sequence[str], draw: bool,
+                    tiling: tuple[int, float, bool, int]) -> tuple[np.ndarray | None, list[dict]]:
+    """`_predict_whole` by sliced inference; `tiling` = (tile, overlap, full_image, batch)."""
+    tile, overlap, full_image, batch_size = tiling
+    det = predict_tiled(model, image, tile, overlap, full_image, batch_size,
+                        score_threshold=score_threshold)
+    drawing = None
+    if draw:
+        blended = blend_mask_crops(image, det.mask_crops, det.mask_origins)
+        drawing = draw_detections(blended, det.boxes, det.labels, det.scores, None, names)
+    return drawing, coco_records(det, 0, image.shape[:2], mapping)

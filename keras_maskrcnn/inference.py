@@ -3,6 +3,10 @@
 The model works on the padded canvas; these functions map its padded outputs back to each
 original image: boxes rescaled per axis (original size / resized size, as torchvision does), masks
 pasted into the original image and thresholded.
+
+Sliced inference (`predict_tiled`, and `tile=` of `predict_images` / `evaluate`) runs the model
+on overlapping tiles of the full-resolution image and merges the tiles' detections
+(`keras_maskrcnn.tiling`: geometry, merge rule, masks kept as crops).
 """
 
 from __future__ import annotations
@@ -19,6 +23,16 @@ from keras_maskrcnn.data.pipeline import make_inference_inputs
 from keras_maskrcnn.evaluation import detections_to_coco_results, evaluate_coco
 from keras_maskrcnn.model import INFERENCE_INPUTS, MaskRCNN
 from keras_maskrcnn.ops.masks import paste_masks
+from keras_maskrcnn.tiling import (
+    DEFAULT_OVERLAP,
+    Detections,
+    check_tiling,
+    coco_records,
+    crop_tiles,
+    merge_detections,
+    tile_detections,
+    tile_grid,
+)
 from keras_maskrcnn.transform import boxes_to_original, canvas_for
 
 logger = logging.getLogger("keras_maskrcnn")
@@ -45,17 +59,26 @@ def postprocess(
     Returns dict: `boxes [D, 4]` float32 (y1, x1, y2, x2) original pixels, `scores [D]`,
     `labels [D]` int32 (1..K), `masks [D, h, w]` uint8 (0/1) pasted into the original image.
     """
+    det = unpasted(outputs, batch, index)
+    h, w = (int(v) for v in batch["original_shape"][index])
+    det["masks"] = paste_masks(det["masks"], det["boxes"], (h, w), threshold=mask_threshold,
+                               method=paste_method).astype(np.uint8)
+    return det
+
+
+def unpasted(outputs: dict[str, np.ndarray], batch: dict[str, np.ndarray],
+             index: int) -> dict[str, np.ndarray]:
+    """`postprocess` before pasting: boxes `[D, 4]` in original pixels, scores, labels and
+    `masks [D, 28, 28]` float32 probabilities inside each box."""
     n = int(outputs["num_detections"][index])
     h, w = (int(v) for v in batch["original_shape"][index])
     boxes = boxes_to_original(outputs["detection_boxes"][index, :n],
                               batch["image_shape"][index], (h, w))
-    masks = paste_masks(outputs["detection_masks"][index, :n], boxes, (h, w),
-                        threshold=mask_threshold, method=paste_method)
     return {
         "boxes": boxes.astype(np.float32),
         "scores": outputs["detection_scores"][index, :n].astype(np.float32),
         "labels": outputs["detection_classes"][index, :n].astype(np.int32),
-        "masks": masks.astype(np.uint8),
+        "masks": outputs["detection_masks"][index, :n].astype(np.float32),
     }
 
 
@@ -80,17 +103,71 @@ def model_runs(
 
 def predict_images(
     model: MaskRCNN, images: Sequence[np.ndarray], batch_size: int = 1,
-    paste_method: str | None = None,
+    paste_method: str | None = None, *, tile: int | None = None,
+    tile_overlap: float = DEFAULT_OVERLAP, tile_full_image: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     """Detections for each RGB uint8 image `[h, w, 3]` (any size), in original pixels.
 
     `paste_method` ("exact" / "torchvision") defaults to the config's `mask_paste`.
+    `tile`: sliced inference on `tile x tile` tiles (`predict_tiled`; `batch_size` tiles per
+    model call), its masks returned full size; `predict_tiled` itself keeps them as crops.
     """
     c = model.config
     paste_method = paste_method or c.mask_paste
+    if tile is not None:
+        return [predict_tiled(model, image, tile, tile_overlap, tile_full_image, batch_size,
+                              paste_method=paste_method).as_dict(np.shape(image)[:2])
+                for image in images]
     return [postprocess(outputs, batch, i, c.mask_threshold, paste_method)
             for outputs, batch, count in model_runs(model, images, batch_size)
             for i in range(count)]
+
+
+def predict_tiled(
+    model: MaskRCNN, image: np.ndarray, tile: int, overlap: float = DEFAULT_OVERLAP,
+    full_image: bool = False, batch_size: int = 4, score_threshold: float | None = None,
+    paste_method: str | None = None,
+) -> Detections:
+    """Sliced inference on one RGB image `[h, w, 3]`: the model on `tile x tile` tiles
+    (`tiling.tile_grid`: neighbours overlap by at least `overlap * tile` pixels, edge tiles
+    flush with the border), each tile resized by the model's own rule like any image; with
+    `full_image`, also on the whole (downscaled) image. Detections are mapped into the image and
+    merged across tiles (`tiling.merge_detections`, IoU threshold `config.nms_threshold`).
+
+    Tiles are views of `image` (no copy); `batch_size` tiles go through the model at once.
+    Detections below `score_threshold` (None: keep all the model gives) are dropped before the
+    merge. Returns `tiling.Detections` (masks as crops; `.as_dict(image.shape[:2])` gives
+    `predict_images`' dict).
+    """
+    tile, overlap = check_tiling(tile, overlap)
+    image = np.asarray(image)
+    if image.ndim not in (2, 3):
+        raise ValueError(f"image must be [h, w, 3] RGB, got shape {image.shape}")
+    c = model.config
+    paste_method = paste_method or c.mask_paste
+    views = tile_grid(image.shape[:2], tile, overlap)
+    parts = run_views(model, crop_tiles(image, views), views, batch_size, score_threshold,
+                      paste_method)
+    if full_image and len(views) > 1:
+        whole = np.array([[0, 0, *image.shape[:2]]])
+        parts += run_views(model, [image], whole, 1, score_threshold, paste_method)
+    return merge_detections(parts, image.shape[:2], iou_threshold=c.nms_threshold)
+
+
+def run_views(model: MaskRCNN, crops: Sequence[np.ndarray], views: np.ndarray, batch_size: int,
+              score_threshold: float | None, paste_method: str) -> list[Detections]:
+    """`tiling.tile_detections` of each image region `crops[i]` (at `views[i]` in the image)."""
+    parts, start = [], 0
+    for outputs, batch, count in model_runs(model, crops, batch_size):
+        for i in range(count):
+            det = unpasted(outputs, batch, i)
+            if score_threshold is not None:
+                det = {k: v[det["scores"] >= score_threshold] for k, v in det.items()}
+            parts.append(tile_detections(det["boxes"], det["scores"], det["labels"], det["masks"],
+                                         views[start + i], model.config.mask_threshold,
+                                         paste_method))
+        start += count
+    return parts
 
 
 def category_map(config, source=None) -> dict[int, int]:
@@ -136,15 +213,20 @@ def class_mismatch(config, source, mapping: dict[int, int]) -> str | None:
 
 def evaluate(
     model: MaskRCNN, source, batch_size: int = 2, iou_types=("bbox", "segm"),
-    max_images: int | None = None, verbose: bool = True,
+    max_images: int | None = None, verbose: bool = True, *, tile: int | None = None,
+    tile_overlap: float = DEFAULT_OVERLAP, tile_full_image: bool = False,
 ) -> dict[str, dict[str, float]]:
     """COCO bbox/segm metrics of `model` on a dataset source (CocoDataset, ShapesDataset).
 
     Three stages overlap: reading the next images, the model, and pasting + RLE-encoding the
     previous detections (threads: decoding, the model and pycocotools release the GIL). Images
-    that cannot be read are named in a warning and left out of the metrics."""
+    that cannot be read are named in a warning and left out of the metrics. `tile`: sliced
+    inference (`predict_tiled`, `batch_size` tiles per model call), one image at a time."""
+    if tile is not None:
+        check_tiling(tile, tile_overlap)
     image_ids = list(source.image_ids)[:max_images] if max_images else list(source.image_ids)
-    chunks = [image_ids[s:s + batch_size] for s in range(0, len(image_ids), batch_size)]
+    per_chunk = 1 if tile is not None else batch_size  # tiling: batch_size tiles per call
+    chunks = [image_ids[s:s + per_chunk] for s in range(0, len(image_ids), per_chunk)]
     mapping = category_map(model.config, source)
     mismatch = class_mismatch(model.config, source, mapping)
     if mismatch:
@@ -158,6 +240,13 @@ def evaluate(
             bad.extend(failed)
             if k + 1 < len(chunks):
                 loading = reader.submit(read_images, source, chunks[k + 1])
+            if tile is not None:
+                for image_id, image in zip(ids, images, strict=True):
+                    det = predict_tiled(model, image, tile, tile_overlap, tile_full_image,
+                                        batch_size)
+                    finished.append(finisher.submit(coco_records, det, image_id,
+                                                    image.shape[:2], mapping))
+                continue
             offset = 0
             for outputs, batch, count in model_runs(model, images, batch_size):
                 finished.append(finisher.submit(coco_results, model.config, outputs, batch,

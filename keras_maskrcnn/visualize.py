@@ -150,10 +150,11 @@ def draw_detections(
             f"label {labels[keep].max()} has no entry in class_names (length {len(class_names)})"
         )
     colors = instance_colors(boxes.shape[0])
-    canvas = image.astype(np.float32)
     if masks is not None:
         canvas = _blend_masks(image, masks, keep, colors)
-    pil = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
+        pil = Image.fromarray(np.clip(np.rint(canvas), 0, 255).astype(np.uint8))
+    else:  # no float copy of the image (large images: masks blended by `blend_mask_crops`)
+        pil = Image.fromarray(image)
     draw = ImageDraw.Draw(pil)
     for i in keep:
         outline = _box_outline(boxes[i], pil.size)
@@ -163,6 +164,36 @@ def draw_detections(
         x1, y1 = _box_outline(boxes[i], pil.size)[:2]
         _draw_label(draw, text, x1, y1, colors[i], pil.size)
     return np.asarray(pil, dtype=np.uint8).copy()
+
+
+def blend_mask_crops(image: np.ndarray, crops: Sequence[np.ndarray], origins: np.ndarray,
+                     ) -> np.ndarray:
+    """`draw_detections`' mask blending for masks stored as crops (`tiling.Detections`), so
+    that no `[D, h, w]` mask array is needed: then draw boxes and labels with
+    `draw_detections(blended, ..., masks=None)`; detection `i` gets `instance_colors`' colour i.
+
+    Args:
+        image: `[h, w, 3]` uint8 RGB, not modified.
+        crops: D `[h_d, w_d]` 0/1 masks; origins: `[D, 2]` (row, column) of each in the image.
+
+    Returns:
+        `[h, w, 3]` uint8 copy with each mask blended in (alpha `MASK_ALPHA`, rounded per mask).
+    """
+    out = _check_image(image).copy()
+    colors = instance_colors(len(crops))
+    for i, crop in enumerate(crops):
+        r, c = (int(v) for v in origins[i])
+        r0, c0 = max(r, 0), max(c, 0)
+        r1, c1 = min(r + crop.shape[0], out.shape[0]), min(c + crop.shape[1], out.shape[1])
+        if r1 <= r0 or c1 <= c0:
+            continue
+        region = out[r0:r1, c0:c1]
+        inside = crop[r0 - r:r1 - r, c0 - c:c1 - c] != 0
+        # the arithmetic of `_blend_masks` (a float32 image), rounded at once
+        blended = ((1.0 - MASK_ALPHA) * region[inside].astype(np.float32)
+                   + MASK_ALPHA * colors[i]).astype(np.float32)
+        region[inside] = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
+    return out
 
 
 def save_image(image: np.ndarray, path: str | os.PathLike) -> None:

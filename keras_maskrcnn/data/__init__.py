@@ -9,7 +9,7 @@ from keras_maskrcnn.data.pipeline import (
     make_mini_masks,
     num_batches,
 )
-from keras_maskrcnn.data.shapes import ShapesDataset
+from keras_maskrcnn.data.shapes import ScatteredShapesDataset, ShapesDataset
 
 # The resize rule lives in keras_maskrcnn.transform; re-exported here for compatibility.
 from keras_maskrcnn.transform import (
@@ -21,6 +21,7 @@ from keras_maskrcnn.transform import (
 __all__ = [
     "BadImageError",
     "CocoDataset",
+    "ScatteredShapesDataset",
     "ShapesDataset",
     "compute_resize_scale",
     "compute_resized_shape",

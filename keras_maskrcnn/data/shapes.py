@@ -242,3 +242,112 @@ def _tight_box(mask: np.ndarray) -> np.ndarray:
     rows = np.flatnonzero(mask.any(axis=1))
     cols = np.flatnonzero(mask.any(axis=0))
     return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], np.float32)
+
+
+class ScatteredShapesDataset(ShapesDataset):
+    """Large images with many small shapes: the case of sliced inference (aerial photos,
+    microscopy), e.g. 20-40 px shapes on 4000 x 3000 canvases.
+
+    The shapes of `ShapesDataset` (same classes, colours contrasting with the background) with
+    sides uniform in `[min_side, max_side]` pixels, at random positions where their bounding
+    squares do not touch (so no shape hides another: masks are whole shapes). Each shape is
+    rasterized in a small window, so generation costs about one image of memory.
+
+    Args:
+        num_images, seed: as `ShapesDataset`.
+        image_size: (height, width) or a side; default (3000, 4000).
+        min_shapes / max_shapes: shapes per image, uniform in `[min_shapes, max_shapes]`.
+        min_side / max_side: shape size in pixels (>= 4).
+
+    `load_annotations` returns full `[G, h, w]` masks (the dataset protocol): G * h * w bytes.
+    The COCO ground truth (`coco`) is built without them.
+    """
+
+    GAP = 2  # pixels between the bounding squares of two shapes
+
+    def __init__(self, num_images: int, image_size: int | tuple = (3000, 4000), seed: int = 0,
+                 max_shapes: int = 40, min_shapes: int = 20, min_side: float = 20.0,
+                 max_side: float = 40.0) -> None:
+        super().__init__(num_images, image_size, seed, max_shapes, min_shapes)
+        if not 4.0 <= float(min_side) <= float(max_side) <= min(self.image_size) - 4:
+            raise ValueError(f"need 4 <= min_side <= max_side <= image side - 4, got "
+                             f"min_side={min_side}, max_side={max_side}, image {self.image_size}")
+        self.min_side, self.max_side = float(min_side), float(max_side)
+
+    def _place(self, rng: np.random.Generator) -> list[tuple[int, float, float, float]]:
+        """(kind, cy, cx, side) of each shape; bounding squares GAP pixels apart."""
+        h, w = self.image_size
+        count = int(rng.integers(self.min_shapes, self.max_shapes + 1))
+        placed: list[tuple[int, float, float, float]] = []
+        for _ in range(count * 50):
+            if len(placed) == count:
+                break
+            side = rng.uniform(self.min_side, self.max_side)
+            half = side / 2.0
+            cy, cx = rng.uniform(half + 1, h - half - 1), rng.uniform(half + 1, w - half - 1)
+            if all(max(abs(cy - y), abs(cx - x)) >= half + s / 2.0 + self.GAP
+                   for _, y, x, s in placed):
+                placed.append((int(rng.integers(1, 4)), cy, cx, side))
+        if len(placed) < count:
+            raise RuntimeError(f"could not place {count} shapes of up to {self.max_side} px on "
+                               f"{self.image_size}; lower max_shapes")
+        return placed
+
+    def _generate_crops(self, image_id: int):
+        """(image uint8 [h, w, 3], labels, origins [(row, col)], crops [bool [hh, ww]])."""
+        rng = np.random.default_rng([self.seed, self._check_id(image_id)])
+        background = rng.integers(0, 256, size=3).astype(np.float64)
+        image = np.empty((*self.image_size, 3), np.uint8)
+        image[:] = background.astype(np.uint8)
+        labels, origins, crops = [], [], []
+        for kind, cy, cx, side in self._place(rng):
+            r0, c0 = int(cy - side / 2.0) - 1, int(cx - side / 2.0) - 1
+            size = int(np.ceil(side)) + 3
+            r1, c1 = min(r0 + size, self.image_size[0]), min(c0 + size, self.image_size[1])
+            crop = _rasterize(kind, cy - r0, cx - c0, side, (r1 - r0, c1 - c0))
+            image[r0:r1, c0:c1][crop] = _pick_colour(rng, background, []).astype(np.uint8)
+            labels.append(kind)
+            origins.append((r0, c0))
+            crops.append(crop)
+        return image, labels, origins, crops
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        return self._generate_crops(image_id)[0]
+
+    def load_annotations(self, image_id: int) -> dict[str, np.ndarray]:
+        _, labels, origins, crops = self._generate_crops(image_id)
+        h, w = self.image_size
+        masks = np.zeros((len(labels), h, w), np.uint8)
+        for g, ((r0, c0), crop) in enumerate(zip(origins, crops, strict=True)):
+            masks[g, r0:r0 + crop.shape[0], c0:c0 + crop.shape[1]] = crop
+        return {"boxes": np.stack([_tight_box(m) for m in masks]).reshape(-1, 4),
+                "labels": np.array(labels, np.int32), "masks": masks,
+                "is_crowd": np.zeros(len(labels), bool)}
+
+    def _coco_dict(self) -> dict:
+        h, w = self.image_size
+        frame = np.zeros((h, w), np.uint8, order="F")  # one reused full-size mask
+        images, annotations = [], []
+        for image_id in self.image_ids:
+            images.append(self.image_info(image_id))
+            _, labels, origins, crops = self._generate_crops(image_id)
+            for label, (r0, c0), crop in zip(labels, origins, crops, strict=True):
+                window = frame[r0:r0 + crop.shape[0], c0:c0 + crop.shape[1]]
+                window[...] = crop
+                rle = mask_utils.encode(frame)
+                window[...] = 0
+                annotations.append({
+                    "id": len(annotations) + 1, "image_id": image_id,
+                    "category_id": self.label_to_category_id[label],
+                    "segmentation": {"size": [h, w], "counts": rle["counts"].decode("ascii")},
+                    "area": float(mask_utils.area(rle)),
+                    "bbox": [float(v) for v in mask_utils.toBbox(rle)], "iscrowd": 0})
+        categories = [{"id": self.label_to_category_id[i], "name": name, "supercategory": "shape"}
+                      for i, name in enumerate(self.class_names[1:], start=1)]
+        return {"info": {"description": f"keras_maskrcnn scattered shapes, seed {self.seed}"},
+                "licenses": [], "images": images, "annotations": annotations,
+                "categories": categories}
+
+    def __repr__(self) -> str:
+        return (f"ScatteredShapesDataset(num_images={self.num_images}, "
+                f"image_size={self.image_size}, seed={self.seed})")
