@@ -184,6 +184,58 @@ def test_export_to_an_xml_path_replaces_an_earlier_one(model_dir, tmp_path):
     assert list(compile_openvino(path).input("images").shape) == [1, 96, 160, 3]
 
 
+def _run_pure(build, feeds):
+    """Builds an openvino.Model from opset8 nodes, applies the exporter's rewrites and runs it
+    on the CPU in float32 -> (rewrite counts, output)."""
+    from keras_maskrcnn.export.openvino import (
+        compile_openvino,
+        guard_integer_reductions,
+        require_openvino,
+        scatter_segment_sums,
+        unbatch_unit_gathers,
+    )
+
+    ov = require_openvino()
+    import openvino.opset8 as ops
+
+    params = [ops.parameter(list(x.shape), x.dtype) for x in feeds]
+    model = ov.Model([build(ops, *params)], params)
+    counts = (unbatch_unit_gathers(model), guard_integer_reductions(model),
+              scatter_segment_sums(model))
+    return counts, np.asarray(next(iter(compile_openvino(model)(list(feeds)).values())))
+
+
+@needs_openvino
+def test_rewrites_against_numpy():
+    """Each rewrite replaces its pattern and gives numpy's values (the patterns the CPU plugin
+    gets wrong, or runs with a reference kernel, unrewritten: see export/openvino.py)."""
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(1, 500, 4)).astype(np.float32)
+    index = rng.integers(0, 500, (1, 30)).astype(np.int32)
+    counts, out = _run_pure(lambda ops, d, i: ops.gather(d, i, 1, 1), [data, index])
+    assert counts == (1, 0, 0)
+    np.testing.assert_array_equal(out, data[0][index[0]][None])
+
+    x = rng.integers(-5, 10, (60, 7, 6)).astype(np.int32)
+    counts, out = _run_pure(lambda ops, v: ops.add(ops.reduce_max(v, [1, 2], False),
+                                                   ops.constant(np.array(1, np.int32))), [x])
+    assert counts == (0, 1, 0)
+    np.testing.assert_array_equal(out, x.max(axis=(1, 2)) + 1)
+
+    values = rng.normal(size=(40, 3)).astype(np.float32)
+    segments = np.sort(rng.integers(0, 12, 40)).astype(np.int32)
+    segments[-1] = 13  # segment 12 stays empty: zeros
+    def segment_sum(ops, v, s):
+        rows = ops.convert(ops.range(ops.constant(0), ops.constant(40), ops.constant(1), "i32"),
+                           "i32")
+        return ops.embedding_segments_sum(v, rows, s, ops.constant(np.array(14, np.int32)))
+    counts, out = _run_pure(segment_sum, [values, segments])
+    assert counts == (0, 0, 1)
+    expected = np.zeros((14, 3))
+    np.add.at(expected, segments, values)
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
 @needs_openvino
 def test_bad_output_paths(tmp_path):
     from keras_maskrcnn.export.openvino import ir_paths

@@ -184,11 +184,49 @@ def guard_integer_reductions(model) -> int:
     return count
 
 
+def scatter_segment_sums(model) -> int:
+    """Replaces every EmbeddingSegmentsSum (what TensorFlow's SegmentSum converts to; the
+    adaptive RoIAlign's per-bin sums) by Gather + ScatterNDUpdate(reduction="sum") on zeros, in
+    `model` and its Loop bodies; returns how many it replaced.
+
+    The CPU plugin runs EmbeddingSegmentsSum with a reference kernel whose time grows with rows
+    x segments: 0.11 s for 20,000 rows into 4,900 segments of 256 channels (ScatterNDUpdate:
+    0.007 s), 38 s for the box RoIAlign of a ResNet-50 FPN at 320 x 320. Same sums (rows added
+    in order); empty segments are zeros in both (no default index is set by the converter)."""
+    ops = importlib.import_module("openvino.opset8")
+    scatter = importlib.import_module("openvino.opset15").scatter_nd_update
+    count = 0
+    for op in model.get_ordered_ops():
+        if hasattr(op, "get_function"):
+            count += scatter_segment_sums(op.get_function())
+        if op.get_type_name() != "EmbeddingSegmentsSum" or op.get_input_size() != 4:
+            continue
+        table, indices, segments, num = (op.input_value(i) for i in range(4))
+        rows = ops.gather(table, indices, ops.constant(np.array(0, np.int64)))
+        size = ops.concat([ops.convert(ops.reshape(num, ops.constant(np.array([1], np.int64)),
+                                                   False), "i64"),
+                           ops.gather(ops.shape_of(table, "i64"),
+                                      ops.range(ops.constant(np.array(1, np.int64)),
+                                                ops.squeeze(ops.shape_of(ops.shape_of(table, "i64"),
+                                                                         "i64"), [0]),
+                                                ops.constant(np.array(1, np.int64)), "i64"),
+                                      ops.constant(np.array(0, np.int64)))], 0)
+        zeros = ops.broadcast(ops.constant(np.array(0, table.get_element_type().to_dtype())),
+                              size)
+        summed = scatter(zeros, ops.unsqueeze(segments, [1]), rows, "sum")
+        summed.set_friendly_name(op.get_friendly_name())
+        op.output(0).replace(summed.output(0))
+        count += 1
+    if count:
+        model.validate_nodes_and_infer_types()
+    return count
+
+
 def convert_openvino(model: MaskRCNN):
     """Converts the inference graph of `model` (on its canvas, "gather" RoIAlign:
-    `openvino_ready_model`) to an `openvino.Model`, the weights as constants, with the two
+    `openvino_ready_model`) to an `openvino.Model`, the weights as constants, with the
     rewrites that keep OpenVINO's CPU plugin off its bugs (`unbatch_unit_gathers`,
-    `guard_integer_reductions`)."""
+    `guard_integer_reductions`) and off its slow reference kernel (`scatter_segment_sums`)."""
     from keras_maskrcnn.export.onnx import serving_function
 
     ov = require_openvino()
@@ -196,6 +234,7 @@ def convert_openvino(model: MaskRCNN):
     converted = ov.convert_model(function.get_concrete_function())
     unbatch_unit_gathers(converted)
     guard_integer_reductions(converted)
+    scatter_segment_sums(converted)
     return converted
 
 
