@@ -16,10 +16,11 @@ with `openvino.save_model`. The contract is the one of the single-canvas TFLite 
   0 on padding), `num_detections [1]` int32 (rows past it are zeros), `detection_masks
   [1, D, 28, 28]` float32 probabilities inside each box.
 
-Only a fixed canvas converts into a model that runs: the shape-polymorphic graph
-(`MaskRCNN.dynamic_inference_function`) converts, but OpenVINO 2026.4's CPU plugin then fails
-in the box head's Reshape (a data-dependent RoI count it infers wrongly). The non-maximum
-suppressions (`NonMaxSuppressionV4` inside `tf.map_fn`) become OpenVINO Loop bodies.
+One IR holds one canvas. The shape-polymorphic graph (`MaskRCNN.dynamic_inference_function`,
+input `[1, ?, ?, 3]`) converts too and, with the rewrites below, runs, but its boxes differed
+from the Keras model's (up to 200 px on a tiny random model; not investigated), so it is not
+offered. The non-maximum suppressions (`NonMaxSuppressionV4` inside `tf.map_fn`) become
+OpenVINO Loop bodies.
 
 Precision: OpenVINO's CPU plugin computes in bfloat16 by default on CPUs with AVX512_BF16 or
 AMX; `compile_openvino(precision="float32")` (the default here) asks for float32, which gives
