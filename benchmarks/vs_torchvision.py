@@ -14,7 +14,10 @@ per-image canvas) and then timed, per photo, in:
 - SavedModel `serving_default` (uint8 pixels in, canvas buckets "auto", 28 x 28 masks out);
 - TFLite float32 (LiteRT, one signature per bucket of the three photos);
 - with `--bf16` (default where the CPU computes bfloat16 natively): Keras `predict_images` and
-  the SavedModel exported with `--precision bfloat16`.
+  the SavedModel exported with `--precision bfloat16`;
+- OpenVINO float32 (and bfloat16 with `--bf16`): one IR per photo's canvas (`export --format
+  openvino`), the Keras graph's inputs, CPU plugin in latency mode (benchmarks/openvino_latency.py
+  builds these runners); on by default where openvino is importable (`--no-openvino`).
 
 Photos: tests/data/coco-val2017-10, a landscape (640 x 480 -> 800 x 1088 canvas), a portrait
 (480 x 640 -> 1088 x 800) and a square crop (480 x 480 -> 800 x 800). torch and TensorFlow must not
@@ -31,6 +34,7 @@ alternating step by step; `--trunk` adds each runtime's backbone + FPN + RPN hea
 backward alone, the convolutional floor both steps share.
 
     python benchmarks/vs_torchvision.py [--quick] [--repeats 3] [--threads N] [--no-tflite]
+        [--no-openvino]
         [--no-train | --train-only] [--train-size 800] [--no-xla] [--trunk]
 
 --quick: min_size 320 / max_size 512 (canvases 320 x 448, 448 x 320, 320 x 320), training at
@@ -264,6 +268,12 @@ def tf_runners(model_dir: Path, workdir: Path, photos: dict, args) -> list[tuple
             return int(out["num_detections"][0])
         runners.append(("TFLite float32", _timed(lite)))
 
+    if args.openvino:
+        from openvino_latency import openvino_runners  # this folder is on sys.path
+
+        ov_runners, _ = openvino_runners(model_dir, photos, workdir, args.threads, args.bf16)
+        runners += ov_runners
+
     if args.bf16:
         low = with_precision(model, "bfloat16")
         runners.append(("Keras predict_images bf16", _timed(
@@ -290,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-size", type=int, default=800)
     parser.add_argument("--max-size", type=int, default=1333)
     parser.add_argument("--no-tflite", dest="tflite", action="store_false")
+    parser.add_argument("--openvino", dest="openvino", action="store_true", default=None,
+                        help="time OpenVINO IRs too (default: where openvino is importable)")
+    parser.add_argument("--no-openvino", dest="openvino", action="store_false")
     parser.add_argument("--bf16", dest="bf16", action="store_true", default=None,
                         help="also time bfloat16 (default: where the CPU has native bf16)")
     parser.add_argument("--no-bf16", dest="bf16", action="store_false")
@@ -316,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.bf16 is None:
         args.bf16 = cpu_has_bf16()
+    if args.openvino is None:
+        import importlib.util
+
+        args.openvino = importlib.util.find_spec("openvino") is not None
     workdir = Path(args.keep or tempfile.mkdtemp(prefix="kmr_vs_torchvision_"))
     workdir.mkdir(parents=True, exist_ok=True)
     photos = load_photos()
@@ -407,7 +424,10 @@ def print_inference(names, median, counts, photos, args) -> None:
              ("Keras predict_images", "torchvision"), ("SavedModel", "torchvision"),
              ("TFLite float32", "torchvision"), ("TFLite float32", "Keras graph (gather)"),
              ("Keras predict_images bf16", "Keras predict_images"),
-             ("SavedModel bf16", "SavedModel"), ("SavedModel bf16", "torchvision")]
+             ("SavedModel bf16", "SavedModel"), ("SavedModel bf16", "torchvision"),
+             ("OpenVINO float32", "Keras graph (gather)"), ("OpenVINO float32", "SavedModel"),
+             ("OpenVINO float32", "torchvision"), ("OpenVINO bfloat16", "OpenVINO float32"),
+             ("OpenVINO bfloat16", "SavedModel bf16"), ("OpenVINO bfloat16", "torchvision")]
     print("| ratio | " + " | ".join(photos) + " |")
     print("|---" * (len(photos) + 1) + "|")
     for a, b in pairs:

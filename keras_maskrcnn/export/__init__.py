@@ -4,7 +4,8 @@
 max_image_pixels=36_000_000, precision="float32")` and `export_tflite(model_or_dir, output,
 input_size=512, quantize="none", buckets=None)`; see `keras_maskrcnn.export.saved_model`,
 `keras_maskrcnn.export.tflite`, `keras_maskrcnn.export.buckets` (the canvas buckets) and
-for the details (bfloat16 inference: `keras_maskrcnn.precision`).
+for the details (bfloat16 inference: `keras_maskrcnn.precision`); `export_openvino(
+model_or_dir, output, input_size=512)` writes an OpenVINO IR (`keras_maskrcnn.export.openvino`).
 Attributes load lazily, so importing this package (the CLI does) does not import TensorFlow.
 """
 
@@ -26,6 +27,9 @@ _EXPORTS = {
     "parse_buckets": "keras_maskrcnn.export.buckets",
     "bucket_for": "keras_maskrcnn.export.buckets",
     "canvas_inference_model": "keras_maskrcnn.export.buckets",
+    "export_openvino": "keras_maskrcnn.export.openvino",
+    "compile_openvino": "keras_maskrcnn.export.openvino",
+    "predict_openvino": "keras_maskrcnn.export.openvino",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,4 +1,5 @@
-"""The `keras-maskrcnn export` subcommand: a model directory -> SavedModel or .tflite."""
+"""The `keras-maskrcnn export` subcommand: a model directory -> SavedModel, .tflite, .onnx or
+an OpenVINO IR."""
 
 from __future__ import annotations
 
@@ -7,27 +8,30 @@ from pathlib import Path
 
 FORMATS = ("saved_model", "tflite")
 QUANTIZE_CHOICES = ("none", "float16", "dynamic-int8")  # = export.tflite.QUANTIZE_OPTIONS
-PRECISION_CHOICES = ("float32", "bfloat16", "auto")  # = export.precision.PRECISIONS
+PRECISION_CHOICES = ("float32", "bfloat16", "auto")  # = keras_maskrcnn.precision.PRECISIONS
 DEFAULT_INPUT_SIZE = 512
 DEFAULT_MAX_IMAGE_PIXELS = 36_000_000  # keras_maskrcnn.data.images (kept import-free here)
 
 
 ONNX_FORMAT = "onnx"
+OPENVINO_FORMAT = "openvino"  # = export.openvino.OPENVINO_FORMAT
 
 
 def add_subcommand(subparsers) -> None:
     """Registers `export` on the main parser's subparsers."""
     p = subparsers.add_parser(
-        "export", help="export a model directory to a SavedModel (TF Serving) or a .tflite file",
+        "export", help="export a model directory to a SavedModel (TF Serving), a .tflite or "
+                       ".onnx file or an OpenVINO IR (.xml + .bin)",
         description="SavedModel: serving_default (uint8 images) and serving_bytes (encoded "
                     "images) signatures, detections in original pixels, each image on the "
                     "smallest of a few canvas buckets (--buckets). TFLite: builtin ops only, a "
                     "fixed letterboxed input of --input-size pixels, or one signature per "
-                    "bucket (--buckets).")
+                    "bucket (--buckets). ONNX / OpenVINO: a fixed letterboxed --input-size canvas.")
     p.add_argument("--model", required=True, help="model directory (config.json + weights)")
-    p.add_argument("--format", required=True, choices=(*FORMATS, ONNX_FORMAT))
+    p.add_argument("--format", required=True, choices=(*FORMATS, ONNX_FORMAT, OPENVINO_FORMAT))
     p.add_argument("--output", required=True,
-                   help="SavedModel directory (TF Serving: <base>/<version>) or .tflite file")
+                   help="SavedModel directory (TF Serving: <base>/<version>), .tflite or .onnx file, or "
+                   "for openvino a .xml file (the .bin beside it) or a folder (model.xml)")
     p.add_argument("--buckets", metavar="auto|square|per_image|HxW,HxW,...", default=None,
                    help="canvases the graph holds (multiples of 32); each image runs on the "
                    "smallest that holds its resized size. auto (saved_model default): square, "
@@ -48,7 +52,7 @@ def add_subcommand(subparsers) -> None:
     p.add_argument("--quantize", choices=QUANTIZE_CHOICES, default=None,
                    help="tflite: weight quantization (default none)")
     p.add_argument("--input-size", type=int, nargs="+", default=None, metavar="S | H W",
-                   help="tflite: the canvas, S x S or H x W (multiples of 32; default "
+                   help="tflite / openvino (onnx: S only): the canvas, S x S or H x W (multiples of 32; default "
                    f"{DEFAULT_INPUT_SIZE}); the image is letterboxed to fit it")
     p.set_defaults(func=run_export)
 
@@ -95,6 +99,10 @@ def run_export(args: argparse.Namespace) -> int:
         from keras_maskrcnn.export.onnx import run_onnx_export
 
         return run_onnx_export(args)
+    if args.format == OPENVINO_FORMAT:
+        from keras_maskrcnn.export.openvino import run_openvino_export
+
+        return run_openvino_export(args)
     _check_args(args)
     if args.format == "saved_model":
         import json

@@ -76,6 +76,8 @@ class MaskSelector(layers.Layer):
     `[B, D, P, P]` sigmoid probabilities of each detection's class (zeros on padding)."""
 
     def call(self, mask_logits, classes):
-        logits = tf.transpose(tf.cast(mask_logits, tf.float32), [0, 1, 4, 2, 3])
-        picked = tf.gather(logits, tf.maximum(classes - 1, 0), batch_dims=2)
+        # Gathered on the class axis in place (no transpose first): OpenVINO's TF frontend
+        # fails on a Transpose feeding a Gather with batch_dims (its transpose sinking).
+        picked = tf.gather(tf.cast(mask_logits, tf.float32), tf.maximum(classes - 1, 0), axis=4,
+                           batch_dims=2)
         return tf.sigmoid(picked) * tf.cast(classes > 0, tf.float32)[..., None, None]
