@@ -509,7 +509,7 @@ def _run_ours(model, reference, end_to_end: bool) -> dict:
 
 def _pipeline_shapes(images) -> np.ndarray:
     """Resized (h, w) of each image by the package's resize rule."""
-    from keras_maskrcnn.data.pipeline import compute_resized_shape
+    from keras_maskrcnn.transform import compute_resized_shape
 
     return np.array([compute_resized_shape(*im.shape[:2], MIN_SIZE, MAX_SIZE) for im in images])
 
@@ -737,7 +737,7 @@ def _torchvision_resized_shape(height: int, width: int, min_size: int, max_size:
 
 
 def test_resize_rule_matches_torchvision():
-    from keras_maskrcnn.data.pipeline import compute_resized_shape
+    from keras_maskrcnn.transform import compute_resized_shape
 
     mismatches = []
     for min_size, max_size in ((800, 1333), (320, 512)):

@@ -11,25 +11,15 @@ from keras_maskrcnn.data.pipeline import (
 )
 from keras_maskrcnn.data.shapes import ScatteredShapesDataset, ShapesDataset
 
-# The resize rule lives in keras_maskrcnn.transform; re-exported here for compatibility.
-from keras_maskrcnn.transform import (
-    compute_resize_scale,
-    compute_resized_shape,
-    resize_and_pad_image,
-)
-
 __all__ = [
     "BadImageError",
     "CocoDataset",
     "ScatteredShapesDataset",
     "ShapesDataset",
-    "compute_resize_scale",
-    "compute_resized_shape",
     "distributed_dataset",
     "make_dataset",
     "make_inference_inputs",
     "make_mini_masks",
     "num_batches",
     "load_rgb_image",
-    "resize_and_pad_image",
 ]

@@ -5,8 +5,7 @@ Shape glossary: B batch, G max ground-truth instances per image, M mini-mask siz
 (h, w) original image, (h', w') resized image inside the canvas.
 
 The image transform (resize rule, canvas, box maps) is `keras_maskrcnn.transform`, shared with
-inference and export; `compute_resize_scale`, `compute_resized_shape` and
-`resize_and_pad_image` are re-exported here for compatibility. Ground-truth boxes map to input
+inference and export. Ground-truth boxes map to input
 pixels per axis, `y * h' / h` and `x * w' / w` (`transform.boxes_to_input_tf`): the same
 continuous map as the resized image, so training and inference share one coordinate frame.
 
@@ -44,25 +43,19 @@ from keras_maskrcnn.transform import (
     boxes_to_input_tf,
     check_canvas_size,
     check_positive_int,
-    compute_resize_scale,
-    compute_resized_shape,
     letterbox,
     pad_to_canvas,
-    resize_and_pad_image,
     resize_image_tf,
 )
 
 __all__ = [
     "ExampleError",
-    "compute_resize_scale",
-    "compute_resized_shape",
     "describe_image",
     "distributed_dataset",
     "input_error_message",
     "make_dataset",
     "make_inference_inputs",
     "make_mini_masks",
-    "resize_and_pad_image",
 ]
 
 logger = logging.getLogger("keras_maskrcnn")
