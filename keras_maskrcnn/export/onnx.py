@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +47,8 @@ ONNX_INPUTS = ("images", "image_shape")
 ONNX_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
                 "detection_masks")
 ONNX_MODULES = ("tf2onnx", "onnx")
-_TRACE_ATTRIBUTE = "_kmr_onnx_trace"
+# model -> its traced serving function, owned here (never stored on the model; dropped with it)
+_TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _check_input_size(input_size) -> int:
@@ -86,7 +88,7 @@ def serving_function(model: MaskRCNN):
 
     from keras_maskrcnn.export.saved_model import require_portable
 
-    cached = model.__dict__.get(_TRACE_ATTRIBUTE)
+    cached = _TRACES.get(model)
     if cached is not None:
         return cached
     height, width = require_portable(model).config.image_size
@@ -99,7 +101,7 @@ def serving_function(model: MaskRCNN):
         outputs = graph({"images": images, "image_shape": image_shape}, training=False)
         return {name: outputs[name] for name in ONNX_OUTPUTS}
 
-    object.__setattr__(model, _TRACE_ATTRIBUTE, serve)  # past Keras' attribute tracking
+    _TRACES[model] = serve
     return serve
 
 

@@ -38,6 +38,7 @@ bfloat16 compute is not offered: LiteRT's CPU kernels have none.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -118,7 +119,8 @@ def tflite_ready_model(model_or_dir: MaskRCNN | str | Path, input_size=512) -> M
                               max_size=max(h, w))
 
 
-_TRACE_ATTRIBUTE = "_kmr_tflite_trace"
+# model -> {bucket set: traced functions}, owned here (never stored on the model)
+_TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _signature_function(graph, canvas, name: str):
@@ -144,7 +146,7 @@ def _traced_inference(model: MaskRCNN, buckets=None):
     model's canvas (`serving_default`), or on each bucket (shared variables), traced once per
     model and bucket set (each quantization option converts the same trace)."""
     key = None if buckets is None else tuple(buckets)
-    cache = model.__dict__.setdefault(_TRACE_ATTRIBUTE, {})
+    cache = _TRACES.setdefault(model, {})
     if key in cache:
         return cache[key]
     if buckets is None:
