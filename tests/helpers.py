@@ -11,3 +11,61 @@ def noise_rect_image(rng: np.random.Generator, height: int, width: int) -> np.nd
         y, x = rng.integers(0, height - 20), rng.integers(0, width - 20)
         image[y:y + rng.integers(10, 20), x:x + rng.integers(10, 20)] = rng.integers(80, 255, 3)
     return image
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix `[N, M]` of boxes (y1, x1, y2, x2)."""
+    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
+
+    def area(z):
+        return np.prod(z[:, 2:] - z[:, :2], axis=-1)
+
+    return inter / (area(a)[:, None] + area(b)[None] - inter + 1e-9)
+
+
+def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
+
+
+def compare_with_keras(model, image_files, make_inputs, run_other, match_iou: float) -> dict:
+    """An exported model against the Keras model on photos, detection by detection.
+
+    `make_inputs(image)` -> the letterboxed batch both run on; `run_other(inputs)` -> the
+    exported model's outputs (the Keras graph's names and shapes). Returns `total` (Keras
+    detections), `matched` (same class, box IoU >= `match_iou`), the largest `box_diff`,
+    `score_diff`, `prob_diff` over matched pairs and their pasted `mask_ious`.
+    """
+    from PIL import Image
+
+    from keras_maskrcnn.inference import postprocess, run_model
+
+    threshold = model.config.mask_threshold
+    stats = {"total": 0, "matched": 0, "box_diff": 0.0, "score_diff": 0.0, "prob_diff": 0.0,
+             "mask_ious": []}
+    for file in image_files:
+        inputs = make_inputs(np.asarray(Image.open(file).convert("RGB")))
+        ref, out = run_model(model, inputs), run_other(inputs)
+        assert out["detection_boxes"].shape == ref["detection_boxes"].shape
+        assert out["detection_classes"].dtype == np.int32
+        n, m = int(ref["num_detections"][0]), int(out["num_detections"][0])
+        assert abs(n - m) <= 1, file.name
+        stats["total"] += n
+        if not (n and m):
+            continue
+        ref_px, out_px = postprocess(ref, inputs, 0, threshold), postprocess(out, inputs, 0, threshold)
+        iou = box_iou(ref["detection_boxes"][0, :n], out["detection_boxes"][0, :m])
+        iou *= ref["detection_classes"][0, :n, None] == out["detection_classes"][0, None, :m]
+        for i in range(n):
+            j = int(iou[i].argmax())
+            if iou[i, j] < match_iou:
+                continue
+            stats["matched"] += 1
+            for key, name in (("box_diff", "detection_boxes"), ("score_diff", "detection_scores"),
+                              ("prob_diff", "detection_masks")):
+                diff = float(np.abs(np.asarray(ref[name][0, i], np.float64)
+                                    - np.asarray(out[name][0, j], np.float64)).max())
+                stats[key] = max(stats[key], diff)
+            stats["mask_ious"].append(mask_iou(ref_px["masks"][i], out_px["masks"][j]))
+    return stats

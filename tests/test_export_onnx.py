@@ -22,11 +22,11 @@ import os
 import keras
 import numpy as np
 import pytest
+from helpers import compare_with_keras
 from PIL import Image
 
 from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import get_config
-from keras_maskrcnn.inference import postprocess, run_model
 from keras_maskrcnn.saving import save_model_dir
 
 HAVE_ONNX = all(importlib.util.find_spec(m) is not None for m in ("tf2onnx", "onnx", "onnxruntime"))
@@ -71,18 +71,6 @@ def exported(tmp_path_factory):
     return onnx_ready_model(root / "model", INPUT_SIZE), path
 
 
-def _box_iou(a, b):
-    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
-    area = lambda z: np.prod(z[:, 2:] - z[:, :2], axis=-1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None] - inter + 1e-9)
-
-
-def _mask_iou(a, b):
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
-
-
 def test_ops_have_onnxruntime_cpu_kernels(exported):
     import onnx
 
@@ -120,36 +108,11 @@ def test_onnxruntime_matches_keras_on_coco_photos(exported, coco10_dir):
     model, path = exported
     session = cpu_session(path)
     assert session.get_providers() == ["CPUExecutionProvider"]
-    threshold = model.config.mask_threshold
-    total = matched = 0
-    box_diff = score_diff = prob_diff = 0.0
-    mask_ious = []
-    for file in sorted((coco10_dir / "images").glob("*.jpg")):
-        image = np.asarray(Image.open(file).convert("RGB"))
-        inputs = letterbox_inputs(image, INPUT_SIZE)
-        ref, out = run_model(model, inputs), run_session(session, inputs)
-        assert out["detection_boxes"].shape == ref["detection_boxes"].shape
-        assert out["detection_classes"].dtype == np.int32
-        n, m = int(ref["num_detections"][0]), int(out["num_detections"][0])
-        assert abs(n - m) <= 1, file.name
-        total += n
-        if not (n and m):
-            continue
-        ref_px, out_px = postprocess(ref, inputs, 0, threshold), postprocess(out, inputs, 0, threshold)
-        iou = _box_iou(ref["detection_boxes"][0, :n], out["detection_boxes"][0, :m])
-        iou *= ref["detection_classes"][0, :n, None] == out["detection_classes"][0, None, :m]
-        for i in range(n):
-            j = int(iou[i].argmax())
-            if iou[i, j] < MATCH_IOU:
-                continue
-            matched += 1
-            box_diff = max(box_diff, float(np.abs(ref["detection_boxes"][0, i]
-                                                  - out["detection_boxes"][0, j]).max()))
-            score_diff = max(score_diff, abs(float(ref["detection_scores"][0, i]
-                                                   - out["detection_scores"][0, j])))
-            prob_diff = max(prob_diff, float(np.abs(ref["detection_masks"][0, i]
-                                                    - out["detection_masks"][0, j]).max()))
-            mask_ious.append(_mask_iou(ref_px["masks"][i], out_px["masks"][j]))
+    stats = compare_with_keras(model, sorted((coco10_dir / "images").glob("*.jpg")),
+                               lambda image: letterbox_inputs(image, INPUT_SIZE),
+                               lambda inputs: run_session(session, inputs), MATCH_IOU)
+    total, matched, mask_ious = stats["total"], stats["matched"], stats["mask_ious"]
+    box_diff, score_diff, prob_diff = stats["box_diff"], stats["score_diff"], stats["prob_diff"]
     print(f"ONNX vs Keras: {matched}/{total} matched, max box diff {box_diff:.2e} px, score "
           f"{score_diff:.2e}, mask prob {prob_diff:.2e}, mask IoU min {min(mask_ious):.4f} "
           f"mean {np.mean(mask_ious):.5f}")

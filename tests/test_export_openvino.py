@@ -24,11 +24,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from helpers import compare_with_keras
 from PIL import Image
 
 from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import get_config
-from keras_maskrcnn.inference import postprocess, run_model
 from keras_maskrcnn.saving import save_model_dir
 
 HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
@@ -81,18 +81,6 @@ def exported(model_dir):
     return openvino_ready_model(model_dir, CANVAS), out / "model.xml"
 
 
-def _box_iou(a, b):
-    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0, None), axis=-1)
-    area = lambda z: np.prod(z[:, 2:] - z[:, :2], axis=-1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None] - inter + 1e-9)
-
-
-def _mask_iou(a, b):
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
-
-
 @needs_openvino
 def test_openvino_matches_keras_on_coco_photos(exported, coco10_dir):
     from keras_maskrcnn.export.openvino import compile_openvino, letterbox_inputs, run_compiled
@@ -101,36 +89,11 @@ def test_openvino_matches_keras_on_coco_photos(exported, coco10_dir):
     compiled = compile_openvino(path)  # float32
     assert [i.get_any_name() for i in compiled.inputs] == ["images", "image_shape"]
     assert list(compiled.input("images").shape) == [1, *CANVAS, 3]
-    threshold = model.config.mask_threshold
-    total = matched = 0
-    box_diff = score_diff = prob_diff = 0.0
-    mask_ious = []
-    for file in sorted((coco10_dir / "images").glob("*.jpg")):
-        image = np.asarray(Image.open(file).convert("RGB"))
-        inputs = letterbox_inputs(image, CANVAS)
-        ref, out = run_model(model, inputs), run_compiled(compiled, inputs)
-        assert out["detection_boxes"].shape == ref["detection_boxes"].shape
-        assert out["detection_classes"].dtype == np.int32
-        n, m = int(ref["num_detections"][0]), int(out["num_detections"][0])
-        assert abs(n - m) <= 1, file.name
-        total += n
-        if not (n and m):
-            continue
-        ref_px, out_px = postprocess(ref, inputs, 0, threshold), postprocess(out, inputs, 0, threshold)
-        iou = _box_iou(ref["detection_boxes"][0, :n], out["detection_boxes"][0, :m])
-        iou *= ref["detection_classes"][0, :n, None] == out["detection_classes"][0, None, :m]
-        for i in range(n):
-            j = int(iou[i].argmax())
-            if iou[i, j] < MATCH_IOU:
-                continue
-            matched += 1
-            box_diff = max(box_diff, float(np.abs(ref["detection_boxes"][0, i]
-                                                  - out["detection_boxes"][0, j]).max()))
-            score_diff = max(score_diff, abs(float(ref["detection_scores"][0, i]
-                                                   - out["detection_scores"][0, j])))
-            prob_diff = max(prob_diff, float(np.abs(ref["detection_masks"][0, i]
-                                                    - out["detection_masks"][0, j]).max()))
-            mask_ious.append(_mask_iou(ref_px["masks"][i], out_px["masks"][j]))
+    stats = compare_with_keras(model, sorted((coco10_dir / "images").glob("*.jpg")),
+                               lambda image: letterbox_inputs(image, CANVAS),
+                               lambda inputs: run_compiled(compiled, inputs), MATCH_IOU)
+    total, matched, mask_ious = stats["total"], stats["matched"], stats["mask_ious"]
+    box_diff, score_diff, prob_diff = stats["box_diff"], stats["score_diff"], stats["prob_diff"]
     print(f"OpenVINO vs Keras: {matched}/{total} matched, max box diff {box_diff:.2e} px, score "
           f"{score_diff:.2e}, mask prob {prob_diff:.2e}, mask IoU min {min(mask_ious):.4f} "
           f"mean {np.mean(mask_ious):.5f}")
