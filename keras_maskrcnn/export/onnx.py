@@ -34,18 +34,19 @@ import numpy as np
 
 from keras_maskrcnn.atomic import atomic_path, atomic_write_json, require_file_target
 from keras_maskrcnn.extras import check_installed, require
+from keras_maskrcnn.parts.roi_heads import OUTPUT_NAMES
+from keras_maskrcnn.transform import SIZE_MULTIPLE
 
 if TYPE_CHECKING:
     from keras_maskrcnn.model import MaskRCNN
 
 # Importing this module imports no TensorFlow (the CLI's parser imports it): the functions do.
 ONNX_FORMAT = "onnx"
-SIZE_MULTIPLE = 32  # = keras_maskrcnn.transform.SIZE_MULTIPLE
+
 DEFAULT_OPSET = 17  # tf2onnx 1.17 writes opsets up to 18; onnxruntime >= 1.14 runs 17
 DEFAULT_INPUT_SIZE = 512
 ONNX_INPUTS = ("images", "image_shape")
-ONNX_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
-                "detection_masks")
+ONNX_OUTPUTS = OUTPUT_NAMES
 ONNX_MODULES = ("tf2onnx", "onnx")
 # model -> its traced serving function, owned here (never stored on the model; dropped with it)
 _TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

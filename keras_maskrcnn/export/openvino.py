@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from keras_maskrcnn.atomic import atomic_write_json, replace, temporary_sibling
+from keras_maskrcnn.parts.roi_heads import OUTPUT_NAMES
 
 if TYPE_CHECKING:
     from keras_maskrcnn.model import MaskRCNN
@@ -57,8 +58,7 @@ OPENVINO_HINT = 'pip install -e ".[openvino]"'
 DEFAULT_INPUT_SIZE = 512
 DEFAULT_XML_NAME = "model.xml"
 OPENVINO_INPUTS = ("images", "image_shape")
-OPENVINO_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
-                    "detection_masks")
+OPENVINO_OUTPUTS = OUTPUT_NAMES
 PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "auto": None}
 RT_INFO_SECTION = "keras_maskrcnn"
 

@@ -67,6 +67,7 @@ from keras_maskrcnn.export.buckets import (
 from keras_maskrcnn.export.image_header import check_encoded_images
 from keras_maskrcnn.model import MaskRCNN
 from keras_maskrcnn.ops.masks import paste_masks_tf
+from keras_maskrcnn.parts.roi_heads import OUTPUT_NAMES
 from keras_maskrcnn.precision import model_precision, with_precision
 from keras_maskrcnn.saving import CONFIG_FILE, load_model_dir, read_model_config
 from keras_maskrcnn.transform import (
@@ -83,8 +84,7 @@ SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"
 EXPORT_ROI_ALIGN = "gather"  # pure TF: no compiled custom op may end up in an export
 EXPORT_METADATA_FILE = "export.json"
-MODEL_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
-                 "detection_masks")
+MODEL_OUTPUTS = OUTPUT_NAMES
 
 
 # --------------------------------------------------------------------------------- the model

@@ -59,13 +59,13 @@ from keras_maskrcnn.export.saved_model import (
     require_portable,
 )
 from keras_maskrcnn.model import MaskRCNN
+from keras_maskrcnn.parts.roi_heads import OUTPUT_NAMES
 from keras_maskrcnn.transform import SIZE_MULTIPLE, letterbox
 
 QUANTIZE_OPTIONS = ("none", "float16", "dynamic-int8")
 TFLITE_SIGNATURE = "serving_default"
 TFLITE_INPUTS = ("images", "image_shape")
-TFLITE_OUTPUTS = ("detection_boxes", "detection_scores", "detection_classes", "num_detections",
-                  "detection_masks")
+TFLITE_OUTPUTS = OUTPUT_NAMES
 logger = logging.getLogger("keras_maskrcnn")
 
 RESIZE_FIT = "fit"  # one canvas: scale = min(H / h, W / w)
