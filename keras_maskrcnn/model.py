@@ -226,16 +226,21 @@ class MaskRCNN(keras.Model):
         losses["loss"] = tf.add_n([losses[n] for n in LOSS_NAMES])
         return losses
 
-    def train_step(self, data):
-        inputs = unpack_batch(data)
+    def loss_and_gradients(self, inputs) -> tuple[dict[str, tf.Tensor], list]:
+        """The losses of one training batch (`compute_losses`) and the gradients of their sum,
+        scaled by the optimizer's loss scale (mixed_float16), w.r.t. `trainable_variables` (None
+        for a variable the losses do not reach): the one gradient computation of `fit`
+        (`train_step`) and of `training.train`'s guarded step."""
+        variables = self.trainable_variables
         with tf.GradientTape() as tape:
             losses = self.compute_losses(inputs, training=True)
-            total = losses["loss"]
-            scaled = self.optimizer.scale_loss(total) if hasattr(self.optimizer, "scale_loss") \
-                else total
-        variables = self.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        pairs = [(g, v) for g, v in zip(grads, variables, strict=True) if g is not None]
+            scaled = self.optimizer.scale_loss(losses["loss"])
+        return losses, tape.gradient(scaled, variables)
+
+    def train_step(self, data):
+        losses, grads = self.loss_and_gradients(unpack_batch(data))
+        pairs = [(g, v) for g, v in zip(grads, self.trainable_variables, strict=True)
+                 if g is not None]
         self.optimizer.apply_gradients(pairs)
         return self._update_trackers(losses)
 

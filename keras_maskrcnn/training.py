@@ -145,10 +145,7 @@ def make_train_step(model: MaskRCNN, env: RunEnvironment) -> Callable:
 
     def replica_step(batch):
         variables = model.trainable_variables
-        with tf.GradientTape() as tape:
-            losses = model.compute_losses(unpack_batch(batch), training=True)
-            scaled = optimizer.scale_loss(losses["loss"])
-        grads = tape.gradient(scaled, variables)
+        losses, grads = model.loss_and_gradients(unpack_batch(batch))
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables,
                                                                        strict=True)]
         ctx = tf.distribute.get_replica_context()
