@@ -11,14 +11,16 @@ from keras_maskrcnn.config import get_config
 from keras_maskrcnn.data import (
     CocoDataset,
     ShapesDataset,
-    compute_resize_scale,
-    compute_resized_shape,
     make_dataset,
     make_inference_inputs,
     make_mini_masks,
+)
+from keras_maskrcnn.transform import (
+    boxes_to_input,
+    compute_resize_scale,
+    compute_resized_shape,
     resize_and_pad_image,
 )
-from keras_maskrcnn.transform import boxes_to_input
 
 # pycocotools (numpy 2) warns about its RLE objects' __array__; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
