@@ -23,6 +23,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -34,7 +35,7 @@ from keras_maskrcnn.atomic import (
 )
 from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import MaskRCNNConfig
-from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, unpack_batch
+from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, require_finite_weights, unpack_batch
 from keras_maskrcnn.runtime import RunEnvironment
 from keras_maskrcnn.saving import (
     CHECKPOINT_DIR,
@@ -204,7 +205,166 @@ def divergence(out: dict[str, float], step: int) -> str | None:
     return None
 
 
-# ------------------------------------------------------------------------------ the loop
+# ------------------------------------------------------------------------------ the run
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+    """How `train` runs (the keyword arguments of `train`, documented there)."""
+
+    epochs: int | None = None
+    max_steps: int | None = None
+    steps_per_epoch: int | None = None
+    batch_size: int | None = None
+    seed: int = 0
+    deterministic: bool = False
+    checkpoint_every: int | None = None
+    keep_checkpoints: int = 3
+    overwrite: bool = False
+    init_from: str | Path | None = None
+    val_source: Any = None
+    eval_every: int = 1
+    skip_bad_images: bool = False
+    log_every: int | None = None
+
+    def check(self) -> None:
+        """TrainingError naming the first count that is not >= 1."""
+        for name in ("batch_size", "epochs", "max_steps", "steps_per_epoch", "checkpoint_every",
+                     "keep_checkpoints"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise TrainingError(f"{name} must be >= 1, got {value} "
+                                    f"(--{name.replace('_', '-')})")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """What a run is, fixed before anything is built: the global batch, the steps per epoch,
+    the total steps and the learning-rate schedule on them."""
+
+    batch: int
+    per_epoch: int
+    total: int
+    schedule: Any
+
+    def record(self, seed: int) -> dict:
+        """The run description kept in history.json and every checkpoint."""
+        return {"seed": seed, "batch_size": self.batch, "steps_per_epoch": self.per_epoch,
+                "total_steps": self.total}
+
+
+class TrainingRun:
+    """One call of `train`: plan, build (or resume), loop, save. Each step is one method."""
+
+    def __init__(self, config: MaskRCNNConfig, source, output_dir: str | Path,
+                 options: RunOptions, env: RunEnvironment | None = None,
+                 callbacks: list[Callable[[dict], None]] | None = None,
+                 print_fn: Callable[[str], None] = print) -> None:
+        self.config, self.source, self.output_dir = config, source, Path(output_dir)
+        self.options, self.env = options, env or RunEnvironment.create()
+        self.callbacks, self.print = callbacks or [], print_fn
+
+    def plan(self) -> RunPlan:
+        """Checks the options and the data against each other; TrainingError if they do not
+        fit (before anything is built or written)."""
+        from keras_maskrcnn.data import num_batches
+
+        o, config = self.options, self.config
+        o.check()
+        batch = int(o.batch_size or config.batch_size)
+        replicas = self.env.strategy.num_replicas_in_sync
+        if batch % replicas:
+            raise TrainingError(f"--batch-size {batch} must be a multiple of the {replicas} "
+                                "replicas")
+        per_epoch = int(o.steps_per_epoch or num_batches(self.source, batch,
+                                                         config.repeat_factor_threshold))
+        if per_epoch < 1:
+            raise TrainingError(f"the dataset has fewer images ({len(list(self.source.image_ids))}"
+                                f") than one batch ({batch}): lower --batch-size")
+        if not o.skip_bad_images:
+            check_image_files(self.source, "--images")
+            check_image_files(o.val_source, "--val-images")
+        total = int(o.max_steps) if o.max_steps else int(o.epochs or 1) * per_epoch
+        return RunPlan(batch, per_epoch, total, schedule_for_run(config, total, batch))
+
+    def build(self, plan: RunPlan) -> MaskRCNN:
+        """The model (fine-tuning initialisation applied) compiled with its optimizer, in the
+        strategy's scope."""
+        with self.env.strategy.scope():
+            model = build_model(self.config)
+            if self.options.init_from is not None:
+                from keras_maskrcnn.finetune import initialize_from
+
+                initialize_from(model, self.options.init_from, print_fn=self.print)
+            model.compile(optimizer=make_optimizer(self.config, plan.batch, plan.total,
+                                                   self.env.precision))
+            model.optimizer.build(model.trainable_variables)
+        return model
+
+    def resume(self, model: MaskRCNN, plan: RunPlan) -> int:
+        """Restores the newest checkpoint (unless overwriting); the step it was at (0: none)."""
+        latest = latest_checkpoint(self.output_dir)
+        if latest is None or self.options.overwrite:
+            return 0
+        info = checkpoint_info(latest[1])
+        restore_checkpoint(model, latest[1])
+        self.print(f"resuming from step {info['step']} of {plan.total} ({latest[1].name})")
+        changed = run_changes(info["run"], plan.record(self.options.seed))
+        if changed:
+            logger.warning("resuming with %s: the data order, augmentation or LR schedule "
+                           "differ from the interrupted run's from here on", changed)
+        return info["step"]
+
+    def fit(self, model: MaskRCNN, plan: RunPlan, start: int, history: list[dict]) -> list[dict]:
+        """The step loop from `start` to `plan.total`; the history of every epoch."""
+        from keras_maskrcnn.data.pipeline import distributed_dataset
+
+        o = self.options
+        skipped: list[str] = []
+        data = distributed_dataset(self.env.strategy, self.source, self.config,
+                                   batch_size=plan.batch, seed=o.seed, skip_batches=start,
+                                   skip_bad_images=o.skip_bad_images, skipped=skipped)
+        loop = _Loop(self, model, plan, history)
+        loop.run(data, start)
+        if skipped:
+            unique = sorted(set(skipped))
+            self.print(f"skipped {len(unique)} unreadable image(s) ({len(skipped)} times): "
+                       + ", ".join(unique[:5]))
+        return loop.history
+
+    def save(self, model: MaskRCNN) -> None:
+        """The trained model as the model directory (chief only; never non-finite weights)."""
+        if not self.env.is_chief:
+            return
+        try:
+            require_finite_weights(model, "trained model")
+        except ValueError as err:
+            raise TrainingDiverged(str(err)) from None
+        save_model_dir(model, self.output_dir)
+
+    def run(self) -> TrainResult:
+        keras.utils.set_random_seed(self.options.seed)
+        if self.options.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        plan = self.plan()
+        lock = DirectoryLock(self.output_dir).acquire() if self.env.is_chief else None
+        try:
+            if self.env.is_chief:
+                prepare_output(self.output_dir, self.config, self.options.overwrite)
+            model = self.build(plan)
+            start = self.resume(model, plan)
+            history = load_history(self.output_dir, start) if start else []
+            self.print(f"schedule: {plan.schedule.describe()}; {plan.per_epoch} steps per "
+                       f"epoch; {self.env.describe()}")
+            if start >= plan.total:
+                self.print(f"already trained to step {start} of {plan.total}: nothing to do")
+            else:
+                history = self.fit(model, plan, start, history)
+            self.save(model)
+            return TrainResult(model, history, max(start, plan.total), plan.total, start)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
 def train(
     config: MaskRCNNConfig,
     source,
@@ -228,7 +388,8 @@ def train(
     callbacks: list[Callable[[dict], None]] | None = None,
     print_fn: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Trains `config` on a dataset source and writes `output_dir` as a model directory.
+    """Trains `config` on a dataset source and writes `output_dir` as a model directory
+    (`TrainingRun`).
 
     Args:
         config: the model (its class count must match `source`).
@@ -256,107 +417,29 @@ def train(
         TrainingError / TrainingDiverged with a one-line message; the previous model directory
         and the last good checkpoint are left in place.
     """
-    from keras_maskrcnn.data import num_batches
-    from keras_maskrcnn.data.pipeline import distributed_dataset
-
-    env = env or RunEnvironment.create()
-    output_dir = Path(output_dir)
-    keras.utils.set_random_seed(seed)
-    if deterministic:
-        tf.config.experimental.enable_op_determinism()
-    for name, value in (("batch_size", batch_size), ("epochs", epochs),
-                        ("max_steps", max_steps), ("steps_per_epoch", steps_per_epoch),
-                        ("checkpoint_every", checkpoint_every), ("keep_checkpoints",
-                                                                 keep_checkpoints)):
-        if value is not None and int(value) < 1:
-            raise TrainingError(f"{name} must be >= 1, got {value} "
-                                f"(--{name.replace('_', '-')})")
-    batch = int(batch_size or config.batch_size)
-    if batch % env.strategy.num_replicas_in_sync:
-        raise TrainingError(f"--batch-size {batch} must be a multiple of the "
-                            f"{env.strategy.num_replicas_in_sync} replicas")
-    per_epoch = int(steps_per_epoch or num_batches(source, batch,
-                                                   config.repeat_factor_threshold))
-    if per_epoch < 1:
-        raise TrainingError(f"the dataset has fewer images ({len(list(source.image_ids))}) "
-                            f"than one batch ({batch}): lower --batch-size")
-    if not skip_bad_images:
-        check_image_files(source, "--images")
-        check_image_files(val_source, "--val-images")
-    total = int(max_steps) if max_steps else int(epochs or 1) * per_epoch
-    schedule = schedule_for_run(config, total, batch)
-    run = {"seed": seed, "batch_size": batch, "steps_per_epoch": per_epoch,
-           "total_steps": total}
-
-    lock = DirectoryLock(output_dir).acquire() if env.is_chief else None
-    try:
-        if env.is_chief:
-            prepare_output(output_dir, config, overwrite)
-        with env.strategy.scope():
-            model = build_model(config)
-            if init_from is not None:
-                from keras_maskrcnn.finetune import initialize_from
-
-                initialize_from(model, init_from, print_fn=print_fn)
-            model.compile(optimizer=make_optimizer(config, batch, total, env.precision))
-            model.optimizer.build(model.trainable_variables)
-        start = 0
-        latest = latest_checkpoint(output_dir)
-        if latest is not None and not overwrite:
-            info = checkpoint_info(latest[1])
-            start = info["step"]
-            restore_checkpoint(model, latest[1])
-            print_fn(f"resuming from step {start} of {total} ({latest[1].name})")
-            changed = run_changes(info["run"], run)
-            if changed:
-                logger.warning("resuming with %s: the data order, augmentation or LR schedule "
-                               "differ from the interrupted run's from here on", changed)
-        history = load_history(output_dir, start) if start else []
-        print_fn(f"schedule: {schedule.describe()}; {per_epoch} steps per epoch; "
-                 f"{env.describe()}")
-        if start >= total:
-            print_fn(f"already trained to step {start} of {total}: nothing to do")
-        else:
-            skipped: list[str] = []
-            data = distributed_dataset(env.strategy, source, config, batch_size=batch,
-                                       seed=seed, skip_batches=start,
-                                       skip_bad_images=skip_bad_images, skipped=skipped)
-            loop = _Loop(model, env, output_dir, run, per_epoch, total, checkpoint_every,
-                         keep_checkpoints, val_source, eval_every, log_every, history,
-                         callbacks or [], print_fn)
-            loop.run(data, start)
-            history = loop.history
-            if skipped:
-                unique = sorted(set(skipped))
-                print_fn(f"skipped {len(unique)} unreadable image(s) ({len(skipped)} times): "
-                         + ", ".join(unique[:5]))
-        if env.is_chief:
-            from keras_maskrcnn.model import require_finite_weights
-
-            try:
-                require_finite_weights(model, "trained model")
-            except ValueError as err:
-                raise TrainingDiverged(str(err)) from None
-            save_model_dir(model, output_dir)
-        return TrainResult(model, history, max(start, total), total, start)
-    finally:
-        if lock is not None:
-            lock.release()
+    options = RunOptions(
+        epochs=epochs, max_steps=max_steps, steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size, seed=seed, deterministic=deterministic,
+        checkpoint_every=checkpoint_every, keep_checkpoints=keep_checkpoints,
+        overwrite=overwrite, init_from=init_from, val_source=val_source, eval_every=eval_every,
+        skip_bad_images=skip_bad_images, log_every=log_every)
+    return TrainingRun(config, source, output_dir, options, env, callbacks, print_fn).run()
 
 
 class _Loop:
     """The step loop of `train` (state: step, epoch accumulators, checkpoint clock)."""
 
-    def __init__(self, model, env, output_dir, run, per_epoch, total, checkpoint_every, keep,
-                 val_source, eval_every, log_every, history, callbacks, print_fn):
-        self.model, self.env, self.output_dir, self.run_info = model, env, output_dir, run
-        self.per_epoch, self.total = per_epoch, total
-        self.checkpoint_every, self.keep = checkpoint_every, keep
-        self.val_source, self.eval_every = val_source, max(1, int(eval_every))
-        self.log_every = log_every or max(1, min(per_epoch, 50))
-        self.history, self.callbacks, self.print = history, callbacks, print_fn
-        self.writer = tf.summary.create_file_writer(str(output_dir / "logs")) \
-            if env.is_chief else None
+    def __init__(self, run: TrainingRun, model: MaskRCNN, plan: RunPlan, history: list[dict]):
+        o = run.options
+        self.model, self.env, self.output_dir = model, run.env, run.output_dir
+        self.run_info = plan.record(o.seed)
+        self.per_epoch, self.total = plan.per_epoch, plan.total
+        self.checkpoint_every, self.keep = o.checkpoint_every, o.keep_checkpoints
+        self.val_source, self.eval_every = o.val_source, max(1, int(o.eval_every))
+        self.log_every = o.log_every or max(1, min(plan.per_epoch, 50))
+        self.history, self.callbacks, self.print = history, run.callbacks, run.print
+        self.writer = tf.summary.create_file_writer(str(run.output_dir / "logs")) \
+            if run.env.is_chief else None
         self.best_ap = max((r.get("val_segm_AP") or -1.0 for r in history), default=-1.0)
 
     def run(self, data, start: int) -> None:
