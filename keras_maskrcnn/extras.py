@@ -6,7 +6,8 @@
 | `parity` | torch, torchvision | reading torchvision `.pth` files (`convert`); the parity tests |
 | `litert` | ai-edge-litert | the LiteRT interpreter of `examples/tflite_predict.py` |
 | `plots` | matplotlib | PR curves drawn by matplotlib (Pillow draws them without it) |
-| `test` | pytest, ruff, and the above but torch | the test suite |
+| `openvino` | openvino | `export --format openvino` |
+| `test` | pytest, ruff, and the above but torch and matplotlib | the test suite |
 
 The core install (`pip install -e .`) trains, evaluates, predicts, writes TensorBoard logs and
 exports SavedModel and TFLite.

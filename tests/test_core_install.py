@@ -26,7 +26,8 @@ CORE_IMPORTS = {"tensorflow": "tensorflow", "keras": "keras", "numpy": "numpy",
                 "pycocotools": "pycocotools", "PIL": "pillow", "h5py": "h5py",
                 "tensorboard": "tensorboard"}
 OPTIONAL_IMPORTS = {"torch": "parity", "torchvision": "parity", "tf2onnx": "onnx", "onnx": "onnx",
-                    "onnxruntime": "onnx", "ai_edge_litert": "litert", "matplotlib": "plots"}
+                    "onnxruntime": "onnx", "ai_edge_litert": "litert", "matplotlib": "plots",
+                    "openvino": "openvino"}
 BLOCKER = """
 import sys, importlib.abc
 BLOCKED = set(sys.argv[1].split(","))
@@ -82,6 +83,10 @@ def third_party_imports() -> dict[str, set[tuple[str, bool]]]:
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
+            elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                    and node.func.attr == "import_module" and node.args \
+                    and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
+                names = [node.args[0].value]  # importlib.import_module("name")
             for name in names:
                 root = name.split(".")[0]
                 if root in sys.stdlib_module_names or root in ("keras_maskrcnn", "__future__"):
