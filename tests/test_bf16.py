@@ -34,7 +34,7 @@ from keras_maskrcnn.runtime import cpu_has_bf16, cpu_model
 DATA = Path(__file__).resolve().parent / "data" / "coco-val2017-10"
 TRAIN_STEPS = 300  # the scores reach the 0.3 floor on the ten photos
 BOX_IOU, MIN_MATCHED, MIN_MASK_IOU = 0.9, 0.95, 0.95
-SCORE_FLOOR = 0.3  # detections near the 0.05 threshold may cross it either way
+SCORE_FLOOR = 0.1  # twice the 0.05 threshold: detections near it may cross it either way
 # bf16 / fp32 inference time of ResNet-50 FPN; the target is 0.5 (measured about 0.5 here), the
 # bound is loose because other processes share the CPU.
 MAX_TIME_RATIO = 0.85
@@ -189,7 +189,7 @@ def test_predict_cli_precision(trained, tmp_path):
     for precision in ("float32", "bfloat16"):
         out = tmp_path / precision
         assert cli_main(["predict", "--model", str(directory), *photos, "--output", str(out),
-                         "--no-draw", "--score-threshold", "0.3", "--precision",
+                         "--no-draw", "--score-threshold", str(SCORE_FLOOR), "--precision",
                          precision]) == 0
         outputs[precision] = json.loads((out / "predictions.json").read_text())
     assert len(outputs["bfloat16"]) >= 0.9 * len(outputs["float32"]) > 0
