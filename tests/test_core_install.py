@@ -54,6 +54,7 @@ def test_ci_runs_the_readme_quick_start_as_printed():
     assert '".[test' in tests and "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert "readme.py install-and-run" in ci and "readme.py tests" in ci
+    assert tests in ci  # the comment beside it shows the command as the README prints it
     assert "-m venv" in ci  # a fresh environment every run
 
 

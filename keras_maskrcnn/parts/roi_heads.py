@@ -25,23 +25,15 @@ class RoIHeads(Part):
       (`BoxHeadLoss`), `mask_criterion` (`MaskLoss`): training.
 
     Entry points: `detect` (inference outputs, `OUTPUT_NAMES`), `targets` (the sampled RoIs and
-    their targets) and `training_losses`.
+    their targets) and `training_losses`. A subclass says where the heads read from:
+    `box_features(features, boxes)` (the box head's input for `boxes [B, R, 4]`),
+    `detection_mask_logits(features, boxes)` (mask logits of the detected boxes) and
+    `training_mask_logits(features, targets, box_features)` (mask logits of the foreground RoIs
+    `targets["mask_rois"]`).
     """
 
     HEAD_LAYERS = ("box_head", "mask_head", "detection_layer", "mask_selector",
                    "detection_targets", "box_criterion", "mask_criterion")
-
-    def box_features(self, features, boxes):
-        """The box head's input for `boxes [B, R, 4]`."""
-        raise NotImplementedError
-
-    def detection_mask_logits(self, features, boxes):
-        """Mask logits of the detected `boxes`."""
-        raise NotImplementedError
-
-    def training_mask_logits(self, features, targets: dict[str, Any], box_features):
-        """Mask logits of the foreground RoIs `targets["mask_rois"]`."""
-        raise NotImplementedError
 
     def detect(self, features, proposals, num_proposals, image_shape) -> dict[str, Any]:
         """Feature maps and `proposals [B, R, 4]` (first `num_proposals [B]` valid) -> dict of
