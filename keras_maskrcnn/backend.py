@@ -1,0 +1,38 @@
+"""Which Keras backend runs the model, and lazy access to TensorFlow for its fast paths.
+
+The model body (`ops/`, `layers/`, `heads/`, `parts/`, `model.py`) is written in `keras.ops` and
+runs on TensorFlow, JAX and PyTorch. A TensorFlow-only fast path (the compiled RoIAlign op,
+`tf.image.non_max_suppression_padded`, the tf.data pipeline, exporters) imports TensorFlow inside
+the function that uses it, through `tensorflow()`, so that importing the package with another
+backend never imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import keras
+
+BACKENDS = ("tensorflow", "jax", "torch")
+
+
+def name() -> str:
+    """The Keras backend in use: "tensorflow", "jax" or "torch"."""
+    return keras.backend.backend()
+
+
+def is_tensorflow() -> bool:
+    """True when Keras runs on TensorFlow (the TensorFlow fast paths apply)."""
+    return name() == "tensorflow"
+
+
+def tensorflow() -> ModuleType:
+    """The `tensorflow` module, imported on first use (TensorFlow-only code paths)."""
+    return importlib.import_module("tensorflow")
+
+
+def static_dim(x, axis: int):
+    """`x.shape[axis]` as a Python int when known at trace time, else the run-time size."""
+    dim = x.shape[axis]
+    return int(dim) if dim is not None else keras.ops.shape(x)[axis]
