@@ -15,7 +15,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "keras_maskrcnn"
 # Bottom to top. A module of component i may import components 0..i; the CLI and the package's
 # __init__ may import anything.
 LAYERS = (
-    ("config", "extras", "atomic", "quiet"),
+    ("config", "extras", "atomic", "quiet", "backend"),
     ("ops",),
     ("layers",),
     ("backbones",),
