@@ -11,10 +11,12 @@ It holds no architecture switch: FPN or C4 is the choice of backbone and RoI hea
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
+from keras_maskrcnn import backend
 from keras_maskrcnn.config import MaskRCNNConfig
 from keras_maskrcnn.parts.roi_heads import OUTPUT_NAMES
+from keras_maskrcnn.steps import guarded_train_step, unpack_batch
 
 LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "class_loss", "box_loss", "mask_loss")
 INFERENCE_INPUTS = ("images", "image_shape")
@@ -100,16 +102,18 @@ class MaskRCNN(keras.Model):
             self.optimizer.build(self.trainable_variables)
 
     def inference_function(self):
-        """A `tf.function` of the inference graph (traced once per input signature, cached)."""
+        """The inference graph as a compiled function of a dict of arrays (cached): a
+        `tf.function` on TensorFlow, `jax.jit` of the stateless call on JAX (weights read at
+        each call, so loads and training steps are seen), the eager graph on PyTorch."""
         if self._graphs.inference_fn is None:
-            graph = self.inference_graph()
-            self._graphs.inference_fn = tf.function(lambda inputs: graph(inputs, training=False))
+            self._graphs.inference_fn = _compiled_inference(self.inference_graph())
         return self._graphs.inference_fn
 
     def dynamic_inference_function(self):
         """A `tf.function` of the shape-polymorphic inference graph (`images [B, H, W, 3]`, any
         H, W multiples of 32; the same layers and weights), traced once for all canvases."""
         if self._graphs.dynamic_fn is None:
+            tf = backend.tensorflow()
             graph = self._build_inference_graph(dynamic=True)
             self._graphs.dynamic_fn = tf.function(
                 lambda inputs: graph(inputs, training=False),
@@ -126,8 +130,8 @@ class MaskRCNN(keras.Model):
 
     def weights_version(self) -> tuple[int, int]:
         """Changes whenever the weights may have: (loads and sets, optimizer iterations)."""
-        steps = int(self.optimizer.iterations.numpy()) if getattr(self, "optimizer", None) \
-            is not None else 0
+        steps = int(ops.convert_to_numpy(self.optimizer.iterations)) \
+            if getattr(self, "optimizer", None) is not None else 0
         return (self._weights_version, steps)
 
     def load_weights(self, *args, **kwargs):
@@ -185,72 +189,100 @@ class MaskRCNN(keras.Model):
 
     # -- Keras hooks -----------------------------------------------------------------------------
     def call(self, inputs, training=False):
+        """Inference outputs; with `training=True` and a training batch (ground truth in
+        `inputs`), the training graph's losses and counts (the forward pass of `train_step`)."""
+        if training and "gt_boxes" in inputs:
+            return self.training_outputs(inputs, training=True)
         return self.inference_graph()({k: inputs[k] for k in INFERENCE_INPUTS}, training=False)
 
     @property
     def metrics(self):
         return list(self.loss_trackers.values())
 
-    def compute_losses(self, inputs, training: bool = False) -> dict[str, tf.Tensor]:
+    def training_outputs(self, inputs, training: bool = False) -> dict:
+        """The training graph's outputs for a batch: the five losses and the normalizers of
+        their means (`rpn_count`, `roi_count`, `mask_count`)."""
+        _check_training_inputs(inputs)
+        feed = {k: inputs[k] for k in TRAINING_INPUTS if k != "sample_seed"}
+        feed["sample_seed"] = inputs["sample_seed"] if "sample_seed" in inputs else \
+            _draw_sample_seeds(inputs["images"])
+        return dict(self.training_graph()(feed, training=training))
+
+    def compute_losses(self, inputs, training: bool = False) -> dict:
         """The five named losses and their sum `loss` for one batch (dict of float32 scalars).
 
         Inside a `tf.distribute` replica context with R > 1 replicas each loss is this replica's
         share of the global-batch loss (normalized by the global anchor, RoI and mask counts), so
         the SUM over replicas is exactly the loss of the global batch on one device, and so are
-        the summed gradients. `inputs` may carry `sample_seed [B, 2]` int32 (per-image stateless
-        seeds of the RPN and RoI samplers; `make_dataset` provides them); else they are drawn.
+        the summed gradients (JAX's data parallelism needs no such step: its batch is global).
+        `inputs` may carry `sample_seed [B, 2]` int32 (per-image stateless seeds of the RPN and
+        RoI samplers; `make_dataset` provides them); else they are drawn (TensorFlow only).
         """
-        _check_training_inputs(inputs)
-        feed = {k: inputs[k] for k in TRAINING_INPUTS if k != "sample_seed"}
-        feed["sample_seed"] = inputs["sample_seed"] if "sample_seed" in inputs else \
-            tf.random.uniform([tf.shape(inputs["images"])[0], 2], 0, 2**31 - 1, tf.int32)
-        out = dict(self.training_graph()(feed, training=training))
+        out = self.training_outputs(inputs, training=training)
         losses = {n: out[n] for n in LOSS_NAMES}
-        ctx = tf.distribute.get_replica_context()
-        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
-        if replicas > 1:
-            roi = ctx.all_reduce(tf.distribute.ReduceOp.SUM, out["roi_count"])
-            mask = ctx.all_reduce(tf.distribute.ReduceOp.SUM, out["mask_count"])
-            rpn = ctx.all_reduce(tf.distribute.ReduceOp.SUM, out["rpn_count"])
-            for name in ("rpn_objectness_loss", "rpn_box_loss"):
-                if self.rpn.criterion.normalizer == "sampled":
-                    losses[name] = losses[name] * tf.maximum(out["rpn_count"], 1.0) / \
-                        tf.maximum(rpn, 1.0)
-                else:
-                    losses[name] = losses[name] / replicas
-            for name in ("class_loss", "box_loss"):
-                losses[name] = losses[name] * tf.maximum(out["roi_count"], 1.0) / \
-                    tf.maximum(roi, 1.0)
-            losses["mask_loss"] = losses["mask_loss"] * tf.maximum(out["mask_count"], 1.0) / \
-                tf.maximum(mask, 1.0)
-        losses["loss"] = tf.add_n([losses[n] for n in LOSS_NAMES])
+        if backend.is_tensorflow():
+            losses = self._replica_shares(losses, out)
+        losses["loss"] = sum_losses(losses)
         return losses
 
-    def loss_and_gradients(self, inputs) -> tuple[dict[str, tf.Tensor], list]:
+    def _replica_shares(self, losses: dict, out: dict) -> dict:
+        """`tf.distribute`: each loss as this replica's share of the global batch's loss."""
+        tf = backend.tensorflow()
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+        if replicas == 1:
+            return losses
+        roi = ctx.all_reduce(tf.distribute.ReduceOp.SUM, out["roi_count"])
+        mask = ctx.all_reduce(tf.distribute.ReduceOp.SUM, out["mask_count"])
+        rpn = ctx.all_reduce(tf.distribute.ReduceOp.SUM, out["rpn_count"])
+        for name in ("rpn_objectness_loss", "rpn_box_loss"):
+            if self.rpn.criterion.normalizer == "sampled":
+                losses[name] = losses[name] * tf.maximum(out["rpn_count"], 1.0) / \
+                    tf.maximum(rpn, 1.0)
+            else:
+                losses[name] = losses[name] / replicas
+        for name in ("class_loss", "box_loss"):
+            losses[name] = losses[name] * tf.maximum(out["roi_count"], 1.0) / \
+                tf.maximum(roi, 1.0)
+        losses["mask_loss"] = losses["mask_loss"] * tf.maximum(out["mask_count"], 1.0) / \
+            tf.maximum(mask, 1.0)
+        return losses
+
+    def loss_and_gradients(self, inputs) -> tuple[dict, list]:
         """The losses of one training batch (`compute_losses`) and the gradients of their sum,
         scaled by the optimizer's loss scale (mixed_float16), w.r.t. `trainable_variables` (None
         for a variable the losses do not reach): the one gradient computation of `fit`
-        (`train_step`) and of `training.train`'s guarded step."""
+        (`train_step`) and of `training.train`'s guarded step (TensorFlow; `train_step` on JAX
+        and PyTorch differentiates the same `compute_losses`)."""
+        tf = backend.tensorflow()
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
             losses = self.compute_losses(inputs, training=True)
             scaled = self.optimizer.scale_loss(losses["loss"])
         return losses, tape.gradient(scaled, variables)
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        """One optimizer step (`fit`). On JAX (`train_step(state, data)`, functional) and
+        PyTorch the step is guarded like `training.train`'s: a non-finite loss or gradient
+        leaves the weights as they were, and the logs carry `grad_norm`, `finite_grads` and
+        `finite_weights` beside the losses (`keras_maskrcnn.steps`)."""
+        if not backend.is_tensorflow():
+            return guarded_train_step(self, *args)
+        (data,) = args
         losses, grads = self.loss_and_gradients(unpack_batch(data))
         pairs = [(g, v) for g, v in zip(grads, self.trainable_variables, strict=True)
                  if g is not None]
         self.optimizer.apply_gradients(pairs)
-        return self._update_trackers(losses)
+        return self.update_loss_trackers(losses)
 
     def test_step(self, data):
-        return self._update_trackers(self.compute_losses(unpack_batch(data), training=False))
+        return self.update_loss_trackers(self.compute_losses(unpack_batch(data), training=False))
 
     def predict_step(self, data):
         return self(unpack_batch(data), training=False)
 
-    def _update_trackers(self, losses):
+    def update_loss_trackers(self, losses: dict) -> dict:
+        """Adds a step's losses to the trackers; their means (the logs of `fit`)."""
         for name, tracker in self.loss_trackers.items():
             tracker.update_state(losses[name])
         return {name: tracker.result() for name, tracker in self.loss_trackers.items()}
@@ -269,16 +301,6 @@ class MaskRCNN(keras.Model):
                    roi_align_implementation=config.get("roi_align_implementation", "auto"))
 
 
-def unpack_batch(data):
-    if isinstance(data, tuple | list):
-        data = data[0]
-    if not isinstance(data, dict):
-        raise TypeError(
-            "MaskRCNN expects each batch as a dict of tensors (see docs/CONVENTIONS.md), "
-            f"got {type(data).__name__}")
-    return data
-
-
 def _check_training_inputs(inputs) -> None:
     missing = [k for k in TRAINING_INPUTS if k not in inputs and k != "sample_seed"]
     if missing:
@@ -287,10 +309,54 @@ def _check_training_inputs(inputs) -> None:
             "keras_maskrcnn.data.make_dataset carry every key a training step needs")
 
 
+def sum_losses(losses: dict):
+    """The total loss: the sum of the five named losses."""
+    total = losses[LOSS_NAMES[0]]
+    for name in LOSS_NAMES[1:]:
+        total = total + losses[name]
+    return total
+
+
+def _draw_sample_seeds(images):
+    """Per-image sampler seeds `[B, 2]` int32 for a batch that brings none (TensorFlow's
+    stateful RNG; other backends need the batch's own `sample_seed`, as `make_dataset` gives)."""
+    if not backend.is_tensorflow():
+        raise ValueError(
+            "a training batch needs `sample_seed` [B, 2] int32 (the samplers' per-image seeds) "
+            f"on the {backend.name()} backend; batches from keras_maskrcnn.data.make_dataset "
+            "carry it")
+    tf = backend.tensorflow()
+    return tf.random.uniform([tf.shape(images)[0], 2], 0, 2**31 - 1, tf.int32)
+
+
+def _compiled_inference(graph: keras.Model):
+    """A compiled call of `graph` on a dict of arrays (see `MaskRCNN.inference_function`)."""
+    if backend.is_tensorflow():
+        tf = backend.tensorflow()
+        return tf.function(lambda inputs: graph(inputs, training=False))
+    if backend.name() == "jax":
+        import jax
+
+        jitted = jax.jit(lambda trainable, non_trainable, inputs: graph.stateless_call(
+            trainable, non_trainable, inputs, training=False)[0])
+
+        def run(inputs):
+            return jitted([v.value for v in graph.trainable_variables],
+                          [v.value for v in graph.non_trainable_variables], inputs)
+        return run
+
+    def run_eager(inputs):
+        import torch
+
+        with torch.no_grad():
+            return graph(inputs, training=False)
+    return run_eager
+
+
 def non_finite_weights(model: MaskRCNN) -> list[str]:
     """Paths of the model's weights that hold NaN or Inf values (empty when all are finite)."""
     return [w.path for w in model.weights
-            if not bool(tf.reduce_all(tf.math.is_finite(tf.cast(w.value, tf.float32))))]
+            if not bool(ops.all(ops.isfinite(ops.cast(w.value, "float32"))))]
 
 
 def require_finite_weights(model: MaskRCNN, what: str = "model") -> None:

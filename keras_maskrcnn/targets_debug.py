@@ -58,7 +58,7 @@ def training_targets(model, batch: dict[str, Any], training: bool = True) -> dic
     """
     import tensorflow as tf
 
-    from keras_maskrcnn.model import unpack_batch
+    from keras_maskrcnn.steps import unpack_batch
 
     batch = unpack_batch(batch)
     target_model = _target_model(model)

@@ -35,7 +35,7 @@ from keras_maskrcnn.atomic import (
 )
 from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import MaskRCNNConfig
-from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, require_finite_weights, unpack_batch
+from keras_maskrcnn.model import LOSS_NAMES, MaskRCNN, require_finite_weights
 from keras_maskrcnn.runtime import RunEnvironment
 from keras_maskrcnn.saving import (
     CHECKPOINT_DIR,
@@ -48,6 +48,7 @@ from keras_maskrcnn.saving import (
     save_model_dir,
 )
 from keras_maskrcnn.solver import WarmupStepDecay, make_optimizer, schedule_for_run
+from keras_maskrcnn.steps import unpack_batch
 
 __all__ = ["TrainingError", "TrainingDiverged", "WarmupStepDecay", "make_optimizer", "train",
            "latest_checkpoint"]

@@ -21,6 +21,7 @@ LAYERS = (
     ("backbones",),
     ("heads",),
     ("parts",),
+    ("steps",),
     ("model",),
     ("builder",),
     ("saving",),
