@@ -36,3 +36,21 @@ def static_dim(x, axis: int):
     """`x.shape[axis]` as a Python int when known at trace time, else the run-time size."""
     dim = x.shape[axis]
     return int(dim) if dim is not None else keras.ops.shape(x)[axis]
+
+
+class LazyModule(ModuleType):
+    """A module imported on first attribute access: `tf = LazyModule("tensorflow")` at the top
+    of a module whose TensorFlow-only functions (tf.data, exporters) sit beside portable ones,
+    so that importing it on another backend does not import TensorFlow."""
+
+    def __init__(self, module_name: str) -> None:
+        super().__init__(module_name)
+        self._module_name = module_name
+
+    def __getattr__(self, attribute: str):
+        return getattr(importlib.import_module(self._module_name), attribute)
+
+
+def lazy_tensorflow() -> ModuleType:
+    """`tensorflow`, imported when first used (see `LazyModule`)."""
+    return LazyModule("tensorflow")

@@ -16,8 +16,10 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from keras_maskrcnn import backend
+from keras_maskrcnn.builder import model_for_canvas
 from keras_maskrcnn.data.images import BadImageError
 from keras_maskrcnn.data.pipeline import make_inference_inputs
 from keras_maskrcnn.evaluation import detections_to_coco_results, evaluate_coco
@@ -41,10 +43,15 @@ logger = logging.getLogger("keras_maskrcnn")
 def run_model(model: MaskRCNN, batch: dict[str, np.ndarray],
               dynamic: bool = False) -> dict[str, np.ndarray]:
     """Runs the inference graph on a prepared batch (`make_inference_inputs`) -> numpy dict;
-    `dynamic`: the shape-polymorphic graph (any canvas, multiples of 32; one trace for all)."""
+    `dynamic`: a canvas other than the config's (any multiple of 32): TensorFlow runs the
+    shape-polymorphic graph (one trace for all canvases), JAX and PyTorch the model rebuilt on
+    that canvas (`builder.model_for_canvas`, cached; one compilation per canvas)."""
+    if dynamic and not backend.is_tensorflow():
+        model = model_for_canvas(model, tuple(int(v) for v in batch["images"].shape[1:3]))
+        dynamic = False
     fn = model.dynamic_inference_function() if dynamic else model.inference_function()
-    outputs = fn({k: tf.convert_to_tensor(batch[k]) for k in INFERENCE_INPUTS})
-    return {k: v.numpy() for k, v in outputs.items()}
+    outputs = fn({k: ops.convert_to_tensor(batch[k]) for k in INFERENCE_INPUTS})
+    return {k: ops.convert_to_numpy(v) for k, v in outputs.items()}
 
 
 def postprocess(

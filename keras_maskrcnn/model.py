@@ -205,7 +205,7 @@ class MaskRCNN(keras.Model):
         _check_training_inputs(inputs)
         feed = {k: inputs[k] for k in TRAINING_INPUTS if k != "sample_seed"}
         feed["sample_seed"] = inputs["sample_seed"] if "sample_seed" in inputs else \
-            _draw_sample_seeds(inputs["images"])
+            draw_sample_seeds(inputs["images"])
         return dict(self.training_graph()(feed, training=training))
 
     def compute_losses(self, inputs, training: bool = False) -> dict:
@@ -317,7 +317,7 @@ def sum_losses(losses: dict):
     return total
 
 
-def _draw_sample_seeds(images):
+def draw_sample_seeds(images):
     """Per-image sampler seeds `[B, 2]` int32 for a batch that brings none (TensorFlow's
     stateful RNG; other backends need the batch's own `sample_seed`, as `make_dataset` gives)."""
     if not backend.is_tensorflow():

@@ -12,8 +12,9 @@ import dataclasses
 import math
 
 import keras
-import tensorflow as tf
+from keras import ops
 
+from keras_maskrcnn import backend
 from keras_maskrcnn.config import MaskRCNNConfig
 
 # Variables without weight decay (Detectron2's WEIGHT_DECAY_NORM = 0): normalization scales and
@@ -37,15 +38,15 @@ class WarmupStepDecay(keras.optimizers.schedules.LearningRateSchedule):
         self.cosine_steps = int(cosine_steps)
 
     def __call__(self, step):
-        step = tf.cast(step, tf.float32)
-        lr = tf.constant(self.base_lr, tf.float32)
+        step = ops.cast(step, "float32")
+        lr = ops.cast(self.base_lr, "float32")
         if self.cosine_steps > 0:
-            progress = tf.minimum(step / float(self.cosine_steps), 1.0)
-            lr = lr * 0.5 * (1.0 + tf.cos(math.pi * progress))
+            progress = ops.minimum(step / float(self.cosine_steps), 1.0)
+            lr = lr * 0.5 * (1.0 + ops.cos(math.pi * progress))
         for boundary in self.decay_steps:
-            lr = tf.where(step >= boundary, lr * self.gamma, lr)
+            lr = ops.where(step >= boundary, lr * self.gamma, lr)
         if self.warmup_steps > 0:
-            alpha = tf.minimum(step / self.warmup_steps, 1.0)
+            alpha = ops.minimum(step / self.warmup_steps, 1.0)
             lr = lr * (self.warmup_factor * (1.0 - alpha) + alpha)
         return lr
 
@@ -98,8 +99,8 @@ def fused_momentum_available() -> bool:
     """TensorFlow's fused momentum kernel (`ResourceApplyMomentum`: accum = momentum * accum +
     g; w -= lr * accum, torch's update) applies: TensorFlow backend, one replica (under several
     replicas the update goes through Keras's distributed assign)."""
-    return keras.backend.backend() == "tensorflow" and \
-        tf.distribute.get_strategy().num_replicas_in_sync == 1
+    return backend.is_tensorflow() and \
+        backend.tensorflow().distribute.get_strategy().num_replicas_in_sync == 1
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -142,6 +143,7 @@ class TorchSGD(keras.optimizers.Optimizer):
         buf = self.momentums[self._get_variable_index(variable)]
         if fused_momentum_available():
             # One kernel for both lines below (a single pass over the weights, not five).
+            tf = backend.tensorflow()
             tf.raw_ops.ResourceApplyMomentum(
                 var=variable.handle, accum=buf.handle, lr=lr, grad=gradient,
                 momentum=tf.cast(self.momentum, variable.dtype), use_locking=False,

@@ -56,8 +56,9 @@ def training_targets(model, batch: dict[str, Any], training: bool = True) -> dic
         `mask_targets [B, F, P, P]` (binary or soft per `mask_target_rule`), `mask_weights
         [B, F]` (1 on foreground slots).
     """
-    import tensorflow as tf
+    from keras import ops
 
+    from keras_maskrcnn.model import draw_sample_seeds
     from keras_maskrcnn.steps import unpack_batch
 
     batch = unpack_batch(batch)
@@ -67,16 +68,15 @@ def training_targets(model, batch: dict[str, Any], training: bool = True) -> dic
     if missing:
         raise KeyError(f"training_targets: the batch is missing {missing}; batches from "
                        "keras_maskrcnn.data.make_dataset carry every key")
-    feed = {n: tf.convert_to_tensor(batch[n]) for n in names if n in batch}
+    feed = {n: ops.convert_to_tensor(batch[n]) for n in names if n in batch}
     if "sample_seed" in names and "sample_seed" not in feed:
-        size = tf.shape(feed["images"])[0]
-        feed["sample_seed"] = tf.random.uniform([size, 2], 0, 2**31 - 1, tf.int32)
-    state = [v.numpy() for v in model.non_trainable_variables]
+        feed["sample_seed"] = draw_sample_seeds(feed["images"])
+    state = [ops.convert_to_numpy(v) for v in model.non_trainable_variables]
     try:
         out = target_model(feed, training=training)
     finally:  # BatchNorm statistics move in training mode: this is not a training step
         for variable, value in zip(model.non_trainable_variables, state, strict=True):
             variable.assign(value)
-    result = {k: np.asarray(v) for k, v in out.items()}
-    result["anchors"] = np.asarray(model.rpn.anchor_generator(feed["images"]))
+    result = {k: ops.convert_to_numpy(v) for k, v in out.items()}
+    result["anchors"] = ops.convert_to_numpy(model.rpn.anchor_generator(feed["images"]))
     return result

@@ -46,11 +46,13 @@ import math
 from typing import TYPE_CHECKING
 
 import numpy as np
-import tensorflow as tf
+
+from keras_maskrcnn import backend
 
 if TYPE_CHECKING:
     from keras_maskrcnn.config import MaskRCNNConfig
 
+tf = backend.lazy_tensorflow()  # the tf.data and graph functions (`*_tf`) only
 SIZE_MULTIPLE = 32
 
 
@@ -241,6 +243,8 @@ def letterbox(image, canvas_size: tuple[int, int], min_size: float,
     image = np.asarray(image)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
+    if not backend.is_tensorflow():
+        return _letterbox_np(image, canvas_size, min_size, max_size)
     padded, image_shape, scale = resize_and_pad_image(image, canvas_size, min_size, max_size)
     return {
         "images": padded.numpy().astype(np.float32),
@@ -248,6 +252,49 @@ def letterbox(image, canvas_size: tuple[int, int], min_size: float,
         "scale": np.asarray(scale.numpy(), np.float32),
         "original_shape": np.array(image.shape[:2], np.int32),
     }
+
+
+def _letterbox_np(image: np.ndarray, canvas_size, min_size: float,
+                  max_size: float) -> dict[str, np.ndarray]:
+    """`letterbox` in NumPy (JAX and PyTorch backends: no TensorFlow), the same resize rule
+    and bilinear interpolation as `tf.image.resize`."""
+    canvas = check_canvas_size(canvas_size)
+    check_resize_sizes(min_size, max_size)
+    if image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"image must be [height, width, 3], got shape {image.shape}")
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise TypeError(f"image must be uint8 or float, got {image.dtype}")
+    h, w = image.shape[:2]
+    scale = min(float(min_size) / min(h, w), float(max_size) / max(h, w))
+    new_h, new_w = max(int(math.floor(h * scale)), 1), max(int(math.floor(w * scale)), 1)
+    if new_h > canvas[0] or new_w > canvas[1]:
+        raise ValueError(f"the resized image does not fit the canvas {canvas} (height, width); "
+                         "enlarge canvas_size or lower min_size/max_size (resized image "
+                         f"{new_h} x {new_w})")
+    padded = np.zeros((*canvas, 3), np.float32)
+    padded[:new_h, :new_w] = resize_bilinear_np(image.astype(np.float32), (new_h, new_w))
+    return {"images": padded, "image_shape": np.array([new_h, new_w], np.float32),
+            "scale": np.asarray(scale, np.float32),
+            "original_shape": np.array(image.shape[:2], np.int32)}
+
+
+def _bilinear_axis(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Lower / upper source indices and weights of one axis, half-pixel centres (as
+    `tf.image.resize` bilinear without antialiasing)."""
+    ratio = np.float32(size_in / size_out)
+    src = (np.arange(size_out, dtype=np.float32) + 0.5) * ratio - 0.5
+    floor = np.floor(src)
+    lower = np.maximum(floor, 0).astype(np.int64)
+    upper = np.minimum(np.ceil(src), size_in - 1).astype(np.int64)
+    return lower, upper, (src - floor).astype(np.float32)
+
+
+def resize_bilinear_np(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """`[h, w, C]` float32 -> `[H, W, C]` bilinear (half-pixel centres, no antialias)."""
+    top, bottom, wy = _bilinear_axis(image.shape[0], size[0])
+    left, right, wx = _bilinear_axis(image.shape[1], size[1])
+    rows = image[top] + (image[bottom] - image[top]) * wy[:, None, None]
+    return rows[:, left] + (rows[:, right] - rows[:, left]) * wx[None, :, None]
 
 
 # --------------------------------------------------------------------------------- box maps

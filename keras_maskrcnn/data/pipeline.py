@@ -33,8 +33,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import tensorflow as tf
 
+from keras_maskrcnn import backend
 from keras_maskrcnn.config import MaskRCNNConfig
 from keras_maskrcnn.data.images import BadImageError
 from keras_maskrcnn.ops.masks import resize_masks_nearest
@@ -47,6 +47,8 @@ from keras_maskrcnn.transform import (
     pad_to_canvas,
     resize_image_tf,
 )
+
+tf = backend.lazy_tensorflow()  # tf.data: imported when a dataset is made, not by predict
 
 __all__ = [
     "ExampleError",
