@@ -161,7 +161,7 @@ def test_canvas_rounding():
     assert canvas_for(2000, 500, per_image) == (1344, 352)  # 1333 x 333
 
 
-def test_module_imports_only_numpy_and_tensorflow():
+def test_module_imports_only_numpy_and_the_backend_module():
     import ast
     import inspect
 
@@ -172,5 +172,20 @@ def test_module_imports_only_numpy_and_tensorflow():
             imported |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             imported.add(node.module)
-    assert imported <= {"__future__", "math", "typing", "numpy", "tensorflow",
+    # TensorFlow only through backend.lazy_tensorflow(): imported by the tf.data functions
+    assert imported <= {"__future__", "math", "typing", "numpy", "keras_maskrcnn",
                         "keras_maskrcnn.config"}, imported
+
+
+@pytest.mark.parametrize("shape", [(37, 53), (480, 640), (500, 333), (20, 700)])
+def test_numpy_letterbox_matches_tensorflow(shape):
+    """The NumPy letterbox (JAX / PyTorch backends) gives TensorFlow's resize, to float noise."""
+    from keras_maskrcnn.transform import _letterbox_np, letterbox
+
+    rng = np.random.default_rng(sum(shape))
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    ours = _letterbox_np(image, (512, 768), 320, 512)
+    tf_out = letterbox(image, (512, 768), 320, 512)
+    for key in ("image_shape", "scale", "original_shape"):
+        np.testing.assert_array_equal(ours[key], tf_out[key])
+    np.testing.assert_allclose(ours["images"], tf_out["images"], atol=2e-3)
