@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 import tensorflow as tf
 
+from keras_maskrcnn import backend
 from keras_maskrcnn.atomic import (
     DirectoryLock,
     atomic_write_json,
@@ -133,7 +135,9 @@ def load_history(output_dir: Path, up_to_step: int) -> list[dict]:
 
 # ------------------------------------------------------------------------------ the step
 def make_train_step(model: MaskRCNN, env: RunEnvironment) -> Callable:
-    """A `tf.function` running one optimizer step on a distributed batch.
+    """One guarded optimizer step on the next batch of an iterator: a `tf.function` over the
+    strategy's replicas on TensorFlow; on JAX and PyTorch `model.train_on_batch` of the same
+    guarded step (`MaskRCNN.train_step`, `keras_maskrcnn.steps`).
 
     Returns dict of float32 scalars: the five losses and `loss` (global-batch values), `grad_norm`
     (norm of all replicas' gradients taken together), `finite_loss`, `finite_grads`,
@@ -141,6 +145,8 @@ def make_train_step(model: MaskRCNN, env: RunEnvironment) -> Callable:
     before it reaches the optimizer, so the step keeps the weights finite and the loop can stop
     cleanly; loss scaling (mixed_float16) handles its own overflow steps.
     """
+    if not backend.is_tensorflow():
+        return _keras_train_step(model)
     strategy = env.strategy
     optimizer = model.optimizer
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
@@ -192,6 +198,16 @@ def make_train_step(model: MaskRCNN, env: RunEnvironment) -> Callable:
                 for k, v in out.items()}
 
     return tf.function(step, reduce_retracing=True)
+
+
+def _keras_train_step(model: MaskRCNN) -> Callable:
+    """The step of JAX and PyTorch: a tf.data batch (NumPy) through `train_on_batch`, which
+    resets the loss trackers first, so its logs are this step's losses and flags."""
+    def step(iterator):
+        batch = {k: np.asarray(v) for k, v in next(iterator).items()}
+        return model.train_on_batch(batch, return_dict=True)
+
+    return step
 
 
 def divergence(out: dict[str, float], step: int) -> str | None:
@@ -295,8 +311,12 @@ class TrainingRun:
                 from keras_maskrcnn.finetune import initialize_from
 
                 initialize_from(model, self.options.init_from, print_fn=self.print)
+            # TensorFlow's loop compiles its own step (make_train_step); JAX's and PyTorch's
+            # go through Keras's train function.
             model.compile(optimizer=make_optimizer(self.config, plan.batch, plan.total,
-                                                   self.env.precision))
+                                                   self.env.precision),
+                          jit_compile=self.env.jit_compile if not backend.is_tensorflow()
+                          else "auto")
             model.optimizer.build(model.trainable_variables)
         return model
 
@@ -316,13 +336,16 @@ class TrainingRun:
 
     def fit(self, model: MaskRCNN, plan: RunPlan, start: int, history: list[dict]) -> list[dict]:
         """The step loop from `start` to `plan.total`; the history of every epoch."""
-        from keras_maskrcnn.data.pipeline import distributed_dataset
+        from keras_maskrcnn.data.pipeline import distributed_dataset, make_dataset
 
         o = self.options
         skipped: list[str] = []
-        data = distributed_dataset(self.env.strategy, self.source, self.config,
-                                   batch_size=plan.batch, seed=o.seed, skip_batches=start,
-                                   skip_bad_images=o.skip_bad_images, skipped=skipped)
+        options = {"batch_size": plan.batch, "seed": o.seed, "skip_batches": start,
+                   "skip_bad_images": o.skip_bad_images, "skipped": skipped}
+        # JAX / PyTorch: the tf.data batches as NumPy (Keras splits them over the devices).
+        data = distributed_dataset(self.env.strategy, self.source, self.config, **options) \
+            if backend.is_tensorflow() else \
+            make_dataset(self.source, self.config, training=True, **options)
         loop = _Loop(self, model, plan, history)
         loop.run(data, start)
         if skipped:
@@ -343,7 +366,7 @@ class TrainingRun:
 
     def run(self) -> TrainResult:
         keras.utils.set_random_seed(self.options.seed)
-        if self.options.deterministic:
+        if self.options.deterministic and backend.is_tensorflow():
             tf.config.experimental.enable_op_determinism()
         plan = self.plan()
         lock = DirectoryLock(self.output_dir).acquire() if self.env.is_chief else None
