@@ -25,3 +25,99 @@ def test_portable_suite(backend):
          "-m", "not slow", "tests/portable"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+# --------------------------------------------------------------- the model across backends
+WORKER = ROOT / "tests" / "backend_worker.py"
+OTHER_BACKENDS = ["jax", "torch"]
+
+
+def run_worker(backend: str, *arguments, timeout: int = 600) -> subprocess.CompletedProcess:
+    """`tests/backend_worker.py ARGUMENTS` on `backend`, TensorFlow blocked."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "KERAS_MASKRCNN_BLOCK_TENSORFLOW": "1",
+           "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(WORKER), *map(str, arguments)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def shapes_run(tmp_path_factory):
+    """A `shapes` model directory (random weights), one training batch and TensorFlow's
+    losses on it."""
+    import keras
+    import numpy as np
+
+    from keras_maskrcnn.builder import build_model
+    from keras_maskrcnn.config import get_config
+    from keras_maskrcnn.data import ShapesDataset, make_dataset
+    from keras_maskrcnn.model import TRAINING_INPUTS
+    from keras_maskrcnn.saving import save_model_dir
+
+    directory = tmp_path_factory.mktemp("backends")
+    keras.utils.set_random_seed(3)
+    config = get_config("shapes")
+    model = build_model(config)
+    save_model_dir(model, directory / "model")
+    dataset = make_dataset(ShapesDataset(num_images=4, image_size=128, seed=0), config,
+                           training=True, batch_size=2, seed=0)
+    batch = {k: np.asarray(v) for k, v in next(iter(dataset)).items() if k in TRAINING_INPUTS}
+    np.savez(directory / "batch.npz", **batch)
+    losses = {k: float(v) for k, v in model.compute_losses(batch, training=True).items()}
+    return directory, batch, losses
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_training_step_equals_tensorflow_and_saves_for_it(shapes_run, backend, tmp_path):
+    """Same weights, same batch and sampler seeds: the five losses equal TensorFlow's; one
+    guarded step there, saved, loads here (TensorFlow) and gives that backend's losses."""
+    import numpy as np
+
+    from keras_maskrcnn.model import LOSS_NAMES
+    from keras_maskrcnn.saving import load_model_dir
+
+    directory, batch, tf_losses = shapes_run
+    run_worker(backend, "losses", directory / "model", directory / "batch.npz",
+               tmp_path / "out.npz", tmp_path / "stepped")
+    out = dict(np.load(tmp_path / "out.npz"))
+    for name in (*LOSS_NAMES, "loss"):
+        np.testing.assert_allclose(out[name], tf_losses[name], rtol=2e-4, atol=2e-5,
+                                   err_msg=f"{backend} {name}")
+    assert out["step_finite_loss"] == 1.0 and out["step_finite_weights"] == 1.0
+    assert np.isfinite(out["step_grad_norm"]) and out["step_grad_norm"] > 0
+    assert abs(float(out["after_loss"]) - tf_losses["loss"]) > 1e-4  # the step moved
+    stepped = load_model_dir(tmp_path / "stepped")
+    here = stepped.compute_losses(batch, training=True)
+    for name in (*LOSS_NAMES, "loss"):
+        np.testing.assert_allclose(float(here[name]), out[f"after_{name}"], rtol=2e-4,
+                                   atol=2e-5, err_msg=f"{backend} -> tensorflow {name}")
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_cli_predict_without_tensorflow(shapes_run, backend, tmp_path):
+    """`keras-maskrcnn predict` on the backend with TensorFlow blocked writes the same
+    predictions file as on TensorFlow."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from keras_maskrcnn.cli import main
+
+    directory, batch, _ = shapes_run
+    image = tmp_path / "shapes.png"
+    Image.fromarray(batch["images"][0].astype(np.uint8)).save(image)
+    assert main(["predict", str(directory / "model"), str(image), "--output",
+                 str(tmp_path / "tf")]) == 0
+    run_worker(backend, "cli", "predict", directory / "model", image, "--output",
+               tmp_path / backend)
+    ours = json.loads((tmp_path / backend / "predictions.json").read_text())
+    theirs = json.loads((tmp_path / "tf" / "predictions.json").read_text())
+    assert len(ours) == len(theirs) > 0
+    top = sorted(theirs, key=lambda r: -r["score"])[:5]
+    for record in top:
+        close = [r for r in ours if r["category_id"] == record["category_id"]
+                 and abs(r["score"] - record["score"]) < 1e-3
+                 and np.allclose(r["bbox"], record["bbox"], atol=0.05)]
+        assert close, f"{backend} lacks TensorFlow's detection {record}"

@@ -1,0 +1,64 @@
+"""The model on the backend of this process: the package imports without TensorFlow off the
+TensorFlow backend, a model builds, predicts and trains with `fit` (tiny `shapes` config)."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+
+def _batch(config, size: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """A synthetic training batch: one box per image with its mini mask, sampler seeds."""
+    rng = np.random.default_rng(seed)
+    h, w = config.image_size
+    g, m = config.max_instances, config.gt_mask_size
+    images = rng.uniform(0, 255, (size, h, w, 3)).astype(np.float32)
+    boxes = np.zeros((size, g, 4), np.float32)
+    boxes[:, 0] = [h * 0.2, w * 0.25, h * 0.7, w * 0.8]
+    classes = np.zeros((size, g), np.int32)
+    classes[:, 0] = 1
+    masks = np.zeros((size, g, m, m), np.float32)
+    masks[:, 0, m // 4:3 * m // 4, m // 4:3 * m // 4] = 1.0
+    images[:, int(h * 0.2):int(h * 0.7), int(w * 0.25):int(w * 0.8)] = 230.0
+    return {"images": images, "image_shape": np.tile(np.float32([h, w]), (size, 1)),
+            "gt_boxes": boxes, "gt_classes": classes, "gt_masks": masks,
+            "sample_seed": rng.integers(0, 2**31 - 1, (size, 2)).astype(np.int32)}
+
+
+def test_package_imports_without_tensorflow(backend):
+    import keras_maskrcnn  # noqa: F401
+    from keras_maskrcnn import builder, inference, saving  # noqa: F401
+
+    if backend != "tensorflow":
+        assert "tensorflow" not in sys.modules
+
+
+def test_build_and_predict(backend):
+    from keras_maskrcnn import build_model, get_config
+    from keras_maskrcnn.inference import predict_images
+
+    model = build_model(get_config("shapes", detections_per_image=10))
+    image = np.random.default_rng(1).integers(0, 256, (90, 140, 3), dtype=np.uint8)
+    (det,) = predict_images(model, [image])
+    n = len(det["boxes"])
+    assert det["boxes"].shape == (n, 4) and det["masks"].shape == (n, 90, 140)
+    assert n <= 10 and np.all(det["scores"] >= model.config.score_threshold)
+    assert np.all((det["boxes"] >= 0) & (det["boxes"] <= [90, 140, 90, 140]))
+
+
+def test_fit_steps_lower_the_loss(backend):
+    import keras
+
+    from keras_maskrcnn import build_model, get_config
+    from keras_maskrcnn.solver import make_optimizer
+
+    keras.utils.set_random_seed(0)
+    config = get_config("shapes")
+    model = build_model(config)
+    model.compile(optimizer=make_optimizer(config.replace(learning_rate=0.01), 2))
+    batch = _batch(config)
+    history = model.fit(batch, batch_size=2, epochs=4, verbose=0, shuffle=False)
+    losses = history.history["loss"]
+    assert all(np.isfinite(losses)), losses
+    assert losses[-1] < losses[0], losses
