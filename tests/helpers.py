@@ -69,3 +69,21 @@ def compare_with_keras(model, image_files, make_inputs, run_other, match_iou: fl
                 stats[key] = max(stats[key], diff)
             stats["mask_ious"].append(mask_iou(ref_px["masks"][i], out_px["masks"][j]))
     return stats
+
+
+def run_backend_worker(backend: str, *arguments, timeout: int = 600):
+    """`tests/backend_worker.py ARGUMENTS` in a process on the Keras `backend`, TensorFlow
+    blocked there (as on a machine without it); the completed process (asserted rc 0)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "KERAS_BACKEND": backend, "KERAS_MASKRCNN_BLOCK_TENSORFLOW": "1",
+           "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, str(root / "tests" / "backend_worker.py"),
+                           *map(str, arguments)], cwd=root, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import run_backend_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,18 +29,7 @@ def test_portable_suite(backend):
 
 
 # --------------------------------------------------------------- the model across backends
-WORKER = ROOT / "tests" / "backend_worker.py"
 OTHER_BACKENDS = ["jax", "torch"]
-
-
-def run_worker(backend: str, *arguments, timeout: int = 600) -> subprocess.CompletedProcess:
-    """`tests/backend_worker.py ARGUMENTS` on `backend`, TensorFlow blocked."""
-    env = {**os.environ, "KERAS_BACKEND": backend, "KERAS_MASKRCNN_BLOCK_TENSORFLOW": "1",
-           "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(WORKER), *map(str, arguments)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +68,7 @@ def test_training_step_equals_tensorflow_and_saves_for_it(shapes_run, backend, t
     from keras_maskrcnn.saving import load_model_dir
 
     directory, batch, tf_losses = shapes_run
-    run_worker(backend, "losses", directory / "model", directory / "batch.npz",
+    run_backend_worker(backend, "losses", directory / "model", directory / "batch.npz",
                tmp_path / "out.npz", tmp_path / "stepped")
     out = dict(np.load(tmp_path / "out.npz"))
     for name in (*LOSS_NAMES, "loss"):
@@ -110,7 +100,7 @@ def test_cli_predict_without_tensorflow(shapes_run, backend, tmp_path):
     Image.fromarray(batch["images"][0].astype(np.uint8)).save(image)
     assert main(["predict", str(directory / "model"), str(image), "--output",
                  str(tmp_path / "tf")]) == 0
-    run_worker(backend, "cli", "predict", directory / "model", image, "--output",
+    run_backend_worker(backend, "cli", "predict", directory / "model", image, "--output",
                tmp_path / backend)
     ours = json.loads((tmp_path / backend / "predictions.json").read_text())
     theirs = json.loads((tmp_path / "tf" / "predictions.json").read_text())

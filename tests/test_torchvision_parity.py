@@ -43,6 +43,7 @@ MIN_SIZE, MAX_SIZE = 320, 512
 POST_NMS_TEST, DETECTIONS = 300, 15
 IMAGE_NAMES = ("astronaut", "chelsea", "coffee", "stereo_motorcycle")
 V2_IMAGES = (1,)  # maskrcnn_resnet50_fpn_v2 is compared stage by stage on chelsea
+OTHER_BACKENDS = ("jax", "torch")  # the end-to-end comparison runs on these too
 RA_CASES = [(aligned, ratio, scale, size) for aligned in (False, True) for ratio in (0, 1, 2)
             for scale, size in ((1.0, (7, 7)), (0.25, (3, 5)))]
 NMS_THRESHOLDS = (0.3, 0.5, 0.7)
@@ -417,8 +418,30 @@ def parity(tmp_path_factory):
     reference, reference_v2 = _finish_reference(process, data, directory)
     result = {"v1": (reference, _run_ours(model, reference, end_to_end=True)),
               "v2": (reference_v2, _run_ours(model_v2, reference_v2, end_to_end=False))}
+    result["backends"] = _on_other_backends(model, result["v1"][1]["batch"], directory)
     shutil.rmtree(directory, ignore_errors=True)  # ~0.5 GB of state dicts and outputs
     return result
+
+
+def _on_other_backends(model, batch: dict, directory: Path) -> dict[str, list[dict]]:
+    """The converted model's end-to-end detections on JAX and PyTorch (each in its own process,
+    TensorFlow blocked), from the model directory TensorFlow saves."""
+    from helpers import run_backend_worker
+
+    from keras_maskrcnn.saving import save_model_dir
+
+    save_model_dir(model, directory / "converted")
+    np.savez(directory / "batch.npz", **batch)
+    found = {}
+    for backend in OTHER_BACKENDS:
+        out_path = directory / f"{backend}.npz"
+        run_backend_worker(backend, "predict", directory / "converted", directory / "batch.npz",
+                           out_path)
+        out = dict(np.load(out_path))
+        found[backend] = [{key: out[f"{key}{i}"] for key in ("boxes", "scores", "labels",
+                                                              "masks")}
+                          for i in range(len(batch["images"]))]
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -699,10 +722,14 @@ def test_mask_head_on_torchvision_detections(stage):
 
 
 @needs_torch
-def test_end_to_end_detections(parity):
+@pytest.mark.parametrize("backend", ["tensorflow", *OTHER_BACKENDS])
+def test_end_to_end_detections(parity, backend):
+    """Converted weights give torchvision's detections on every backend (JAX and PyTorch load
+    the model directory TensorFlow wrote: one weights file for all)."""
     reference, ours = parity["v1"]
+    finals = ours["final"] if backend == "tensorflow" else parity["backends"][backend]
     matched, total, mask_ious, score_diffs = 0, 0, [], []
-    for i, det in enumerate(ours["final"]):
+    for i, det in enumerate(finals):
         boxes, labels = reference[f"tv_final_boxes{i}"], reference[f"tv_final_labels{i}"]
         masks, scores = reference[f"tv_final_masks{i}"], reference[f"tv_final_scores{i}"]
         total += len(boxes)
@@ -718,7 +745,7 @@ def test_end_to_end_detections(parity):
                 mask_ious.append(inter / union if union else 1.0)
                 score_diffs.append(abs(float(scores[j]) - float(det["scores"][k])))
     share = matched / max(total, 1)
-    print(f"end to end: {matched} of {total} torchvision detections matched ({share:.3f}), "
+    print(f"end to end ({backend}): {matched} of {total} torchvision detections matched ({share:.3f}), "
           f"mean mask IoU {np.mean(mask_ious):.5f}, min {np.min(mask_ious):.4f}, "
           f"max score diff {max(score_diffs):.2g}")
     assert total > 20
