@@ -1,9 +1,11 @@
 """The one place a `MaskRCNNConfig` becomes a model: each part's layers made with keyword
 arguments from the config's fields, then `MaskRCNN(normalizer, backbone, rpn, roi_heads)`.
 
-`build_model(config)` builds; `rebuilt(model, ...)` gives the same weights on another canvas,
-RoIAlign implementation or dtype policy (anchors and static shapes are constants of the canvas),
-cached per model here, never on the model. Nothing below this module reads a config.
+`build_model(config)` builds. The same weights elsewhere: `model_for_canvas(model, canvas)`
+on another canvas (the same parts, so the same variables; anchors and static shapes are
+constants of the canvas), `rebuilt(model, ...)` in another dtype policy or RoIAlign
+implementation (new layers, the weights copied); both cached per model here, never on the
+model. Nothing below this module reads a config.
 """
 
 from __future__ import annotations
@@ -273,10 +275,33 @@ def rebuilt(model: MaskRCNN, roi_align_implementation: str | None = None,
 
 
 def model_for_canvas(model: MaskRCNN, canvas: tuple[int, int]) -> MaskRCNN:
-    """`model` on the canvas (H, W) (its resize sizes capped to fit), same weights."""
+    """`model` on the canvas (H, W) (multiples of 32; its resize sizes capped to fit), sharing
+    every part, and so every variable, with `model`: no weights are copied and none go stale.
+    Only the RPN's proposal layers, which hold the per-level anchor counts of one canvas and no
+    weights, are made anew. Per-image inference off TensorFlow and every exporter's canvas
+    (`export.buckets`) go through here; cached per model like `rebuilt`."""
     canvas = (int(canvas[0]), int(canvas[1]))
     c = model.config
     if canvas == tuple(c.image_size):
         return model
-    return rebuilt(model, image_size=canvas, min_size=min(c.min_size, min(canvas)),
-                   max_size=min(c.max_size, max(canvas)))
+    key = ("canvas", canvas)
+    cache = rebuilt_cache(model)
+    entry = cache.take(key)
+    if entry is None:
+        config = c.replace(image_size=canvas, min_size=min(c.min_size, min(canvas)),
+                           max_size=min(c.max_size, max(canvas)))
+        level_sizes = model.rpn.anchor_generator.level_sizes(canvas)
+        rpn = model.rpn.replaced(**{
+            name: _proposals_for(getattr(model.rpn, name), level_sizes, canvas)
+            for name in ("train_proposals", "test_proposals")})
+        entry = [MaskRCNN(model.normalizer, model.backbone, rpn, model.roi_heads, config=config,
+                          roi_align_implementation=model.roi_align_implementation), None]
+    cache.put(key, entry)
+    return entry[0]
+
+
+def _proposals_for(layer: ProposalLayer, level_sizes, canvas: tuple[int, int]) -> ProposalLayer:
+    """A copy of a proposal layer with the anchor counts of another canvas."""
+    config = layer.get_config()
+    config.update(level_sizes=level_sizes, name=f"{layer.name}_{canvas[0]}x{canvas[1]}")
+    return type(layer).from_config(config)
