@@ -54,33 +54,24 @@ def losses(model_dir: str, batch_path: str, out_path: str, save_dir: str | None 
     np.savez(out_path, **out)
 
 
-def cli(*arguments: str) -> None:
-    from keras_maskrcnn.cli import main
-
-    sys.exit(main(list(arguments)))
-
-
-def block_tensorflow() -> None:
-    import importlib.abc
-
-    class Blocker(importlib.abc.MetaPathFinder):
-        def find_spec(self, fullname, path=None, target=None):
-            if fullname == "tensorflow" or fullname.startswith("tensorflow."):
-                raise ImportError(f"{fullname} is blocked (a machine without TensorFlow)")
-
-    sys.meta_path.insert(0, Blocker())
-
-
 def _numpy(tensors: dict) -> dict:
     from keras import ops
 
     return {k: ops.convert_to_numpy(v) for k, v in tensors.items()}
 
 
+def cli(*arguments: str) -> None:
+    from keras_maskrcnn.cli import main
+
+    sys.exit(main(list(arguments)))
+
+
 if __name__ == "__main__":
     import os
 
     if os.environ.get("KERAS_MASKRCNN_BLOCK_TENSORFLOW") == "1":
+        from helpers import block_tensorflow
+
         block_tensorflow()
     command, *arguments = sys.argv[1:]
     {"predict": predict, "losses": losses, "cli": cli}[command](*arguments)

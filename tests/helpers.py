@@ -87,3 +87,29 @@ def run_backend_worker(backend: str, *arguments, timeout: int = 600):
                           text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
+
+
+def block_tensorflow() -> None:
+    """Makes this process behave as on a machine without TensorFlow: `import tensorflow` raises
+    ModuleNotFoundError, and `importlib.util.find_spec` still answers (a spec whose loader
+    fails, so that libraries probing for TensorFlow, e.g. torch._dynamo, do not crash)."""
+    import importlib.abc
+    import importlib.machinery
+    import sys
+
+    class Missing(importlib.abc.Loader):
+        def create_module(self, spec):
+            raise ModuleNotFoundError(f"No module named {spec.name!r} (TensorFlow is blocked: "
+                                      "this process runs as on a machine without it)",
+                                      name=spec.name)
+
+        def exec_module(self, module):  # never reached
+            raise ModuleNotFoundError(module.__name__)
+
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, fullname, path=None, target=None):
+            if fullname == "tensorflow" or fullname.startswith("tensorflow."):
+                return importlib.machinery.ModuleSpec(fullname, Missing())
+            return None
+
+    sys.meta_path.insert(0, Blocker())

@@ -5,23 +5,14 @@ import in the model body fails here as it would on a machine without TensorFlow.
 
 from __future__ import annotations
 
-import importlib.abc
 import os
-import sys
 
 import pytest
 
-
-class _BlockTensorFlow(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname == "tensorflow" or fullname.startswith(("tensorflow.", "tf_keras")):
-            raise ImportError(f"{fullname} is blocked: this test runs as on a machine without "
-                              "TensorFlow")
-        return None
-
-
 if os.environ.get("KERAS_MASKRCNN_BLOCK_TENSORFLOW") == "1":
-    sys.meta_path.insert(0, _BlockTensorFlow())
+    from helpers import block_tensorflow
+
+    block_tensorflow()
 
 
 @pytest.fixture(scope="session")
