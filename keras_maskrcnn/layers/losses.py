@@ -33,6 +33,8 @@ def sigmoid_cross_entropy(labels, logits):
     """Element-wise binary cross-entropy of `logits` against `labels` in [0, 1]:
     max(x, 0) - x z + log(1 + exp(-|x|)), in the operations (and order) of
     `tf.nn.sigmoid_cross_entropy_with_logits`, so TensorFlow's numbers are unchanged."""
+    logits = ops.convert_to_tensor(logits)
+    labels = ops.convert_to_tensor(labels, logits.dtype)
     zeros = ops.zeros_like(logits)
     cond = logits >= zeros
     relu_logits = ops.where(cond, logits, zeros)
@@ -55,6 +57,7 @@ def sparse_softmax_cross_entropy(labels, logits):
 
 def sparse_softmax_cross_entropy_portable(labels, logits):
     """The `keras.ops` form of `sparse_softmax_cross_entropy` (every backend)."""
+    logits = ops.convert_to_tensor(logits)
     shifted = logits - ops.stop_gradient(ops.max(logits, axis=-1, keepdims=True))
     log_sum = ops.log(ops.sum(ops.exp(shifted), axis=-1))
     index = ops.expand_dims(ops.cast(labels, "int32"), -1)

@@ -91,18 +91,31 @@ def _mul_const(word, value: int):
     return (limbs[0], limbs[1]), (limbs[2], limbs[3])
 
 
+def _round(c0, c1, c2, c3, k0, k1):
+    """One Philox round, then the key schedule's step (unused after the last round)."""
+    lo0, hi0 = _mul_const(c0, _PHILOX_M[0])
+    lo1, hi1 = _mul_const(c2, _PHILOX_M[1])
+    return (_xor(hi1, c1, k0), lo1, _xor(hi0, c3, k1), lo0,
+            _add_const(k0, _PHILOX_W[0]), _add_const(k1, _PHILOX_W[1]))
+
+
 def philox_4x32_10(counter, key):
     """Philox-4x32-10 (TF's `PhiloxRandom` block): four counter words and two key words (each a
-    (lo, hi) pair of int32 16-bit limb tensors, broadcastable) -> the four output words."""
-    c0, c1, c2, c3 = counter
-    k0, k1 = key
-    for r in range(_PHILOX_ROUNDS):
-        lo0, hi0 = _mul_const(c0, _PHILOX_M[0])
-        lo1, hi1 = _mul_const(c2, _PHILOX_M[1])
-        c0, c1, c2, c3 = _xor(hi1, c1, k0), lo1, _xor(hi0, c3, k1), lo0
-        if r < _PHILOX_ROUNDS - 1:
-            k0, k1 = _add_const(k0, _PHILOX_W[0]), _add_const(k1, _PHILOX_W[1])
-    return c0, c1, c2, c3
+    (lo, hi) pair of int32 16-bit limb tensors, broadcastable) -> the four output words, of
+    their broadcast shape. The ten rounds run as one `ops.fori_loop` (a small graph: one
+    round compiles once under XLA)."""
+    limbs = [limb for word in (*counter, *key) for limb in word]
+    zero = ops.zeros_like(limbs[0])
+    for limb in limbs[1:]:
+        zero = zero + ops.zeros_like(limb)
+    state = tuple(ops.cast(limb, "int32") + zero for limb in limbs)  # one shape for the loop
+
+    def body(_, state):
+        words = [state[i : i + 2] for i in range(0, 12, 2)]
+        return tuple(limb for word in _round(*words) for limb in word)
+
+    state = ops.fori_loop(0, _PHILOX_ROUNDS, body, state)
+    return tuple(state[i : i + 2] for i in range(0, 8, 2))
 
 
 def _const_word(value: int, like):
