@@ -139,6 +139,15 @@ class AnchorTargetLayer(layers.Layer):
         box_targets = ops.where(pos[..., None], box_targets, 0.0)
         return ops.stop_gradient(labels), ops.stop_gradient(box_targets)
 
+    def compute_output_spec(self, anchors, gt_boxes, gt_classes, seeds=None):
+        """TensorFlow: inferred from `call` (as before); other backends: the static shapes
+        (PyTorch's symbolic call runs on meta tensors, where the sampler cannot)."""
+        if backend.is_tensorflow():
+            return super().compute_output_spec(anchors, gt_boxes, gt_classes, seeds)
+        batch, num = gt_boxes.shape[0], anchors.shape[-2]
+        return (keras.KerasTensor((batch, num), "int32"),
+                keras.KerasTensor((batch, num, 4), "float32"))
+
     def get_config(self):
         return {**super().get_config(), "positive_iou": self.positive_iou,
                 "negative_iou": self.negative_iou, "batch_per_image": self.batch_per_image,
@@ -242,6 +251,25 @@ class DetectionTargetLayer(layers.Layer):
             "mask_weights": mask_weights,
         }
         return {k: ops.stop_gradient(outputs[k]) for k in self.OUTPUT_KEYS}
+
+    def compute_output_spec(self, proposals, num_proposals, gt_boxes, gt_classes, gt_masks,
+                            seeds=None, image_shape=None):
+        """TensorFlow: inferred from `call` (as before: F' unknown with `trim_masks`); other
+        backends: the static shapes (S, F as in `call`; PyTorch's symbolic call runs on meta
+        tensors, where the sampler cannot)."""
+        if backend.is_tensorflow():
+            return super().compute_output_spec(proposals, num_proposals, gt_boxes, gt_classes,
+                                               gt_masks, seeds, image_shape)
+        batch = proposals.shape[0]
+        samples = min(self.batch_per_image, proposals.shape[1] + gt_boxes.shape[1])
+        fg, size = min(self.num_foreground, samples), self.mask_size
+        shapes = {"rois": ((samples, 4), proposals.dtype), "class_targets": ((samples,), "int32"),
+                  "box_targets": ((samples, 4), "float32"), "weights": ((samples,), "float32"),
+                  "mask_rois": ((fg, 4), proposals.dtype), "mask_classes": ((fg,), "int32"),
+                  "mask_targets": ((fg, size, size), "float32"),
+                  "mask_weights": ((fg,), "float32")}
+        return {k: keras.KerasTensor((batch, *shapes[k][0]), shapes[k][1])
+                for k in self.OUTPUT_KEYS}
 
     def _mask_targets(self, gt_masks, gt_boxes, gt_classes, rois, matched, image_shape):
         if self.mask_target_rule == "detectron2":

@@ -138,8 +138,9 @@ def roi_align_fixed(images, boxes, image_index, output_size: int, sampling_ratio
     """
     height, width = backend.static_dim(images, 1), backend.static_dim(images, 2)
     num = backend.static_dim(boxes, 0)
-    if 0 in (num, backend.static_dim(images, 0)):  # statically empty (JAX's take of no rows
-        return ops.zeros((num, output_size, output_size), "float32")  # keeps their shape)
+    if any(isinstance(n, int) and n == 0 for n in (num, backend.static_dim(images, 0))):
+        # statically empty (JAX's take of no rows keeps their shape)
+        return ops.zeros((num, output_size, output_size), "float32")
     start_y, extent_y, start_x, extent_x = _roi_extents(boxes, aligned)
     rows, row_w = _fixed_axis_table(start_y, extent_y, output_size, sampling_ratio, height)
     cols, col_w = _fixed_axis_table(start_x, extent_x, output_size, sampling_ratio, width)
