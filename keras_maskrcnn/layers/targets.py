@@ -5,43 +5,63 @@ RoIs that can be foreground (the first F of the S), P mask size.
 Ground-truth classes: 1..K objects, 0 padding, -1 crowd (never positive, never negative where a
 candidate lies mostly inside a crowd region).
 
-Padding costs nothing outside XLA: matching runs on the ground-truth columns in use (G' <= G)
-and, with `trim_masks`, the mask branch on the foreground slots in use (F' <= F). Under XLA
-(`jit_compile`) every shape stays static (G and F). The results are the same either way: the
-cut-off columns and slots are padding.
+Runs on every Keras backend (`keras.ops`; static, padded shapes). On TensorFlow outside XLA,
+padding costs nothing: matching runs on the ground-truth columns in use (G' <= G) and, with
+`trim_masks`, the mask branch on the foreground slots in use (F' <= F) (`trim_padding`, a
+TensorFlow-only optimization). Under XLA (`jit_compile`), on JAX and on PyTorch every shape stays
+static (G and F). The results are the same either way: the cut-off columns and slots are padding.
 """
 
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
+from keras_maskrcnn import backend
 from keras_maskrcnn.ops import boxes as box_ops
 from keras_maskrcnn.ops import masks as mask_ops
 from keras_maskrcnn.ops import sampling
-from keras_maskrcnn.ops.roi_common import in_xla_context
 
 CROWD_IOA = 0.5
 
 
-def used_length(in_use: tf.Tensor) -> tf.Tensor:
+def in_xla_context() -> bool:
+    """True while TensorFlow traces for XLA (`jit_compile=True`); False on other backends."""
+    if not backend.is_tensorflow():
+        return False
+    from keras_maskrcnn.ops.roi_common import in_xla_context as tf_in_xla_context
+
+    return tf_in_xla_context()
+
+
+def used_length(in_use):
     """1 + the last index along axis 1 that is in use in any row of `in_use [B, K]` bool:
     int32 scalar in [1, K] (1 when nothing is in use, so shapes never become empty)."""
-    positions = tf.range(1, tf.shape(in_use)[1] + 1)[None, :]
-    return tf.maximum(tf.reduce_max(tf.where(in_use, positions, 0)), 1)
+    positions = ops.arange(1, backend.static_dim(in_use, 1) + 1, dtype="int32")[None, :]
+    return ops.maximum(ops.max(ops.where(in_use, positions, 0)), 1)
 
 
-def trim_padding(in_use: tf.Tensor, *tensors: tf.Tensor) -> tuple[tf.Tensor, ...]:
-    """`tensors` (each `[B, K, ...]`) cut along axis 1 to `used_length(in_use)`, or unchanged
-    while tracing for XLA (static shapes)."""
-    if in_xla_context():
+def trim_padding(in_use, *tensors):
+    """`tensors` (each `[B, K, ...]`) cut along axis 1 to `used_length(in_use)` on TensorFlow
+    outside XLA (a data-dependent shape); unchanged while tracing for XLA and on JAX / PyTorch
+    (static shapes: the padded path, same results)."""
+    if not backend.is_tensorflow() or in_xla_context():
         return tensors
     length = used_length(in_use)
     return tuple(t[:, :length] for t in tensors)
 
 
-def match_boxes(candidates: tf.Tensor, gt_boxes: tf.Tensor, gt_classes: tf.Tensor):
+def gather_rows(values, indices):
+    """`values [B, K, ...]` at `indices [B, N]` int32 along axis 1 -> `[B, N, ...]` (per-row
+    gather: the batch flattened with offsets, one `ops.take`)."""
+    num = backend.static_dim(values, 1)
+    batch = backend.static_dim(indices, 0)
+    offsets = ops.arange(batch, dtype="int32")[:, None] * num
+    flat = ops.reshape(values, (-1, *values.shape[2:]))
+    return ops.take(flat, ops.cast(indices, "int32") + offsets, axis=0)
+
+
+def match_boxes(candidates, gt_boxes, gt_classes):
     """Matches each candidate box to its best-overlapping object ground truth.
 
     Args:
@@ -53,19 +73,26 @@ def match_boxes(candidates: tf.Tensor, gt_boxes: tf.Tensor, gt_classes: tf.Tenso
       box > 0.5). G' = G under XLA, else the ground-truth columns in use (`trim_padding`).
     """
     gt_boxes, gt_classes = trim_padding(gt_classes != 0, gt_boxes, gt_classes)
-    if candidates.shape.rank == 2:
-        candidates = tf.broadcast_to(candidates[None], [tf.shape(gt_boxes)[0], *candidates.shape])
+    if len(candidates.shape) == 2:
+        candidates = ops.broadcast_to(candidates[None], (backend.static_dim(gt_boxes, 0),
+                                                         *candidates.shape))
     is_object = (gt_classes > 0)[:, None, :]
-    iou = tf.where(is_object, box_ops.pairwise_iou(candidates, gt_boxes), -1.0)
+    iou = ops.where(is_object, box_ops.pairwise_iou(candidates, gt_boxes), -1.0)
     ioa = box_ops.pairwise_ioa(candidates, gt_boxes)
-    in_crowd = tf.reduce_any((gt_classes < 0)[:, None, :] & (ioa > CROWD_IOA), axis=2)
-    return iou, tf.reduce_max(iou, axis=2), tf.argmax(iou, axis=2, output_type=tf.int32), in_crowd
+    in_crowd = ops.any(ops.logical_and((gt_classes < 0)[:, None, :], ioa > CROWD_IOA), axis=2)
+    matched = ops.cast(ops.argmax(iou, axis=2), "int32")  # first of equal maxima
+    return iou, ops.max(iou, axis=2), matched, in_crowd
 
 
-def fold_seeds(seeds: tf.Tensor | None, salt: int) -> tf.Tensor | None:
-    """Per-image stateless seeds `[B, 2]` int32 for one sampler (`salt` tells samplers apart)."""
+def fold_seeds(seeds, salt: int):
+    """Per-image stateless seeds `[B, 2]` int32 for one sampler (`salt` tells samplers apart):
+    `tf.random.experimental.stateless_fold_in(seeds[b], salt)` (TensorFlow's own op on
+    TensorFlow, `sampling.philox_fold_in_rows` elsewhere: the same numbers)."""
     if seeds is None:
         return None
+    if not backend.is_tensorflow():
+        return sampling.philox_fold_in_rows(seeds, salt)
+    tf = backend.tensorflow()
     return tf.map_fn(lambda s: tf.random.experimental.stateless_fold_in(s, salt),
                      tf.cast(seeds, tf.int32), fn_output_signature=tf.int32)
 
@@ -96,18 +123,30 @@ class AnchorTargetLayer(layers.Layer):
 
     def call(self, anchors, gt_boxes, gt_classes, seeds=None):
         iou, max_iou, matched, in_crowd = match_boxes(anchors, gt_boxes, gt_classes)
-        best_per_gt = tf.reduce_max(iou, axis=1, keepdims=True)  # [B, 1, G]
-        is_best = tf.reduce_any((iou == best_per_gt) & (best_per_gt > 0.0), axis=2)
-        positive = (max_iou >= self.positive_iou) | is_best
-        negative = (max_iou < self.negative_iou) & ~positive & ~in_crowd
+        best_per_gt = ops.max(iou, axis=1, keepdims=True)  # [B, 1, G]
+        is_best = ops.any(ops.logical_and(iou == best_per_gt, best_per_gt > 0.0), axis=2)
+        positive = ops.logical_or(max_iou >= self.positive_iou, is_best)
+        negative = ops.logical_and(
+            ops.logical_and(max_iou < self.negative_iou, ops.logical_not(positive)),
+            ops.logical_not(in_crowd))
         pos, neg = sampling.subsample_labels(positive, negative, self.batch_per_image,
                                              self.positive_fraction, fold_seeds(seeds, 1),
                                              rounding=self.quota_rounding)
-        labels = tf.where(pos, 1, tf.where(neg, 0, -1))
-        matched_boxes = tf.gather(gt_boxes, matched, batch_dims=1)
+        labels = ops.where(pos, 1, ops.where(neg, 0, -1))
+        labels = ops.cast(labels, "int32")
+        matched_boxes = gather_rows(gt_boxes, matched)
         box_targets = box_ops.encode_boxes(matched_boxes, anchors[None], weights=(1.0, 1.0, 1.0, 1.0))
-        box_targets = tf.where(pos[..., None], box_targets, 0.0)
-        return tf.stop_gradient(labels), tf.stop_gradient(box_targets)
+        box_targets = ops.where(pos[..., None], box_targets, 0.0)
+        return ops.stop_gradient(labels), ops.stop_gradient(box_targets)
+
+    def compute_output_spec(self, anchors, gt_boxes, gt_classes, seeds=None):
+        """TensorFlow: inferred from `call` (as before); other backends: the static shapes
+        (PyTorch's symbolic call runs on meta tensors, where the sampler cannot)."""
+        if backend.is_tensorflow():
+            return super().compute_output_spec(anchors, gt_boxes, gt_classes, seeds)
+        batch, num = gt_boxes.shape[0], anchors.shape[-2]
+        return (keras.KerasTensor((batch, num), "int32"),
+                keras.KerasTensor((batch, num, 4), "float32"))
 
     def get_config(self):
         return {**super().get_config(), "positive_iou": self.positive_iou,
@@ -165,14 +204,16 @@ class DetectionTargetLayer(layers.Layer):
 
     def call(self, proposals, num_proposals, gt_boxes, gt_classes, gt_masks, seeds=None,
              image_shape=None):
-        proposals = tf.stop_gradient(proposals)
-        num_rois = proposals.shape[1]
-        candidates = tf.concat([proposals, gt_boxes], axis=1)
-        proposal_valid = tf.range(num_rois)[None, :] < num_proposals[:, None]
-        valid = tf.concat([proposal_valid, gt_classes > 0], axis=1)
+        proposals = ops.stop_gradient(proposals)
+        num_rois = backend.static_dim(proposals, 1)
+        candidates = ops.concatenate([proposals, gt_boxes], axis=1)
+        proposal_valid = ops.arange(num_rois, dtype="int32")[None, :] < ops.cast(
+            num_proposals, "int32")[:, None]
+        valid = ops.concatenate([proposal_valid, gt_classes > 0], axis=1)
         _, max_iou, matched, in_crowd = match_boxes(candidates, gt_boxes, gt_classes)
-        positive = valid & (max_iou >= self.foreground_iou)
-        negative = valid & (max_iou < self.foreground_iou) & ~in_crowd
+        positive = ops.logical_and(valid, max_iou >= self.foreground_iou)
+        negative = ops.logical_and(ops.logical_and(valid, max_iou < self.foreground_iou),
+                                   ops.logical_not(in_crowd))
         total = candidates.shape[1]
         num_samples = min(self.batch_per_image, total)
         pos, neg = sampling.subsample_labels(positive, negative, self.batch_per_image,
@@ -180,14 +221,14 @@ class DetectionTargetLayer(layers.Layer):
                                              rounding=self.quota_rounding)
         indices, slot_valid, slot_positive = sampling.sampled_indices(pos, neg, num_samples)
 
-        rois = tf.gather(candidates, indices, batch_dims=1)
-        slot_matched = tf.gather(matched, indices, batch_dims=1)
-        matched_boxes = tf.gather(gt_boxes, slot_matched, batch_dims=1)
-        matched_classes = tf.gather(gt_classes, slot_matched, batch_dims=1)
-        class_targets = tf.where(slot_positive, matched_classes, 0)
+        rois = gather_rows(candidates, indices)
+        slot_matched = gather_rows(matched, indices)
+        matched_boxes = gather_rows(gt_boxes, slot_matched)
+        matched_classes = gather_rows(gt_classes, slot_matched)
+        class_targets = ops.cast(ops.where(slot_positive, matched_classes, 0), "int32")
         box_targets = box_ops.encode_boxes(matched_boxes, rois, weights=self.box_coder_weights)
-        box_targets = tf.where(slot_positive[..., None], box_targets, 0.0)
-        rois = rois * tf.cast(slot_valid, tf.float32)[..., None]
+        box_targets = ops.where(slot_positive[..., None], box_targets, 0.0)
+        rois = rois * ops.cast(slot_valid, "float32")[..., None]
 
         fg = min(self.num_foreground, num_samples)
         mask_rois, mask_positive, mask_matched, mask_classes = \
@@ -195,7 +236,7 @@ class DetectionTargetLayer(layers.Layer):
         if self.trim_masks:
             mask_rois, mask_positive, mask_matched, mask_classes = trim_padding(
                 mask_positive, mask_rois, mask_positive, mask_matched, mask_classes)
-        mask_weights = tf.cast(mask_positive, tf.float32)
+        mask_weights = ops.cast(mask_positive, "float32")
         mask_targets = self._mask_targets(gt_masks, gt_boxes, gt_classes, mask_rois,
                                           mask_matched, image_shape)
         mask_targets = mask_targets * mask_weights[..., None, None]
@@ -203,19 +244,38 @@ class DetectionTargetLayer(layers.Layer):
             "rois": rois,
             "class_targets": class_targets,
             "box_targets": box_targets,
-            "weights": tf.cast(slot_valid, tf.float32),
+            "weights": ops.cast(slot_valid, "float32"),
             "mask_rois": mask_rois,
             "mask_classes": mask_classes,
             "mask_targets": mask_targets,
             "mask_weights": mask_weights,
         }
-        return {k: tf.stop_gradient(outputs[k]) for k in self.OUTPUT_KEYS}
+        return {k: ops.stop_gradient(outputs[k]) for k in self.OUTPUT_KEYS}
+
+    def compute_output_spec(self, proposals, num_proposals, gt_boxes, gt_classes, gt_masks,
+                            seeds=None, image_shape=None):
+        """TensorFlow: inferred from `call` (as before: F' unknown with `trim_masks`); other
+        backends: the static shapes (S, F as in `call`; PyTorch's symbolic call runs on meta
+        tensors, where the sampler cannot)."""
+        if backend.is_tensorflow():
+            return super().compute_output_spec(proposals, num_proposals, gt_boxes, gt_classes,
+                                               gt_masks, seeds, image_shape)
+        batch = proposals.shape[0]
+        samples = min(self.batch_per_image, proposals.shape[1] + gt_boxes.shape[1])
+        fg, size = min(self.num_foreground, samples), self.mask_size
+        shapes = {"rois": ((samples, 4), proposals.dtype), "class_targets": ((samples,), "int32"),
+                  "box_targets": ((samples, 4), "float32"), "weights": ((samples,), "float32"),
+                  "mask_rois": ((fg, 4), proposals.dtype), "mask_classes": ((fg,), "int32"),
+                  "mask_targets": ((fg, size, size), "float32"),
+                  "mask_weights": ((fg,), "float32")}
+        return {k: keras.KerasTensor((batch, *shapes[k][0]), shapes[k][1])
+                for k in self.OUTPUT_KEYS}
 
     def _mask_targets(self, gt_masks, gt_boxes, gt_classes, rois, matched, image_shape):
         if self.mask_target_rule == "detectron2":
             return mask_ops.crop_mask_targets(gt_masks, gt_boxes, rois, matched,
                                               output_size=self.mask_size)
-        # Only the ground-truth columns in use are cast to float32 (outside XLA), as in matching.
+        # Only the ground-truth columns in use are cast to float32 (TensorFlow outside XLA).
         (gt_masks,) = trim_padding(gt_classes != 0, gt_masks)
         return mask_ops.project_masks(gt_masks, rois, matched, output_size=self.mask_size,
                                       image_shape=image_shape)
