@@ -34,6 +34,7 @@ scores finite (the kernels differ on NaN).
 
 from __future__ import annotations
 
+import functools
 import numbers
 
 import keras
@@ -148,6 +149,22 @@ def _portable_nms(
     return indices, count
 
 
+@functools.cache
+def _jax_compiled_nms():
+    """`_portable_nms` under one `jax.jit` (cached per shape and arguments): eager JAX calls then
+    run one compiled loop instead of compiling the loop body per call; inside an outer jit it is
+    inlined."""
+    import jax
+
+    return jax.jit(_portable_nms, static_argnums=(2, 3, 4))
+
+
+def _run_portable(boxes, scores, max_output_size, iou_threshold, score_threshold):
+    if backend.name() == "jax":
+        return _jax_compiled_nms()(boxes, scores, max_output_size, iou_threshold, score_threshold)
+    return _portable_nms(boxes, scores, max_output_size, iou_threshold, score_threshold)
+
+
 # --------------------------------------------------------------------------- TensorFlow
 
 
@@ -214,7 +231,7 @@ def _tf_map_nms(boxes, scores, max_output_size: int, iou_threshold: float,
 def _batched(boxes, scores, max_output_size, iou_threshold, score_threshold, implementation):
     if resolve_implementation(implementation) == "tensorflow":
         return _tf_map_nms(boxes, scores, max_output_size, iou_threshold, score_threshold)
-    return _portable_nms(boxes, scores, max_output_size, iou_threshold, score_threshold)
+    return _run_portable(boxes, scores, max_output_size, iou_threshold, score_threshold)
 
 
 def nms_padded(
@@ -249,7 +266,7 @@ def nms_padded(
     scores = _as_float(scores, "scores", "[N]")
     if resolve_implementation(implementation) == "tensorflow":
         return _tf_nms_single(boxes, scores, max_output_size, iou_threshold, score_threshold)
-    indices, num_valid = _portable_nms(boxes[None], scores[None], max_output_size,
+    indices, num_valid = _run_portable(boxes[None], scores[None], max_output_size,
                                        iou_threshold, score_threshold)
     return indices[0], num_valid[0]
 
