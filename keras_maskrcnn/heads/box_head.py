@@ -6,13 +6,13 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from keras_maskrcnn import backend
 from keras_maskrcnn.layers.conv_norm import (
     apply_conv_norm_stack,
     build_conv_norm_stack,
     check_norm,
     conv_norm_stack,
 )
+from keras_maskrcnn.ops.shapes import run_time_dims
 
 
 def box_predictors(num_classes: int) -> tuple[layers.Dense, layers.Dense]:
@@ -71,7 +71,7 @@ class BoxHead(layers.Layer):
         self.box_deltas.build((None, width))
 
     def call(self, pooled, training=None):
-        batch, rois = backend.static_dim(pooled, 0), backend.static_dim(pooled, 1)
+        batch, rois = run_time_dims(pooled, 2)
         size_y, size_x, channels = pooled.shape[2], pooled.shape[3], pooled.shape[4]
         x = ops.reshape(pooled, [batch * rois, size_y, size_x, channels])
         x = apply_conv_norm_stack(x, self.convs, self.norms, training)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from keras_maskrcnn import backend
 from keras_maskrcnn.layers.conv_norm import (
     apply_conv_norm_stack,
     build_conv_norm_stack,
@@ -13,6 +12,7 @@ from keras_maskrcnn.layers.conv_norm import (
     conv_norm_stack,
     msra_init,
 )
+from keras_maskrcnn.ops.shapes import run_time_dims
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -46,7 +46,7 @@ class MaskHead(layers.Layer):
         self.predictor.build((None, None, None, self.conv_dim))
 
     def call(self, pooled, training=None):
-        batch, rois = backend.static_dim(pooled, 0), backend.static_dim(pooled, 1)
+        batch, rois = run_time_dims(pooled, 2)
         size, channels = pooled.shape[2], pooled.shape[4]
         x = ops.reshape(pooled, [batch * rois, size, size, channels])
         x = apply_conv_norm_stack(x, self.convs, self.norms, training)

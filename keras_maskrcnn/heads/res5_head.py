@@ -19,6 +19,7 @@ from keras import layers, ops
 from keras_maskrcnn import backend
 from keras_maskrcnn.backbones.resnet import ResNetSpec, build_res5_head, stage_channels
 from keras_maskrcnn.heads.box_head import box_predictors
+from keras_maskrcnn.ops.shapes import run_time_dims
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -55,7 +56,7 @@ class Res5Head(layers.Layer):
                              f"got {input_shape[-1]}")
 
     def call(self, pooled, training=None):
-        batch, rois = backend.static_dim(pooled, 0), backend.static_dim(pooled, 1)
+        batch, rois = run_time_dims(pooled, 2)
         size_y, size_x = pooled.shape[2], pooled.shape[3]
         x = ops.reshape(pooled, [batch * rois, size_y, size_x, pooled.shape[4]])
         x = self.res5(x, training=training)
@@ -98,7 +99,7 @@ class Res5BoxHead(layers.Layer):
         self.box_deltas.build((None, input_shape[-1]))
 
     def call(self, features):
-        batch, rois = backend.static_dim(features, 0), backend.static_dim(features, 1)
+        batch, rois = run_time_dims(features, 2)
         x = spatial_mean(features)
         x = ops.reshape(x, [batch * rois, features.shape[4]])
         logits = ops.reshape(self.class_logits(x), [batch, rois, self.num_classes + 1])

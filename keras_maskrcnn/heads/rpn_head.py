@@ -5,8 +5,8 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from keras_maskrcnn import backend
 from keras_maskrcnn.layers.conv_norm import apply_conv_norm_stack, build_conv_norm_stack, conv_norm_stack
+from keras_maskrcnn.ops.shapes import run_time_dims
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -47,7 +47,7 @@ class RPNHead(layers.Layer):
         logits, deltas = [], []
         for feature in features:
             x = apply_conv_norm_stack(feature, self.convs, self._norms)
-            batch = backend.static_dim(x, 0)
+            (batch,) = run_time_dims(x, 1)
             logits.append(ops.reshape(self.objectness(x), [batch, -1]))
             deltas.append(ops.reshape(self.deltas(x), [batch, -1, 4]))
         return ops.concatenate(logits, axis=1), ops.concatenate(deltas, axis=1)

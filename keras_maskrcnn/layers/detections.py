@@ -11,6 +11,7 @@ from keras_maskrcnn import backend
 from keras_maskrcnn.ops import boxes as box_ops
 from keras_maskrcnn.ops import nms as nms_ops
 from keras_maskrcnn.ops.gather import batch_gather
+from keras_maskrcnn.ops.shapes import run_time_dims
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -53,11 +54,12 @@ class DetectionLayer(layers.Layer):
         keep = (roi_valid[..., None] & (heights >= self.min_box_size)
                 & (widths >= self.min_box_size))
         scores = ops.where(keep, scores, -1.0)
-        flat_boxes = ops.reshape(boxes, [-1, num_boxes * num_classes, 4])
-        flat_scores = ops.reshape(scores, [-1, num_boxes * num_classes])
-        flat_classes = ops.zeros_like(scores, dtype="int32") + ops.arange(1, num_classes + 1,
-                                                                          dtype="int32")
-        flat_classes = ops.reshape(flat_classes, [-1, num_boxes * num_classes])
+        (batch,) = run_time_dims(boxes, 1)
+        flat_boxes = ops.reshape(boxes, [batch, num_boxes * num_classes, 4])
+        flat_scores = ops.reshape(scores, [batch, num_boxes * num_classes])
+        flat_classes = ops.tile(ops.arange(1, num_classes + 1, dtype="int32")[None, None, :],
+                                [batch, num_boxes, 1])
+        flat_classes = ops.reshape(flat_classes, [batch, num_boxes * num_classes])
         indices, num_valid = nms_ops.grouped_nms_padded(
             flat_boxes, flat_scores, flat_classes, max_output_size=self.max_detections,
             iou_threshold=self.nms_threshold, score_threshold=self.score_threshold)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from keras_maskrcnn import backend
+from keras_maskrcnn.ops.shapes import run_time_dims
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -35,7 +35,7 @@ class ImageNormalization(layers.Layer):
         mean = ops.convert_to_tensor(self.mean, dtype="float32")
         std = ops.convert_to_tensor(self.std, dtype="float32")
         normalized = (images - mean) / std
-        height, width = backend.static_dim(images, 1), backend.static_dim(images, 2)
+        _, height, width = run_time_dims(images, 3)
         rows = ops.cast(ops.arange(height, dtype="int32"), "float32")[None, :, None]
         cols = ops.cast(ops.arange(width, dtype="int32"), "float32")[None, None, :]
         image_shape = ops.cast(image_shape, "float32")
