@@ -191,7 +191,7 @@ def test_tiny_c4_model_layer_by_layer():
     assert tuple(anchors.shape) == (8 * 8 * 15, 4)
     logits, deltas = model.rpn.head([c4])
     assert tuple(logits.shape) == (2, 8 * 8 * 15) and tuple(deltas.shape) == (2, 960, 4)
-    assert model.rpn.head.conv.filters == 128  # Detectron2: the RPN conv keeps C4's channels
+    assert model.rpn.head.convs[0].filters == 128  # Detectron2: the RPN conv keeps C4's channels
     boxes = tf.constant([[[0.0, 0.0, 64.0, 64.0], [10.0, 20.0, 50.0, 90.0]]] * 2)
     pooled = model.roi_heads.pooler([c4], boxes)
     assert tuple(pooled.shape) == (2, 2, 14, 14, 128)

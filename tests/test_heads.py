@@ -65,14 +65,14 @@ def test_v1_model_dir_loads_unchanged(tmp_path):
     directory = _unpack("v1", tmp_path)
     weights = directory / WEIGHTS_FILE
     renames = legacy_renames(weights)  # written before the parts: every path moves
-    assert renames["inference_model/layers/rpn_head/conv/vars"] == "layers/rpn/head/conv/vars"
-    assert renames["box_head/fc2/vars"] == "layers/standard_ro_i_heads/box_head/fc2/vars"
+    assert renames["inference_model/layers/rpn_head/conv/vars"] == "layers/rpn/head/convs/conv2d/vars"
+    assert renames["box_head/fc2/vars"] == "layers/standard_ro_i_heads/box_head/fcs/dense_1/vars"
     assert renames["fpn/layers/conv2d_3/vars"] == "backbone/fpn/layers/conv2d_3/vars"
     assert renames["backbone/layers/conv2d/vars"] == "backbone/body/layers/conv2d/vars"
     model = load_model_dir(directory)
     _check_reference_outputs(model, directory)
     stored = _datasets(weights)
-    np.testing.assert_array_equal(_kernel(model.rpn.head.conv),
+    np.testing.assert_array_equal(_kernel(model.rpn.head.convs[0]),
                                   stored["inference_model/layers/rpn_head/conv/vars/0"])
     np.testing.assert_array_equal(_kernel(model.roi_heads.box_head.fcs[1]), stored["box_head/fc2/vars/0"])
     np.testing.assert_array_equal(_kernel(model.roi_heads.mask_head.convs[1]),
@@ -93,12 +93,12 @@ def test_v2_model_dir_loads_after_upgrade(tmp_path):
     renames = legacy_renames(weights)
     layers = "inference_model/layers"
     roi = "layers/standard_ro_i_heads"
-    assert renames[f"{layers}/conv_rpn_head/convs/conv2d/vars"] == "layers/rpn/head/conv/vars"
+    assert renames[f"{layers}/conv_rpn_head/convs/conv2d/vars"] == "layers/rpn/head/convs/conv2d/vars"
     assert renames[f"{layers}/conv_rpn_head/convs/conv2d_1/vars"] == \
         "layers/rpn/head/convs/conv2d_1/vars"
     assert renames[f"{layers}/norm_mask_head/norms/batch_normalization_1/vars"] == \
         f"{roi}/mask_head/norms/batch_normalization_1/vars"
-    assert renames["box_head/fcs/dense/vars"] == f"{roi}/box_head/fc1/vars"
+    assert renames["box_head/fcs/dense/vars"] == f"{roi}/box_head/fcs/dense/vars"
 
     assert upgrade_weights_file(weights)
     assert not upgrade_weights_file(weights)  # already current: untouched
@@ -141,17 +141,48 @@ def test_current_layout_upgrades_a_temporary_copy(tmp_path):
 
 def test_legacy_path_rule():
     roi = "layers/standard_ro_i_heads"
-    assert legacy_path("a/conv_rpn_head/convs/conv2d/vars/0") == "a/rpn_head/conv/vars/0"
+    assert legacy_path("a/conv_rpn_head/convs/conv2d/vars/0") == "a/rpn_head/convs/conv2d/vars/0"
     assert legacy_path("a/conv_rpn_head/convs/conv2d_2/vars") == "a/rpn_head/convs/conv2d_2/vars"
-    assert legacy_path("box_head/fcs/dense_2/vars/1") == f"{roi}/box_head/fc3/vars/1"
-    assert legacy_path("a/conv_fc_box_head/fcs/dense/vars") == "a/box_head/fc1/vars"
-    assert legacy_path("inference_model/layers/rpn_head/conv/vars/0") == "layers/rpn/head/conv/vars/0"
+    assert legacy_path("box_head/fcs/dense_2/vars/1") == f"{roi}/box_head/fcs/dense_2/vars/1"
+    assert legacy_path("a/conv_fc_box_head/fcs/dense/vars") == "a/box_head/fcs/dense/vars"
+    assert legacy_path("inference_model/layers/rpn_head/conv/vars/0") == \
+        "layers/rpn/head/convs/conv2d/vars/0"
+    # Files saved with the aliases `RPNHead.conv` and `BoxHead.fc{k}` (issue 19).
+    assert legacy_path("layers/rpn/head/conv/vars/0") == "layers/rpn/head/convs/conv2d/vars/0"
+    assert legacy_path(f"{roi}/box_head/fc1/vars/0") == f"{roi}/box_head/fcs/dense/vars/0"
+    assert legacy_path(f"{roi}/box_head/fc3/vars") == f"{roi}/box_head/fcs/dense_2/vars"
+    assert legacy_path("box_head/fc2/vars/1") == f"{roi}/box_head/fcs/dense_1/vars/1"
     assert legacy_path("fpn/layers/conv2d_3/vars/1") == "backbone/fpn/layers/conv2d_3/vars/1"
     assert legacy_path("inference_model/layers/res5_head/res5/layers/conv2d/vars/0", c4=True) == \
         "layers/res5_ro_i_heads/res5_head/res5/layers/conv2d/vars/0"
     assert legacy_path("box_head/class_logits/vars/0", c4=True) == \
         "layers/res5_ro_i_heads/box_head/class_logits/vars/0"
-    for current in ("layers/rpn/head/conv/vars/0", f"{roi}/box_head/fc1/vars/0",
+    for current in ("layers/rpn/head/convs/conv2d/vars/0", f"{roi}/box_head/fcs/dense/vars/0",
+                    "layers/rpn/head/convs/conv2d_1/vars/0", f"{roi}/box_head/fcs/dense_1/vars/1",
                     f"{roi}/mask_head/convs/conv2d/vars/0", "backbone/fpn/layers/conv2d_3/vars/1",
                     "backbone/body/layers/conv2d/vars/0"):
         assert legacy_path(current) == current
+
+
+def test_files_saved_with_the_head_aliases_load(tmp_path):
+    """Files written while `RPNHead.conv` and `BoxHead.fc1`, `fc2` aliased `convs[0]` and `fcs`
+    (Keras saved those layers under the alias) load into the heads without the aliases."""
+    model = load_model_dir(_unpack("v1", tmp_path))
+    directory = save_model_dir(model, tmp_path / "aliased")
+    weights = directory / WEIGHTS_FILE
+    roi = "layers/standard_ro_i_heads/box_head"
+    aliases = {"layers/rpn/head/convs/conv2d": "layers/rpn/head/conv",
+               f"{roi}/fcs/dense": f"{roi}/fc1", f"{roi}/fcs/dense_1": f"{roi}/fc2"}
+    with h5py.File(weights, "a") as f:
+        for current, alias in aliases.items():
+            f.move(current, alias)
+    stored = _datasets(weights)
+    assert "layers/rpn/head/conv/vars/0" in stored and f"{roi}/fc2/vars/0" in stored
+    assert legacy_renames(weights) == {f"{alias}/vars": f"{current}/vars"
+                                       for current, alias in aliases.items()}
+    loaded = load_model_dir(directory)
+    _check_reference_outputs(loaded, LEGACY_DIR / "v1")
+    np.testing.assert_array_equal(_kernel(loaded.rpn.head.convs[0]),
+                                  stored["layers/rpn/head/conv/vars/0"])
+    np.testing.assert_array_equal(_kernel(loaded.roi_heads.box_head.fcs[1]), stored[f"{roi}/fc2/vars/0"])
+    assert not hasattr(loaded.rpn.head, "conv") and not hasattr(loaded.roi_heads.box_head, "fc1")

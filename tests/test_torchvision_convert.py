@@ -317,7 +317,7 @@ def test_converted_weights_land_in_place(converted):
     for a in range(3):  # anchor a: ours (dy, dx, dh, dw) = theirs (dx, dy, dw, dh)[1, 0, 3, 2]
         np.testing.assert_array_equal(rpn[0][0, 0, :, 4 * a:4 * a + 4].T,
                                       theirs[[4 * a + 1, 4 * a, 4 * a + 3, 4 * a + 2]])
-    fc1 = model.roi_heads.box_head.fc1.get_weights()[0]
+    fc1 = model.roi_heads.box_head.fcs[0].get_weights()[0]
     fc6 = state["roi_heads.box_head.fc6.weight"]
     for y, x, c, o in ((0, 0, 0, 0), (3, 5, 17, 100), (6, 6, 255, 1023), (2, 1, 128, 7)):
         assert fc1[(y * 7 + x) * 256 + c, o] == fc6[o, c * 49 + y * 7 + x]

@@ -4,8 +4,7 @@ class-specific box deltas."""
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 from keras_maskrcnn.layers.conv_norm import (
     apply_conv_norm_stack,
@@ -13,6 +12,7 @@ from keras_maskrcnn.layers.conv_norm import (
     check_norm,
     conv_norm_stack,
 )
+from keras_maskrcnn.ops.shapes import run_time_dims
 
 
 def box_predictors(num_classes: int) -> tuple[layers.Dense, layers.Dense]:
@@ -38,8 +38,9 @@ class BoxHead(layers.Layer):
     Detectron2 / torchvision v1: no convs, two fcs; torchvision's v2: four convs with BatchNorm,
     one fc. `training` switches the BatchNorms to batch statistics.
 
-    Weights: `convs`, `norms` (None entries for norm "none"), `fcs` (also attributes `fc1`,
-    `fc2`, ..., through which weight files address them), `class_logits`, `box_deltas`.
+    Weights: `convs`, `norms` (None entries for norm "none"), `fcs`, `class_logits`,
+    `box_deltas`. (Files saved when the fcs were also the attributes `fc1`, `fc2`, ... are moved
+    by `saving.migration`.)
     """
 
     def __init__(self, num_classes: int, conv_dim: int = 256, num_convs: int = 0,
@@ -57,9 +58,6 @@ class BoxHead(layers.Layer):
         self.convs, self.norms = conv_norm_stack(self.num_convs, self.conv_dim, self.norm)
         self.fcs = [layers.Dense(self.fc_dim, activation="relu", name=f"fc{i + 1}")
                     for i in range(self.num_fcs)]
-        # Weight files address the fcs as `fc1`, `fc2`, ... (saved before the `fcs` list).
-        for i, fc in enumerate(self.fcs):
-            setattr(self, f"fc{i + 1}", fc)
         self.class_logits, self.box_deltas = box_predictors(self.num_classes)
 
     def build(self, input_shape):
@@ -73,16 +71,15 @@ class BoxHead(layers.Layer):
         self.box_deltas.build((None, width))
 
     def call(self, pooled, training=None):
-        shape = tf.shape(pooled)
-        batch, rois = shape[0], shape[1]
+        batch, rois = run_time_dims(pooled, 2)
         size_y, size_x, channels = pooled.shape[2], pooled.shape[3], pooled.shape[4]
-        x = tf.reshape(pooled, [batch * rois, size_y, size_x, channels])
+        x = ops.reshape(pooled, [batch * rois, size_y, size_x, channels])
         x = apply_conv_norm_stack(x, self.convs, self.norms, training)
-        x = tf.reshape(x, [batch * rois, size_y * size_x * x.shape[-1]])
+        x = ops.reshape(x, [batch * rois, size_y * size_x * x.shape[-1]])
         for fc in self.fcs:
             x = fc(x)
-        logits = tf.reshape(self.class_logits(x), [batch, rois, self.num_classes + 1])
-        deltas = tf.reshape(self.box_deltas(x), [batch, rois, self.num_classes, 4])
+        logits = ops.reshape(self.class_logits(x), [batch, rois, self.num_classes + 1])
+        deltas = ops.reshape(self.box_deltas(x), [batch, rois, self.num_classes, 4])
         return logits, deltas
 
     def get_config(self):

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 from keras_maskrcnn.layers.conv_norm import (
     apply_conv_norm_stack,
@@ -13,6 +12,7 @@ from keras_maskrcnn.layers.conv_norm import (
     conv_norm_stack,
     msra_init,
 )
+from keras_maskrcnn.ops.shapes import run_time_dims
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -46,13 +46,12 @@ class MaskHead(layers.Layer):
         self.predictor.build((None, None, None, self.conv_dim))
 
     def call(self, pooled, training=None):
-        shape = tf.shape(pooled)
-        batch, rois = shape[0], shape[1]
+        batch, rois = run_time_dims(pooled, 2)
         size, channels = pooled.shape[2], pooled.shape[4]
-        x = tf.reshape(pooled, [batch * rois, size, size, channels])
+        x = ops.reshape(pooled, [batch * rois, size, size, channels])
         x = apply_conv_norm_stack(x, self.convs, self.norms, training)
         x = self.predictor(self.upsample(x))
-        return tf.reshape(x, [batch, rois, 2 * size, 2 * size, self.num_classes])
+        return ops.reshape(x, [batch, rois, 2 * size, 2 * size, self.num_classes])
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes,

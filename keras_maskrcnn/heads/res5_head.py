@@ -14,11 +14,12 @@ from __future__ import annotations
 import dataclasses
 
 import keras
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
+from keras_maskrcnn import backend
 from keras_maskrcnn.backbones.resnet import ResNetSpec, build_res5_head, stage_channels
 from keras_maskrcnn.heads.box_head import box_predictors
+from keras_maskrcnn.ops.shapes import run_time_dims
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -55,16 +56,27 @@ class Res5Head(layers.Layer):
                              f"got {input_shape[-1]}")
 
     def call(self, pooled, training=None):
-        shape = tf.shape(pooled)
-        batch, rois = shape[0], shape[1]
+        batch, rois = run_time_dims(pooled, 2)
         size_y, size_x = pooled.shape[2], pooled.shape[3]
-        x = tf.reshape(pooled, [batch * rois, size_y, size_x, pooled.shape[4]])
+        x = ops.reshape(pooled, [batch * rois, size_y, size_x, pooled.shape[4]])
         x = self.res5(x, training=training)
-        return tf.reshape(x, [batch, rois, x.shape[1], x.shape[2], self.out_channels])
+        return ops.reshape(x, [batch, rois, x.shape[1], x.shape[2], self.out_channels])
 
     def get_config(self):
         return {**super().get_config(), "spec": dataclasses.asdict(self.spec), "norm": self.norm,
                 "stride_in_1x1": self.stride_in_1x1}
+
+
+def spatial_mean(features):
+    """`[B, R, H, W, C]` -> `[B, R, C]`, the mean over H and W in the features' dtype.
+
+    On TensorFlow `tf.reduce_mean` itself, so that bfloat16 features give the numbers they gave
+    before the port (`keras.ops.mean` accumulates bfloat16 in float32); `keras.ops.mean` on the
+    other backends. Equal for float32 features (tests/portable/test_layers_ported.py).
+    """
+    if backend.is_tensorflow():
+        return backend.tensorflow().reduce_mean(features, axis=[2, 3])
+    return ops.mean(features, axis=(2, 3))
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -87,12 +99,11 @@ class Res5BoxHead(layers.Layer):
         self.box_deltas.build((None, input_shape[-1]))
 
     def call(self, features):
-        shape = tf.shape(features)
-        batch, rois = shape[0], shape[1]
-        x = tf.reduce_mean(features, axis=[2, 3])
-        x = tf.reshape(x, [batch * rois, features.shape[4]])
-        logits = tf.reshape(self.class_logits(x), [batch, rois, self.num_classes + 1])
-        deltas = tf.reshape(self.box_deltas(x), [batch, rois, self.num_classes, 4])
+        batch, rois = run_time_dims(features, 2)
+        x = spatial_mean(features)
+        x = ops.reshape(x, [batch * rois, features.shape[4]])
+        logits = ops.reshape(self.class_logits(x), [batch, rois, self.num_classes + 1])
+        deltas = ops.reshape(self.box_deltas(x), [batch, rois, self.num_classes, 4])
         return logits, deltas
 
     def get_config(self):

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 from keras_maskrcnn.layers.conv_norm import apply_conv_norm_stack, build_conv_norm_stack, conv_norm_stack
+from keras_maskrcnn.ops.shapes import run_time_dims
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -19,8 +19,8 @@ class RPNHead(layers.Layer):
     location-major, then anchor; deltas are (dy, dx, dh, dw) as `ops.boxes.encode_boxes` with
     weights (1, 1, 1, 1).
 
-    Weights: `convs` (the 3x3 convs; `conv` is `convs[0]`, the attribute through which
-    single-conv weight files address it), `objectness`, `deltas`.
+    Weights: `convs` (the 3x3 convs), `objectness`, `deltas`. (Files saved when `convs[0]`
+    was also the attribute `conv` are moved by `saving.migration`.)
     """
 
     def __init__(self, num_anchors: int, channels: int = 256, num_convs: int = 1, **kwargs):
@@ -33,8 +33,6 @@ class RPNHead(layers.Layer):
         init = keras.initializers.RandomNormal(stddev=0.01)
         self.convs, self._norms = conv_norm_stack(self.num_convs, self.channels, "none",
                                                   kernel_initializer=init)
-        # Weight files address the first conv as `conv` (saved before the `convs` list).
-        self.conv = self.convs[0]
         self.objectness = layers.Conv2D(self.num_anchors, 1, kernel_initializer=init,
                                         name="objectness")
         self.deltas = layers.Conv2D(4 * self.num_anchors, 1, kernel_initializer=init,
@@ -49,10 +47,10 @@ class RPNHead(layers.Layer):
         logits, deltas = [], []
         for feature in features:
             x = apply_conv_norm_stack(feature, self.convs, self._norms)
-            batch = tf.shape(x)[0]
-            logits.append(tf.reshape(self.objectness(x), [batch, -1]))
-            deltas.append(tf.reshape(self.deltas(x), [batch, -1, 4]))
-        return tf.concat(logits, axis=1), tf.concat(deltas, axis=1)
+            (batch,) = run_time_dims(x, 1)
+            logits.append(ops.reshape(self.objectness(x), [batch, -1]))
+            deltas.append(ops.reshape(self.deltas(x), [batch, -1, 4]))
+        return ops.concatenate(logits, axis=1), ops.concatenate(deltas, axis=1)
 
     def get_config(self):
         return {**super().get_config(), "num_anchors": self.num_anchors,

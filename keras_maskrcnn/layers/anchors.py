@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 from keras_maskrcnn.ops import anchors as anchor_ops
 
@@ -48,14 +47,15 @@ class AnchorGenerator(layers.Layer):
         """Anchors `[N, 4]`: constants of a static canvas, or computed in the graph when the
         canvas size is dynamic; with `with_level_sizes` also `[L]` int32 anchors per level."""
         height, width = images.shape[1], images.shape[2]
-        if height is None or width is None:
-            anchors, sizes = self.dynamic_anchors(tf.shape(images)[1], tf.shape(images)[2])
+        if height is None or width is None:  # TensorFlow's shape-polymorphic graph only
+            shape = ops.shape(images)
+            anchors, sizes = self.dynamic_anchors(shape[1], shape[2])
         else:
-            anchors = tf.constant(self.anchors((height, width)), dtype=tf.float32)
-            sizes = tf.constant(self.level_sizes((height, width)), tf.int32)
+            anchors = ops.convert_to_tensor(self.anchors((height, width)), dtype="float32")
+            sizes = ops.convert_to_tensor(self.level_sizes((height, width)), "int32")
         return (anchors, sizes) if with_level_sizes else anchors
 
-    def dynamic_anchors(self, height: tf.Tensor, width: tf.Tensor):
+    def dynamic_anchors(self, height, width):
         """(anchors [N, 4], level sizes [L]) for a canvas size known only at run time."""
         return anchor_ops.generate_anchors_tf(
             height, width, strides=self.strides, sizes=self.sizes,
@@ -107,9 +107,9 @@ class SingleLevelAnchorGenerator(AnchorGenerator):
             stride_from_grid=self.stride_from_grid)
         per_ratio = len(self.aspect_ratios)
         # [S * cells * R, 4] (size-major) -> [cells, S * R, 4] (location-major).
-        grid = tf.reshape(per_size, [len(self.sizes), -1, per_ratio, 4])
-        anchors = tf.reshape(tf.transpose(grid, [1, 0, 2, 3]), [-1, 4])
-        return anchors, tf.shape(anchors)[:1]
+        grid = ops.reshape(per_size, [len(self.sizes), -1, per_ratio, 4])
+        anchors = ops.reshape(ops.transpose(grid, [1, 0, 2, 3]), [-1, 4])
+        return anchors, ops.reshape(ops.cast(ops.shape(anchors)[0], "int32"), [1])
 
     def anchors(self, image_size: tuple[int, int]) -> np.ndarray:
         # One single-size "level" per size on the same grid, interleaved per location.

@@ -9,8 +9,7 @@ With norm "bn" a conv has no bias (the BatchNorm's beta replaces it), as in torc
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 # "none": convs with a bias; "bn": BatchNorm after each conv, no bias.
 NORMS = ("none", "bn")
@@ -69,5 +68,5 @@ def apply_conv_norm_stack(x, convs, norms, training=None):
     for conv, norm in zip(convs, norms, strict=True):
         x = conv(x)  # with its ReLU when not normalized
         if norm is not None:
-            x = tf.nn.relu(norm(x, training=training))
+            x = ops.relu(norm(x, training=training))
     return x

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
+
+from keras_maskrcnn.ops.shapes import run_time_dims
 
 
 @keras.saving.register_keras_serializable(package="keras_maskrcnn")
@@ -28,18 +29,18 @@ class ImageNormalization(layers.Layer):
         self.bgr = bool(bgr)
 
     def call(self, images, image_shape):
-        images = tf.cast(images, tf.float32)
+        images = ops.cast(images, "float32")
         if self.bgr:
-            images = images[..., ::-1]
-        mean = tf.constant(self.mean, dtype=tf.float32)
-        std = tf.constant(self.std, dtype=tf.float32)
+            images = ops.flip(images, axis=-1)
+        mean = ops.convert_to_tensor(self.mean, dtype="float32")
+        std = ops.convert_to_tensor(self.std, dtype="float32")
         normalized = (images - mean) / std
-        shape = tf.shape(images)
-        rows = tf.cast(tf.range(shape[1]), tf.float32)[None, :, None]
-        cols = tf.cast(tf.range(shape[2]), tf.float32)[None, None, :]
-        image_shape = tf.cast(image_shape, tf.float32)
+        _, height, width = run_time_dims(images, 3)
+        rows = ops.cast(ops.arange(height, dtype="int32"), "float32")[None, :, None]
+        cols = ops.cast(ops.arange(width, dtype="int32"), "float32")[None, None, :]
+        image_shape = ops.cast(image_shape, "float32")
         valid = (rows < image_shape[:, 0, None, None]) & (cols < image_shape[:, 1, None, None])
-        return tf.cast(normalized * tf.cast(valid, tf.float32)[..., None], self.compute_dtype)
+        return ops.cast(normalized * ops.cast(valid, "float32")[..., None], self.compute_dtype)
 
     def get_config(self):
         return {**super().get_config(), "mean": self.mean, "std": self.std, "bgr": self.bgr}

@@ -23,7 +23,7 @@ import numbers
 from collections.abc import Sequence
 
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 DEFAULT_STRIDES = (4, 8, 16, 32, 64)
 DEFAULT_SIZES = (32, 64, 128, 256, 512)
@@ -196,17 +196,21 @@ def generate_anchors(
 
 
 def generate_anchors_tf(
-    height: tf.Tensor,
-    width: tf.Tensor,
+    height,
+    width,
     strides: Sequence[int] = DEFAULT_STRIDES,
     sizes: Sequence[float] = DEFAULT_SIZES,
     aspect_ratios: Sequence[float] = DEFAULT_ASPECT_RATIOS,
     offset: float = 0.0,
     round_base: bool = False,
     stride_from_grid: bool = False,
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """`generate_anchors` for a canvas size known only when the graph runs (shape-polymorphic
-    inference); the same float64 arithmetic, so the anchors are bit-identical.
+) -> tuple:
+    """`generate_anchors` for a canvas size known only when the graph runs (TensorFlow's
+    shape-polymorphic inference graph); the same float64 arithmetic, so the anchors are
+    bit-identical there.
+
+    Written in `keras.ops`; only TensorFlow calls it (JAX and PyTorch always know the canvas
+    size, so `AnchorGenerator` takes the numpy anchors; JAX without x64 would compute in float32).
 
     Args:
         height, width: int32 scalar tensors, the canvas size in pixels.
@@ -218,22 +222,22 @@ def generate_anchors_tf(
     """
     strides = _check_strides(strides)
     sizes = _check_positive_reals(sizes, "sizes")
-    height = tf.cast(height, tf.int32)
-    width = tf.cast(width, tf.int32)
+    height = ops.cast(height, "int32")
+    width = ops.cast(width, "int32")
     levels, counts = [], []
     for stride, size in zip(strides, sizes, strict=True):
-        grid_h = (height + stride - 1) // stride
-        grid_w = (width + stride - 1) // stride
+        grid_h = ops.floor_divide(height + stride - 1, stride)
+        grid_w = ops.floor_divide(width + stride - 1, stride)
         if stride_from_grid:
-            stride_y = tf.cast(height // grid_h, tf.float64)
-            stride_x = tf.cast(width // grid_w, tf.float64)
+            stride_y = ops.cast(ops.floor_divide(height, grid_h), "float64")
+            stride_x = ops.cast(ops.floor_divide(width, grid_w), "float64")
         else:
-            stride_y = stride_x = tf.constant(float(stride), tf.float64)
-        centre_y = (tf.cast(tf.range(grid_h), tf.float64) + offset) * stride_y
-        centre_x = (tf.cast(tf.range(grid_w), tf.float64) + offset) * stride_x
-        cy, cx = tf.meshgrid(centre_y, centre_x, indexing="ij")
-        shifts = tf.reshape(tf.stack([cy, cx, cy, cx], axis=-1), [-1, 1, 4])
-        base = tf.constant(base_anchors(size, aspect_ratios, round_base).astype(np.float64))
-        levels.append(tf.cast(tf.reshape(shifts + base[None], [-1, 4]), tf.float32))
+            stride_y = stride_x = ops.convert_to_tensor(float(stride), "float64")
+        centre_y = (ops.cast(ops.arange(grid_h, dtype="int32"), "float64") + offset) * stride_y
+        centre_x = (ops.cast(ops.arange(grid_w, dtype="int32"), "float64") + offset) * stride_x
+        cy, cx = ops.meshgrid(centre_y, centre_x, indexing="ij")
+        shifts = ops.reshape(ops.stack([cy, cx, cy, cx], axis=-1), [-1, 1, 4])
+        base = ops.convert_to_tensor(base_anchors(size, aspect_ratios, round_base).astype(np.float64))
+        levels.append(ops.cast(ops.reshape(shifts + base[None], [-1, 4]), "float32"))
         counts.append(grid_h * grid_w * len(aspect_ratios))
-    return tf.concat(levels, axis=0), tf.stack(counts)
+    return ops.concatenate(levels, axis=0), ops.stack(counts)

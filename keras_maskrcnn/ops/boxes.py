@@ -1,8 +1,10 @@
-"""Box geometry in TensorFlow: areas, pairwise IoU / IoA, the box coder and clipping.
+"""Box geometry in `keras.ops`: areas, pairwise IoU / IoA, the box coder and clipping.
 
 All boxes are ``(y1, x1, y2, x2)`` float32 in absolute pixels, with no "+1" in widths
 (``h = y2 - y1``, ``w = x2 - x1``). Every function accepts any number of leading batch
-dimensions ``...`` and is safe inside ``tf.function`` and XLA (``jit_compile=True``).
+dimensions ``...`` and runs on every Keras backend (TensorFlow, JAX, PyTorch): inside
+``tf.function`` and XLA (``jit_compile=True``), ``jax.jit``, and on torch eager / meta tensors.
+On TensorFlow the arithmetic is the one of the former ``tf.*`` code, op for op.
 
 Box-coder deltas are in the order ``(dy, dx, dh, dw)``, matching the box order; weights are
 ``(wy, wx, wh, ww)``: ``(10, 10, 5, 5)`` for the box head, ``(1, 1, 1, 1)`` for the RPN.
@@ -12,8 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
-import tensorflow as tf
+import keras
+from keras import ops
+
+# A tensor of the Keras backend in use (tf.Tensor, jax.Array, torch.Tensor) or array-like input.
+Tensor = Any
 
 # log(1000 / 16): the largest dh / dw applied by `decode_boxes` (torchvision, Detectron2).
 DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
@@ -23,17 +30,28 @@ DEFAULT_SCALE_CLAMP = math.log(1000.0 / 16)
 _MIN_SIZE = 1e-6
 
 
-def _as_boxes(boxes: tf.Tensor, name: str) -> tf.Tensor:
+def is_real_dtype(dtype) -> bool:
+    """True for the floating and integer dtypes (not bool, not complex), on any backend."""
+    name = keras.backend.standardize_dtype(dtype)
+    return name.startswith(("float", "bfloat", "int", "uint"))
+
+
+def as_float32(x, name: str):
+    """`x` as a float32 tensor of the backend; TypeError naming `name` if it is not real."""
+    x = ops.convert_to_tensor(x)
+    if not is_real_dtype(x.dtype):
+        raise TypeError(f"`{name}` must be a real-valued tensor, got dtype "
+                        f"{keras.backend.standardize_dtype(x.dtype)}")
+    return ops.cast(x, "float32")
+
+
+def _as_boxes(boxes, name: str):
     """Converts `boxes` to a float32 tensor and checks that its last axis has size 4."""
-    boxes = tf.convert_to_tensor(boxes)
-    if not (boxes.dtype.is_floating or boxes.dtype.is_integer):
-        raise TypeError(f"`{name}` must be a real-valued tensor, got dtype {boxes.dtype.name}")
-    boxes = tf.cast(boxes, tf.float32)
-    if boxes.shape.rank is not None:
-        if boxes.shape.rank < 1 or boxes.shape[-1] not in (None, 4):
-            raise ValueError(
-                f"`{name}` must have shape [..., 4] (y1, x1, y2, x2), got {boxes.shape}"
-            )
+    boxes = as_float32(boxes, name)
+    if len(boxes.shape) < 1 or boxes.shape[-1] not in (None, 4):
+        raise ValueError(
+            f"`{name}` must have shape [..., 4] (y1, x1, y2, x2), got {tuple(boxes.shape)}"
+        )
     return boxes
 
 
@@ -48,15 +66,20 @@ def _check_weights(weights: Sequence[float]) -> tuple[float, float, float, float
     return values  # type: ignore[return-value]
 
 
-def _size_and_centre(boxes: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor, tf.Tensor]:
+def _unstack(x) -> tuple:
+    """The four components of `x` [..., 4], each [...]."""
+    return x[..., 0], x[..., 1], x[..., 2], x[..., 3]
+
+
+def _size_and_centre(boxes: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns (h, w, cy, cx) of `boxes` [..., 4], each [...]; centre = corner + half size."""
-    y1, x1, y2, x2 = tf.unstack(boxes, num=4, axis=-1)
+    y1, x1, y2, x2 = _unstack(boxes)
     h = y2 - y1
     w = x2 - x1
     return h, w, y1 + 0.5 * h, x1 + 0.5 * w
 
 
-def box_area(boxes: tf.Tensor) -> tf.Tensor:
+def box_area(boxes: Tensor) -> Tensor:
     """Areas of boxes.
 
     Args:
@@ -67,37 +90,37 @@ def box_area(boxes: tf.Tensor) -> tf.Tensor:
         negative or positive garbage, as in torchvision).
     """
     boxes = _as_boxes(boxes, "boxes")
-    y1, x1, y2, x2 = tf.unstack(boxes, num=4, axis=-1)
+    y1, x1, y2, x2 = _unstack(boxes)
     return (y2 - y1) * (x2 - x1)
 
 
-def _pairwise_intersection(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
+def _pairwise_intersection(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Intersection areas `[..., N, M]` of boxes1 `[..., N, 4]` and boxes2 `[..., M, 4]`."""
     a = boxes1[..., :, None, :]
     b = boxes2[..., None, :, :]
-    top_left = tf.maximum(a[..., :2], b[..., :2])
-    bottom_right = tf.minimum(a[..., 2:], b[..., 2:])
-    extent = tf.maximum(bottom_right - top_left, 0.0)
+    top_left = ops.maximum(a[..., :2], b[..., :2])
+    bottom_right = ops.minimum(a[..., 2:], b[..., 2:])
+    extent = ops.maximum(bottom_right - top_left, 0.0)
     return extent[..., 0] * extent[..., 1]
 
 
-def _safe_divide(numerator: tf.Tensor, denominator: tf.Tensor) -> tf.Tensor:
+def _safe_divide(numerator: Tensor, denominator: Tensor) -> Tensor:
     """numerator / denominator where denominator > 0, else 0; gradients stay finite."""
     positive = denominator > 0.0
-    safe = tf.where(positive, denominator, tf.ones_like(denominator))
-    return tf.where(positive, numerator / safe, tf.zeros_like(numerator))
+    safe = ops.where(positive, denominator, ops.ones_like(denominator))
+    return ops.where(positive, numerator / safe, ops.zeros_like(numerator))
 
 
-def _check_pair(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+def _check_pair(boxes1: Tensor, boxes2: Tensor) -> tuple[Tensor, Tensor]:
     boxes1 = _as_boxes(boxes1, "boxes1")
     boxes2 = _as_boxes(boxes2, "boxes2")
     for name, boxes in (("boxes1", boxes1), ("boxes2", boxes2)):
-        if boxes.shape.rank is not None and boxes.shape.rank < 2:
-            raise ValueError(f"`{name}` must have shape [..., N, 4], got {boxes.shape}")
+        if len(boxes.shape) < 2:
+            raise ValueError(f"`{name}` must have shape [..., N, 4], got {tuple(boxes.shape)}")
     return boxes1, boxes2
 
 
-def pairwise_iou(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
+def pairwise_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Intersection over union of every pair of boxes.
 
     Args:
@@ -113,7 +136,7 @@ def pairwise_iou(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
     return _safe_divide(inter, union)
 
 
-def pairwise_ioa(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
+def pairwise_ioa(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     """Intersection over the area of `boxes1` for every pair (e.g. anchor inside crowd box).
 
     Args:
@@ -129,10 +152,10 @@ def pairwise_ioa(boxes1: tf.Tensor, boxes2: tf.Tensor) -> tf.Tensor:
 
 
 def encode_boxes(
-    boxes: tf.Tensor,
-    anchors: tf.Tensor,
+    boxes: Tensor,
+    anchors: Tensor,
     weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
-) -> tf.Tensor:
+) -> Tensor:
     """Regression targets that turn `anchors` into `boxes`.
 
     dy = wy * (cy - cya) / ha, dx = wx * (cx - cxa) / wa, dh = wh * log(h / ha),
@@ -152,21 +175,21 @@ def encode_boxes(
     anchors = _as_boxes(anchors, "anchors")
     h, w, cy, cx = _size_and_centre(boxes)
     ha, wa, cya, cxa = _size_and_centre(anchors)
-    h, w = tf.maximum(h, _MIN_SIZE), tf.maximum(w, _MIN_SIZE)
-    ha, wa = tf.maximum(ha, _MIN_SIZE), tf.maximum(wa, _MIN_SIZE)
+    h, w = ops.maximum(h, _MIN_SIZE), ops.maximum(w, _MIN_SIZE)
+    ha, wa = ops.maximum(ha, _MIN_SIZE), ops.maximum(wa, _MIN_SIZE)
     dy = wy * (cy - cya) / ha
     dx = wx * (cx - cxa) / wa
-    dh = wh * tf.math.log(h / ha)
-    dw = ww * tf.math.log(w / wa)
-    return tf.stack([dy, dx, dh, dw], axis=-1)
+    dh = wh * ops.log(h / ha)
+    dw = ww * ops.log(w / wa)
+    return ops.stack([dy, dx, dh, dw], axis=-1)
 
 
 def decode_boxes(
-    deltas: tf.Tensor,
-    anchors: tf.Tensor,
+    deltas: Tensor,
+    anchors: Tensor,
     weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
     scale_clamp: float = DEFAULT_SCALE_CLAMP,
-) -> tf.Tensor:
+) -> Tensor:
     """Applies deltas to anchors: the inverse of `encode_boxes`.
 
     dh / wh and dw / ww are clamped from above at `scale_clamp` before `exp` (as torchvision
@@ -186,26 +209,24 @@ def decode_boxes(
     deltas = _as_boxes(deltas, "deltas")
     anchors = _as_boxes(anchors, "anchors")
     ha, wa, cya, cxa = _size_and_centre(anchors)
-    dy, dx, dh, dw = tf.unstack(deltas, num=4, axis=-1)
-    dh = tf.minimum(dh / wh, scale_clamp)
-    dw = tf.minimum(dw / ww, scale_clamp)
+    dy, dx, dh, dw = _unstack(deltas)
+    dh = ops.minimum(dh / wh, scale_clamp)
+    dw = ops.minimum(dw / ww, scale_clamp)
     cy = dy / wy * ha + cya
     cx = dx / wx * wa + cxa
-    half_h = 0.5 * tf.exp(dh) * ha
-    half_w = 0.5 * tf.exp(dw) * wa
-    return tf.stack([cy - half_h, cx - half_w, cy + half_h, cx + half_w], axis=-1)
+    half_h = 0.5 * ops.exp(dh) * ha
+    half_w = 0.5 * ops.exp(dw) * wa
+    return ops.stack([cy - half_h, cx - half_w, cy + half_h, cx + half_w], axis=-1)
 
 
-def _image_bounds(image_shape: tf.Tensor, boxes_rank: int | None) -> tf.Tensor:
+def _image_bounds(image_shape, boxes_rank: int):
     """Turns (h, w) `[2]` or `[..., 2]` into upper bounds (h, w, h, w) broadcastable to boxes."""
-    image_shape = tf.cast(tf.convert_to_tensor(image_shape), tf.float32)
-    rank = image_shape.shape.rank
-    if rank is None or boxes_rank is None:
-        raise ValueError("`image_shape` and `boxes` must have a known (static) rank")
+    image_shape = ops.cast(ops.convert_to_tensor(image_shape), "float32")
+    rank = len(image_shape.shape)
     if rank == 0 or image_shape.shape[-1] not in (None, 2):
         raise ValueError(
             f"`image_shape` must have shape [2] or [..., 2] (height, width), "
-            f"got {image_shape.shape}"
+            f"got {tuple(image_shape.shape)}"
         )
     if rank == boxes_rank - 1:
         image_shape = image_shape[..., None, :]  # insert the N axis: [B, 2] -> [B, 1, 2]
@@ -215,10 +236,10 @@ def _image_bounds(image_shape: tf.Tensor, boxes_rank: int | None) -> tf.Tensor:
             f"[2], the leading dims of boxes without the N axis plus 2 (e.g. [B, 2] for "
             f"boxes [B, N, 4]), or a shape of the same rank as boxes"
         )
-    return tf.concat([image_shape, image_shape], axis=-1)
+    return ops.concatenate([image_shape, image_shape], axis=-1)
 
 
-def clip_boxes(boxes: tf.Tensor, image_shape: tf.Tensor) -> tf.Tensor:
+def clip_boxes(boxes: Tensor, image_shape: Tensor) -> Tensor:
     """Clamps y to [0, h] and x to [0, w].
 
     Args:
@@ -232,5 +253,5 @@ def clip_boxes(boxes: tf.Tensor, image_shape: tf.Tensor) -> tf.Tensor:
         `[..., N, 4]` float32 clipped boxes.
     """
     boxes = _as_boxes(boxes, "boxes")
-    upper = _image_bounds(image_shape, boxes.shape.rank)
-    return tf.minimum(tf.maximum(boxes, 0.0), upper)
+    upper = _image_bounds(image_shape, len(boxes.shape))
+    return ops.minimum(ops.maximum(boxes, 0.0), upper)

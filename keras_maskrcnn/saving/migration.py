@@ -3,19 +3,22 @@
 Keras 3 `save_weights` stores a variable under the path of attribute names from the model down
 to its layer (`backbone/body/layers/conv2d/vars/0`); inside lists (a functional model's or a
 `keras.Model`'s `layers`) a layer is named by its snake-cased class name
-(`layers/rpn/head/conv/vars/0`, `layers/standard_ro_i_heads/box_head/fc1/vars/0`). Two
-generations of files are upgraded here, recognised from the file itself (its paths), never from a
-version number, and applying the rules twice changes nothing:
+(`layers/rpn/head/convs/conv2d/vars/0`, `layers/standard_ro_i_heads/box_head/fcs/dense_1/vars/0`).
+Three generations of files are upgraded here, recognised from the file itself (its paths), never
+from a version number, and applying the rules twice changes nothing:
 
 1. Before the heads were unified (`ConvRPNHead`, `ConvFCBoxHead`, `NormMaskHead`: torchvision v2
    configs and any config with several RPN convs, a conv box head or normalized heads):
-       .../conv_rpn_head/convs/conv2d/...  -> .../rpn_head/conv/...
        .../conv_rpn_head/...               -> .../rpn_head/...
        .../norm_mask_head/...              -> .../mask_head/...
        .../conv_fc_box_head/...            -> .../box_head/...
-       .../box_head/fcs/dense/...          -> .../box_head/fc1/...
-       .../box_head/fcs/dense_{k}/...      -> .../box_head/fc{k + 1}/...
-2. Before the model was assembled from parts (every layer an attribute of `MaskRCNN`; the ones
+   (their `box_head/fcs/dense...` and `rpn_head/convs/conv2d...` are the current paths).
+2. While the RPN head's first conv was also its attribute `conv` and the box head's fcs its
+   attributes `fc1`, `fc2`, ... (Keras saved each layer under the first of its names):
+       .../rpn_head/conv/..., .../rpn/head/conv/...  -> .../convs/conv2d/...
+       .../box_head/fc1/...                          -> .../box_head/fcs/dense/...
+       .../box_head/fc{k}/...                        -> .../box_head/fcs/dense_{k - 1}/...
+3. Before the model was assembled from parts (every layer an attribute of `MaskRCNN`; the ones
    named after `inference_model` saved under its `layers`):
        backbone/layers/...                         -> backbone/body/layers/...
        fpn/layers/...                              -> backbone/fpn/layers/...
@@ -45,14 +48,20 @@ import h5py
 
 LEGACY_CONFIG_ATTRIBUTES = ("config",)
 _HEAD_RULES = (
-    (re.compile(r"(^|/)conv_rpn_head/convs/conv2d(/|$)"), r"\1rpn_head/conv\2"),
     (re.compile(r"(^|/)conv_rpn_head(/|$)"), r"\1rpn_head\2"),
     (re.compile(r"(^|/)norm_mask_head(/|$)"), r"\1mask_head\2"),
     (re.compile(r"(^|/)conv_fc_box_head(/|$)"), r"\1box_head\2"),
-    (re.compile(r"(^|/)box_head/fcs/dense(/|$)"), r"\1box_head/fc1\2"),
-    (re.compile(r"(^|/)box_head/fcs/dense_(\d+)(/|$)"),
-     lambda m: f"{m[1]}box_head/fc{int(m[2]) + 1}{m[3]}"),
+    (re.compile(r"(^|/)(rpn_head|rpn/head)/conv(/|$)"), r"\1\2/convs/conv2d\3"),
+    (re.compile(r"(^|/)box_head/fc(\d+)(/|$)"),
+     lambda m: f"{m[1]}box_head/fcs/dense{_suffix(int(m[2]) - 1)}{m[3]}"),
 )
+
+
+def _suffix(index: int) -> str:
+    """Keras' name of the `index`-th layer of a class in a list: "", "_1", "_2", ..."""
+    return f"_{index}" if index else ""
+
+
 _FLAT = r"^(?:inference_model/layers/)?"
 
 
@@ -67,8 +76,8 @@ def _part_rules(roi_heads: str) -> tuple:
 
 def legacy_path(path: str, c4: bool = False) -> str:
     """The current path of a weight-file path (`a/b/vars` or `a/b/vars/0`) of a file written
-    before the head unification or before the parts (`c4`: the file holds a res5 head);
-    current paths map to themselves."""
+    before the head unification, with the head aliases, or before the parts (`c4`: the file
+    holds a res5 head); current paths map to themselves."""
     for pattern, repl in _HEAD_RULES:
         path = pattern.sub(repl, path)
     if path.startswith(("backbone/body/", "layers/")):
