@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 
 import keras
-import tensorflow as tf
-from keras import layers
+from keras import layers, ops
 
 from keras_maskrcnn.ops.poolers import multilevel_roi_align
 
@@ -24,7 +23,8 @@ class MultiLevelRoIAlign(layers.Layer):
     formulation by themselves (`ops.roi_align_ops`; same numbers, static shapes), so the
     sampling ratio 0 of the COCO presets compiles. With one level (`features` = `[C4]`,
     `min_level` = 4; see `single_level_roi_pooler`) every box is pooled from that map at scale
-    2**-min_level.
+    2**-min_level. Runs on TensorFlow, JAX and PyTorch ("custom_op" / "crop_and_resize" are
+    TensorFlow-only; "auto" is "gather" elsewhere).
     """
 
     def __init__(self, output_size: int = 7, sampling_ratio: int = 0, aligned: bool = True,
@@ -45,12 +45,20 @@ class MultiLevelRoIAlign(layers.Layer):
         self.implementation = implementation
 
     def call(self, features, boxes):
-        boxes = tf.stop_gradient(tf.cast(boxes, tf.float32))
+        boxes = ops.stop_gradient(ops.cast(boxes, "float32"))
         return multilevel_roi_align(
             list(features), boxes, self.output_size, min_level=self.min_level,
             canonical_size=self.canonical_size, canonical_level=self.canonical_level,
             sampling_ratio=self.sampling_ratio, aligned=self.aligned, method=self.method,
             implementation=self.implementation)
+
+    def compute_output_spec(self, features, boxes):
+        """[B, R, P, P, C] in the features' dtype, without running the pooling (whose loop
+        cannot run on the symbolic tensors of PyTorch's functional models)."""
+        features = list(features)
+        shape = (boxes.shape[0], boxes.shape[1], self.output_size, self.output_size,
+                 features[0].shape[-1])
+        return keras.KerasTensor(shape, dtype=features[0].dtype)
 
     def get_config(self):
         return {**super().get_config(), "output_size": self.output_size,

@@ -1,4 +1,7 @@
-"""Optional compiled RoIAlign (TensorFlow custom op, CPU) with the pure-TF path as fallback.
+"""Optional compiled RoIAlign (TensorFlow custom op, CPU) with the portable path as fallback.
+
+TensorFlow only. TensorFlow is imported on first use, never when this module is imported, so
+that `keras_maskrcnn.ops` imports on JAX / PyTorch; there `is_available()` is False.
 
 The C++ source ships with the package (``keras_maskrcnn/ops/csrc/roi_align_op.cc``) and is
 compiled on demand with g++ against the installed TensorFlow:
@@ -33,8 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import tensorflow as tf
-
+from keras_maskrcnn import backend
 from keras_maskrcnn.ops.roi_common import check_sampling_ratio, check_scale, pair
 
 __all__ = [
@@ -55,7 +57,17 @@ _STAMP_NAME = "_kmr_roi_align.stamp.json"
 _DISABLE_ENV = "KERAS_MASKRCNN_DISABLE_CUSTOM_OP"
 _BUILD_ENV = "KERAS_MASKRCNN_BUILD_CUSTOM_OP"
 _DIR_ENV = "KERAS_MASKRCNN_CUSTOM_OP_DIR"
-_SUPPORTED_DTYPES = (tf.float32, tf.bfloat16, tf.float16)
+_SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
+
+
+class _LazyTensorFlow:
+    """`tf` of this module: the `tensorflow` module, imported at the first attribute read."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(backend.tensorflow(), name)
+
+
+tf = _LazyTensorFlow()
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"checked": False, "module": None, "reason": ""}
@@ -189,6 +201,13 @@ def _disabled() -> bool:
     return os.environ.get(_DISABLE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
+def _other_backend() -> str:
+    """"" on the TensorFlow backend, else why the op cannot serve this backend."""
+    if backend.is_tensorflow():
+        return ""
+    return f"the compiled op is TensorFlow-only and the Keras backend is {backend.name()!r}"
+
+
 def _load() -> Any | None:
     """Load the op module once per process; None (with the reason logged once) on failure."""
     with _lock:
@@ -210,6 +229,7 @@ def _load() -> Any | None:
             return None
         try:
             _state["module"] = tf.load_op_library(str(path))
+            _register_gradients()
         except Exception as err:  # any load error means "unavailable"
             _state["reason"] = f"loading {path} failed: {err}"
             _LOG.warning("%s; using the pure-TF RoIAlign", _state["reason"])
@@ -223,8 +243,9 @@ def reset_cache() -> None:
 
 
 def is_available() -> bool:
-    """True when the compiled op can be used in this process (loads it lazily, once)."""
-    if _disabled():
+    """True when the compiled op can be used in this process (loads it lazily, once; never on
+    JAX / PyTorch)."""
+    if _disabled() or _other_backend():
         return False
     return _load() is not None
 
@@ -233,7 +254,7 @@ def unavailable_reason() -> str:
     """Why ``is_available()`` is False ("" when it is True or was not asked yet)."""
     if _disabled():
         return f"disabled by {_DISABLE_ENV}"
-    return _state["reason"]
+    return _other_backend() or _state["reason"]
 
 
 def implementation_in_use() -> str:
@@ -276,7 +297,7 @@ def roi_align_custom(
     sampling_ratio = check_sampling_ratio(sampling_ratio)
     spatial_scale = check_scale(spatial_scale)
     features = tf.convert_to_tensor(features)
-    if features.dtype not in _SUPPORTED_DTYPES:
+    if features.dtype.name not in _SUPPORTED_DTYPES:
         raise TypeError(f"features must be float32, bfloat16 or float16, got {features.dtype.name}")
     if features.shape.rank is not None and features.shape.rank != 4:
         raise ValueError(f"features must be [B, H, W, C], got shape {features.shape}")
@@ -335,7 +356,7 @@ def multilevel_roi_align_custom(
         )
     sampling_ratio = check_sampling_ratio(sampling_ratio)
     scales = [check_scale(s) for s in scales]
-    if maps[0].dtype not in _SUPPORTED_DTYPES or any(f.dtype != maps[0].dtype for f in maps):
+    if maps[0].dtype.name not in _SUPPORTED_DTYPES or any(f.dtype != maps[0].dtype for f in maps):
         raise TypeError(
             "features must share one dtype among float32, bfloat16 and float16, got "
             f"{[f.dtype.name for f in maps]}"
@@ -412,9 +433,6 @@ def _register_gradients() -> None:
             tf.RegisterGradient(name)(fn)
         except KeyError:  # already registered (module imported twice, e.g. run with -m)
             pass
-
-
-_register_gradients()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

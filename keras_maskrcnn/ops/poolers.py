@@ -3,6 +3,10 @@
 Each box is pooled from level floor(canonical_level + log2(sqrt(area) / canonical_size) + eps),
 clamped to the available levels (torchvision's LevelMapper). All levels are flattened and
 concatenated so that one gather serves every box of every level with static shapes.
+
+Written in `keras.ops` (TensorFlow, JAX, PyTorch). TensorFlow-only: the compiled multi-level op
+(`implementation="custom_op"`), and `multilevel_roi_align_per_level` (dynamic per-level
+partitions; it serves "crop_and_resize").
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-import tensorflow as tf
+from keras import ops
 
+from keras_maskrcnn import backend
 from keras_maskrcnn.ops.roi_align_ops import roi_align, roi_align_flat
 from keras_maskrcnn.ops.roi_common import (
     check_boxes,
@@ -21,22 +26,24 @@ from keras_maskrcnn.ops.roi_common import (
     check_max_samples,
     check_sampling_ratio,
     custom_module,
+    dtype_name,
     no_autograph,
     pair,
     resolve_implementation,
+    tensor_rank,
 )
 from keras_maskrcnn.ops.roi_pool_ops import roi_pool, roi_pool_flat
 
 
 @no_autograph
 def assign_fpn_levels(
-    boxes: tf.Tensor,
+    boxes,
     min_level: int = 2,
     max_level: int = 5,
     canonical_size: float = 224.0,
     canonical_level: int = 4,
     eps: float = 1e-6,
-) -> tf.Tensor:
+):
     """FPN level of each box (FPN paper eq. 1), as torchvision's ``LevelMapper``.
 
     ``k = floor(canonical_level + log2(sqrt(area) / canonical_size) + eps)`` clamped to
@@ -51,31 +58,32 @@ def assign_fpn_levels(
     Returns:
         [...] int32 levels in [min_level, max_level].
     """
-    boxes = tf.convert_to_tensor(boxes)
-    if boxes.shape.rank is not None and (boxes.shape.rank < 1 or boxes.shape[-1] not in (None, 4)):
-        raise ValueError(f"`boxes` must have shape [..., 4], got {boxes.shape}")
+    boxes = ops.convert_to_tensor(boxes)
+    found = tensor_rank(boxes)
+    if found is not None and (found < 1 or boxes.shape[-1] not in (None, 4)):
+        raise ValueError(f"`boxes` must have shape [..., 4], got {tuple(boxes.shape)}")
     if min_level > max_level:
         raise ValueError(f"`min_level` ({min_level}) must be <= `max_level` ({max_level})")
     if not canonical_size > 0:
         raise ValueError(f"`canonical_size` must be positive, got {canonical_size!r}")
-    boxes = tf.cast(boxes, tf.float32)
-    y1, x1, y2, x2 = tf.unstack(boxes, num=4, axis=-1)
+    boxes = ops.cast(boxes, "float32")
+    y1, x1, y2, x2 = ops.unstack(boxes, num=4, axis=-1)
     area = (y2 - y1) * (x2 - x1)
-    area = tf.where(area > 0.0, area, 0.0)  # also maps NaN to 0
-    log2 = tf.math.log(tf.sqrt(area) / float(canonical_size)) / math.log(2.0)
-    level = tf.math.floor(float(canonical_level) + log2 + float(eps))
-    level = tf.clip_by_value(level, float(min_level), float(max_level))
-    return tf.cast(level, tf.int32)
+    area = ops.where(area > 0.0, area, 0.0)  # also maps NaN to 0
+    log2 = ops.log(ops.sqrt(area) / float(canonical_size)) / math.log(2.0)
+    level = ops.floor(float(canonical_level) + log2 + float(eps))
+    level = ops.clip(level, float(min_level), float(max_level))
+    return ops.cast(level, "int32")
 
 
 # --------------------------------------------------------------------------- multi-level
 
 
-def _check_levels(features: Sequence[tf.Tensor]) -> list[tf.Tensor]:
-    if isinstance(features, tf.Tensor) or not isinstance(features, Sequence) or not features:
+def _check_levels(features: Sequence) -> list:
+    if hasattr(features, "shape") or not isinstance(features, Sequence) or not features:
         raise TypeError("`features` must be a non-empty list of [B, H_l, W_l, C] tensors")
     levels = [check_features(f, name=f"features[{i}]") for i, f in enumerate(features)]
-    dtypes = {f.dtype for f in levels}
+    dtypes = {dtype_name(f) for f in levels}
     channels = {f.shape[3] for f in levels if f.shape[3] is not None}
     if len(dtypes) > 1 or len(channels) > 1:
         raise ValueError("all `features` levels must share one dtype and one channel count")
@@ -88,27 +96,30 @@ def _check_method(method: str) -> str:
     return method
 
 
-def _flatten_rois(boxes: tf.Tensor):
+def _flatten_rois(boxes):
     """[B, R, 4] -> ([B*R, 4] boxes, [B*R] int32 image index, B, R)."""
-    shape = tf.shape(boxes, out_type=tf.int32)
-    batch = boxes.shape[0] if boxes.shape[0] is not None else shape[0]
-    num = boxes.shape[1] if boxes.shape[1] is not None else shape[1]
-    image = tf.repeat(tf.range(batch, dtype=tf.int32), num)
-    return tf.reshape(boxes, [-1, 4]), image, batch, num
+    batch, num = backend.static_dim(boxes, 0), backend.static_dim(boxes, 1)
+    image = ops.repeat(ops.arange(batch, dtype="int32"), num)
+    return ops.reshape(boxes, (-1, 4)), image, batch, num
 
 
-def _multilevel_flat(levels: list[tf.Tensor], level_index: tf.Tensor, image: tf.Tensor):
+def _int32_vector(values: list):
+    """[L] int32 from Python ints and / or scalar tensors (static or run-time sizes)."""
+    return ops.stack([ops.cast(ops.convert_to_tensor(v), "int32") for v in values])
+
+
+def _multilevel_flat(levels: list, level_index, image):
     """Concatenates all levels into one [T, C] table; per-box base / H / W [N] int32."""
-    sizes = [tf.shape(f, out_type=tf.int32) for f in levels]
-    heights = tf.stack([s[1] for s in sizes])
-    widths = tf.stack([s[2] for s in sizes])
-    counts = tf.stack([s[0] * s[1] * s[2] for s in sizes])
-    offsets = tf.cumsum(counts, exclusive=True)
-    height = tf.gather(heights, level_index)
-    width = tf.gather(widths, level_index)
-    base = tf.gather(offsets, level_index) + image * height * width
-    channels = levels[0].shape[3] if levels[0].shape[3] is not None else tf.shape(levels[0])[3]
-    flat = tf.concat([tf.reshape(f, [-1, channels]) for f in levels], axis=0)
+    heights = [backend.static_dim(f, 1) for f in levels]
+    widths = [backend.static_dim(f, 2) for f in levels]
+    offsets = [0]
+    for f, h, w in zip(levels[:-1], heights, widths, strict=False):
+        offsets.append(offsets[-1] + backend.static_dim(f, 0) * h * w)
+    height = ops.take(_int32_vector(heights), level_index)
+    width = ops.take(_int32_vector(widths), level_index)
+    base = ops.take(_int32_vector(offsets), level_index) + image * height * width
+    channels = backend.static_dim(levels[0], 3)
+    flat = ops.concatenate([ops.reshape(f, (-1, channels)) for f in levels], axis=0)
     return flat, base, height, width, channels
 
 
@@ -127,12 +138,13 @@ def _multilevel_custom_op(
         sampling_ratio=sampling_ratio, aligned=aligned,
     )
     channels = levels[0].shape[-1]
-    return tf.reshape(pooled, [batch, num, output_size[0], output_size[1], channels])
+    return ops.reshape(pooled, (batch, num, output_size[0], output_size[1], channels))
 
 
+@no_autograph
 def multilevel_roi_align(
-    features: Sequence[tf.Tensor],
-    boxes: tf.Tensor,
+    features: Sequence,
+    boxes,
     output_size: int | Sequence[int],
     min_level: int = 2,
     canonical_size: float = 224.0,
@@ -143,7 +155,7 @@ def multilevel_roi_align(
     implementation: str = "auto",
     max_bin_size: int | None = None,
     max_samples: int | None = None,
-) -> tf.Tensor:
+):
     """Pools every box from its FPN level (torchvision ``MultiScaleRoIAlign``).
 
     Each box gets level ``assign_fpn_levels(box, min_level, min_level + L - 1, ...)`` and is
@@ -153,8 +165,10 @@ def multilevel_roi_align(
     dynamic. With the adaptive ratio (0), "static" (selected by itself under XLA jit_compile)
     gives the same numbers with static shapes (`roi_align_ops._roi_align_static`: a loop over
     each box's own sample pairs, all levels in one gather per step; nothing capped, so no RoI
-    of any level is clipped). "custom_op" / "crop_and_resize" run per level
-    (`multilevel_roi_align_per_level`).
+    of any level is clipped). "crop_and_resize" runs per level
+    (`multilevel_roi_align_per_level`), "custom_op" as one compiled multi-level op (both
+    TensorFlow only; ValueError on JAX / PyTorch, where "auto" is "gather"). JAX takes the
+    static formulation for every ratio, PyTorch for the adaptive one (`roi_align_ops`).
 
     Args:
         features: list of L maps [B, H_l, W_l, C] for levels min_level .. min_level + L - 1.
@@ -206,7 +220,9 @@ def multilevel_roi_align(
     max_level = min_level + len(levels) - 1
     level = assign_fpn_levels(flat_boxes, min_level, max_level, canonical_size, canonical_level)
     flat, base, height, width, channels = _multilevel_flat(levels, level - min_level, image)
-    scale = tf.pow(2.0, -tf.cast(level, tf.float32))  # exact powers of two
+    # 2 ** -level per box, read from a table of exact powers of two
+    scales = [2.0 ** -(min_level + i) for i in range(len(levels))]
+    scale = ops.take(ops.convert_to_tensor(scales, "float32"), level - min_level)
     if method == "pool":
         pooled = roi_pool_flat(
             flat, base, height, width, flat_boxes, scale, output_size, max_bin_size
@@ -225,13 +241,13 @@ def multilevel_roi_align(
             static=implementation == "static",
             max_samples=max_samples,
         )
-    return tf.reshape(pooled, [batch, num, output_size[0], output_size[1], channels])
+    return ops.reshape(pooled, (batch, num, output_size[0], output_size[1], channels))
 
 
 @no_autograph
 def multilevel_roi_align_per_level(
-    features: Sequence[tf.Tensor],
-    boxes: tf.Tensor,
+    features: Sequence,
+    boxes,
     output_size: int | Sequence[int],
     min_level: int = 2,
     canonical_size: float = 224.0,
@@ -241,12 +257,20 @@ def multilevel_roi_align_per_level(
     method: str = "align",
     implementation: str = "gather",
     max_bin_size: int | None = None,
-) -> tf.Tensor:
+):
     """Same result as `multilevel_roi_align`, computed by one `roi_align` / `roi_pool` call per
-    level on the boxes of that level, then stitched back in order (dynamic shapes).
+    level on the boxes of that level, then stitched back in order (dynamic shapes; TensorFlow
+    only, ValueError on another backend).
 
     Args and returns as in `multilevel_roi_align`: [B, R, ph, pw, C].
     """
+    if not backend.is_tensorflow():
+        raise ValueError(
+            "multilevel_roi_align_per_level partitions the boxes with dynamic shapes "
+            f"(TensorFlow only) and the Keras backend is {backend.name()!r}; use "
+            "multilevel_roi_align"
+        )
+    tf = backend.tensorflow()
     levels = _check_levels(features)
     boxes = check_boxes(boxes, rank=3)
     output_size = pair(output_size)

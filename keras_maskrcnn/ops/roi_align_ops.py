@@ -1,4 +1,4 @@
-"""RoIAlign in TensorFlow: `roi_align` (exported as `keras_maskrcnn.ops.roi_align`) and
+"""RoIAlign in `keras.ops` (TensorFlow, JAX, PyTorch): `roi_align` (exported as `keras_maskrcnn.ops.roi_align`) and
 `roi_align_flat`, the kernel shared with `ops.poolers` (RoIPool: `ops.roi_pool_ops`; FPN levels
 and multi-level pooling: `ops.poolers`; argument checks: `ops.roi_common`).
 
@@ -17,7 +17,7 @@ kernel, ``roi_align_kernel.cpp`` + ``roi_align_common.h``):
 - the bin value is the sum of its bilinear samples divided by ``max(S_y * S_x, 1)``.
 
 Bilinear sampling with these border rules is separable, so every axis is reduced to (row index,
-weight) pairs and the features are read with one ``tf.gather`` on the flattened maps. This keeps
+weight) pairs and the features are read with one gather on the flattened maps. This keeps
 the op exportable (gather / multiply / reduce only; TFLite builtins) and differentiable with
 respect to the features. With ``sampling_ratio > 0`` every shape is static (XLA-compilable).
 With the adaptive ratio (0) each bin's samples are merged into a window of consecutive rows and
@@ -45,15 +45,25 @@ roi_extent / pooled), max_samples)`` ("gather" and "static"): the bin is then sa
 ``max_samples`` grid along that axis, evenly spread over the bin, a deliberate departure from
 torchvision (which uses more samples) for RoIs longer than ``max_samples * pooled`` feature
 pixels along an axis; the default ``None`` never clips.
+
+Backends. TensorFlow: everything above, with the same numbers and graphs as the original
+TensorFlow code (plain ``tf.gather`` / ``tf.tensor_scatter_nd_add`` through
+``roi_common.gather_rows`` / ``scatter_add_rows``); "crop_and_resize" and "custom_op" are
+TensorFlow-only. JAX: every ratio takes the static formulation, as TensorFlow does under XLA
+(shapes are static under ``jax.jit``; the loop is ``ops.while_loop``, its gradient
+``ops.custom_gradient``). PyTorch: the adaptive ratio takes the static formulation, a fixed
+ratio the one-gather forward with autograd's gradient.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-import tensorflow as tf
+from keras import ops
 
+from keras_maskrcnn import backend
 from keras_maskrcnn.ops.roi_common import (
+    check_backend,
     check_box_indices,
     check_boxes,
     check_features,
@@ -62,79 +72,80 @@ from keras_maskrcnn.ops.roi_common import (
     check_sampling_ratio,
     check_scale,
     custom_module,
+    dtype_name,
     flat_geometry,
+    gather_rows,
     in_xla_context,
     no_autograph,
     pair,
     resolve_implementation,
+    scatter_add_rows,
 )
 
 # --------------------------------------------------------------------------- per-box geometry
 
 
-def _roi_extents(boxes: tf.Tensor, scale: tf.Tensor, aligned: bool):
+def _roi_extents(boxes, scale, aligned: bool):
     """RoI start and extent per axis in feature-map pixels, each [N] float32 (torchvision rules)."""
     offset = 0.5 if aligned else 0.0
-    y1, x1, y2, x2 = tf.unstack(boxes, num=4, axis=-1)
+    y1, x1, y2, x2 = ops.unstack(boxes, num=4, axis=-1)
     start_y = y1 * scale - offset
     start_x = x1 * scale - offset
     extent_y = (y2 * scale - offset) - start_y
     extent_x = (x2 * scale - offset) - start_x
     if not aligned:  # legacy: malformed RoIs are forced to be at least 1x1
-        extent_y = tf.maximum(extent_y, 1.0)
-        extent_x = tf.maximum(extent_x, 1.0)
+        extent_y = ops.maximum(extent_y, 1.0)
+        extent_x = ops.maximum(extent_x, 1.0)
     return start_y, extent_y, start_x, extent_x
 
 
-def _adaptive_counts(extent: tf.Tensor, pooled: int, max_samples: int | None = None):
+def _adaptive_counts(extent, pooled: int, max_samples: int | None = None):
     """The adaptive ratio's samples per bin along one axis, [N] int32 (capped if asked)."""
-    count = tf.math.ceil(extent / float(pooled))
+    count = ops.ceil(extent / float(pooled))
     # Non-positive extents sample nothing (the kernel's loops run zero times); so do NaN / inf
     # ones (undefined in the kernel), which also keeps the int cast safe.
-    count = tf.where((count > 0.0) & tf.math.is_finite(count), count, 0.0)
+    count = ops.where((count > 0.0) & ops.isfinite(count), count, 0.0)
     if max_samples is not None:
-        count = tf.minimum(count, float(max_samples))
-    return tf.cast(count, tf.int32)
+        count = ops.minimum(count, float(max_samples))
+    return ops.cast(count, "int32")
 
 
-def _sample_counts(extent: tf.Tensor, pooled: int, sampling_ratio: int,
-                   max_samples: int | None = None):
+def _sample_counts(extent, pooled: int, sampling_ratio: int, max_samples: int | None = None):
     """Samples per bin along one axis: ([N] int32 per-box count, grid size: int or scalar)."""
     if sampling_ratio > 0:
-        return tf.fill(tf.shape(extent), sampling_ratio), sampling_ratio
+        return ops.full_like(extent, sampling_ratio, dtype="int32"), sampling_ratio
     count = _adaptive_counts(extent, pooled, max_samples)
-    grid = tf.maximum(tf.reduce_max(count), 1)  # reduce_max of no boxes is INT_MIN
-    return count, grid
+    return count, ops.max(count, initial=1)  # at least 1 (also with no boxes)
 
 
 def _axis_points(start, extent, pooled: int, count, grid):
     """Sample coordinates [N, pooled, grid] float32 and a mask of the points each box uses."""
     bin_size = (extent / float(pooled))[:, None, None]
-    divisor = tf.cast(tf.maximum(count, 1), tf.float32)[:, None, None]
-    bins = tf.range(pooled, dtype=tf.float32)[None, :, None]
-    steps = tf.range(grid, dtype=tf.int32)
-    offsets = (tf.cast(steps, tf.float32) + 0.5)[None, None, :]
+    divisor = ops.cast(ops.maximum(count, 1), "float32")[:, None, None]
+    bins = ops.arange(pooled, dtype="float32")[None, :, None]
+    steps = ops.arange(grid, dtype="int32")
+    offsets = (ops.cast(steps, "float32") + 0.5)[None, None, :]
     # Same operation order as the reference kernel: start + p * bin + (i + .5) * bin / count.
     points = start[:, None, None] + bins * bin_size + offsets * bin_size / divisor
     used = steps[None, None, :] < count[:, None, None]
-    used = tf.broadcast_to(used, tf.shape(points))
+    used = ops.broadcast_to(used, ops.shape(points))
     return points, used, divisor
 
 
 def _axis_bilinear(points, used, size):
     """RoIAlign border rules on one axis: (low, high) int32 and their weights, all [N, P, S]."""
     size = size[:, None, None]
-    size_f = tf.cast(size, tf.float32)
+    size_f = ops.cast(size, "float32")
     inside = used & (points >= -1.0) & (points <= size_f)
-    coord = tf.maximum(tf.where(inside, points, 0.0), 0.0)
-    low = tf.cast(tf.math.floor(coord), tf.int32)
+    coord = ops.maximum(ops.where(inside, points, 0.0), 0.0)
+    low = ops.cast(ops.floor(coord), "int32")
     last = size - 1
     at_end = low >= last
-    low = tf.where(at_end, last, low)
-    high = tf.where(at_end, last, low + 1)
-    frac = tf.where(at_end, 0.0, coord - tf.cast(low, tf.float32))
-    w_high = tf.where(inside, frac, 0.0)
-    w_low = tf.where(inside, 1.0 - frac, 0.0)
+    low = ops.where(at_end, last, low)
+    high = ops.where(at_end, last, low + 1)
+    frac = ops.where(at_end, 0.0, coord - ops.cast(low, "float32"))
+    w_high = ops.where(inside, frac, 0.0)
+    w_low = ops.where(inside, 1.0 - frac, 0.0)
     return low, high, w_low, w_high
 
 
@@ -145,15 +156,16 @@ def _compact_axis(index, weight):
     and each box's own window width [N] int32 (>= 1). With the adaptive ratio a bin's S
     samples touch at most S + 1 consecutive rows, instead of 2 S (index, weight) pairs.
     """
-    big = tf.int32.max
-    active = tf.not_equal(weight, 0.0)
-    start = tf.reduce_min(tf.where(active, index, big), axis=-1, keepdims=True)
-    start = tf.where(start == big, 0, start)
+    big = 2**31 - 1  # int32 max
+    active = weight != 0.0
+    start = ops.min(ops.where(active, index, big), axis=-1, keepdims=True, initial=big)
+    start = ops.where(start == big, 0, start)
     slot = index - start
-    per_box = tf.reduce_max(tf.where(active, slot, 0), axis=[1, 2]) + 1  # [N]
-    width = tf.maximum(tf.reduce_max(per_box), 1)  # reduce_max of no boxes is INT_MIN
-    merged = tf.reduce_sum(tf.one_hot(slot, width, dtype=weight.dtype) * weight[..., None], -2)
-    rows = start + tf.range(width, dtype=tf.int32)
+    per_box = ops.max(ops.where(active, slot, 0), axis=(1, 2), initial=0) + 1  # [N]
+    width = ops.max(per_box, initial=1)  # at least 1 (also with no boxes)
+    one_hot = ops.one_hot(slot, width, dtype=dtype_name(weight))
+    merged = ops.sum(one_hot * weight[..., None], axis=-2)
+    rows = start + ops.arange(width, dtype="int32")
     return rows, merged, per_box
 
 
@@ -166,12 +178,12 @@ def _axis_table(start, extent, pooled: int, sampling_ratio: int, size,
     count, grid = _sample_counts(extent, pooled, sampling_ratio, max_samples)
     points, used, divisor = _axis_points(start, extent, pooled, count, grid)
     low, high, w_low, w_high = _axis_bilinear(points, used, size)
-    index = tf.concat([low, high], axis=-1)
-    weight = tf.concat([w_low, w_high], axis=-1) / divisor
+    index = ops.concatenate([low, high], axis=-1)
+    weight = ops.concatenate([w_low, w_high], axis=-1) / divisor
     per_box = None
     if sampling_ratio == 0:
         index, weight, per_box = _compact_axis(index, weight)
-    return tf.minimum(index, size[:, None, None] - 1), weight, per_box
+    return ops.minimum(index, size[:, None, None] - 1), weight, per_box
 
 
 def _gather_separable(flat, base, width, rows, row_w, cols, col_w):
@@ -185,11 +197,16 @@ def _gather_separable(flat, base, width, rows, row_w, cols, col_w):
         + (rows * width[:, None, None])[:, :, :, None, None]
         + cols[:, None, None, :, :]
     )
-    values = tf.gather(flat, index)  # [N, ph, Ky, pw, Kx, C]
-    row_w = tf.cast(row_w, flat.dtype)[:, :, :, None, None, None]
-    col_w = tf.cast(col_w, flat.dtype)[:, None, :, :, None]
-    values = tf.reduce_sum(values * row_w, axis=2)  # [N, ph, pw, Kx, C]
-    return tf.reduce_sum(values * col_w, axis=3)
+    values = gather_rows(flat, index)  # [N, ph, Ky, pw, Kx, C]
+    row_w = ops.cast(row_w, flat.dtype)[:, :, :, None, None, None]
+    col_w = ops.cast(col_w, flat.dtype)[:, None, :, :, None]
+    values = ops.sum(values * row_w, axis=2)  # [N, ph, pw, Kx, C]
+    return ops.sum(values * col_w, axis=3)
+
+
+def _exclusive_cumsum(x):
+    """Exclusive cumulative sum of an int32 vector (exact)."""
+    return ops.cast(ops.cumsum(x), "int32") - x
 
 
 def _gather_ragged(flat, base, width, rows, row_w, ky, cols, col_w, kx):
@@ -197,31 +214,39 @@ def _gather_ragged(flat, base, width, rows, row_w, ky, cols, col_w, kx):
 
     The (box, bin, k, j) terms are enumerated as one ragged list (box-major, sorted by bin) and
     reduced with a sorted segment sum, so memory follows the boxes' own sample counts instead
-    of the largest count over all boxes (adaptive sampling ratio; dynamic shapes).
+    of the largest count over all boxes (adaptive sampling ratio; dynamic shapes: TensorFlow
+    outside XLA).
     """
-    num = tf.shape(rows)[0]
+    num = backend.static_dim(rows, 0)
     ph, pw = rows.shape[1], cols.shape[1]
-    k_max_y, k_max_x = tf.shape(rows)[2], tf.shape(cols)[2]
+    k_max_y, k_max_x = backend.static_dim(rows, 2), backend.static_dim(cols, 2)
     per_bin = ky * kx
-    box = tf.repeat(tf.range(num), ph * pw * per_bin)
-    first = tf.cumsum(ph * pw * per_bin, exclusive=True)
-    local = tf.range(tf.shape(box)[0]) - tf.gather(first, box)
-    box_kx = tf.gather(kx, box)
-    box_per_bin = tf.gather(per_bin, box)
+    box = ops.repeat(ops.arange(num, dtype="int32"), ph * pw * per_bin)
+    first = _exclusive_cumsum(ph * pw * per_bin)
+    local = ops.arange(backend.static_dim(box, 0), dtype="int32") - ops.take(first, box)
+    box_kx = ops.take(kx, box)
+    box_per_bin = ops.take(per_bin, box)
     cell = local // box_per_bin  # p * pw + q
     within = local % box_per_bin  # k * kx + j
     k, j = within // box_kx, within % box_kx
     p, q = cell // pw, cell % pw
     row_at = (box * ph + p) * k_max_y + k
     col_at = (box * pw + q) * k_max_x + j
-    row = tf.gather(tf.reshape(rows, [-1]), row_at)
-    col = tf.gather(tf.reshape(cols, [-1]), col_at)
-    weight = tf.gather(tf.reshape(row_w, [-1]), row_at) * tf.gather(tf.reshape(col_w, [-1]), col_at)
-    pixel = tf.gather(base, box) + row * tf.gather(width, box) + col
-    values = tf.gather(flat, pixel) * tf.cast(weight, flat.dtype)[:, None]
-    pooled = tf.math.segment_sum(values, box * (ph * pw) + cell)
-    channels = flat.shape[1] if flat.shape[1] is not None else tf.shape(flat)[1]
-    return tf.reshape(pooled, [num, ph, pw, channels])
+    row = ops.take(ops.reshape(rows, (-1,)), row_at)
+    col = ops.take(ops.reshape(cols, (-1,)), col_at)
+    weight = ops.take(ops.reshape(row_w, (-1,)), row_at) * ops.take(ops.reshape(col_w, (-1,)),
+                                                                      col_at)
+    pixel = ops.take(base, box) + row * ops.take(width, box) + col
+    values = gather_rows(flat, pixel) * ops.cast(weight, flat.dtype)[:, None]
+    pooled = _sorted_segment_sum(values, box * (ph * pw) + cell, num * (ph * pw))
+    return ops.reshape(pooled, (num, ph, pw, backend.static_dim(flat, 1)))
+
+
+def _sorted_segment_sum(values, segments, num_segments):
+    """Sum of `values` rows per (sorted) segment id -> [num_segments, C]."""
+    if backend.is_tensorflow():  # the sorted kernel, as the original TensorFlow code
+        return backend.tensorflow().math.segment_sum(values, segments)
+    return ops.segment_sum(values, segments, num_segments=num_segments, sorted=True)
 
 
 # --------------------------------------------------------------------------- static adaptive
@@ -235,15 +260,15 @@ def _step_axis(start, extent, pooled: int, count, step, active, size):
     for inactive boxes.
     """
     bin_size = (extent / float(pooled))[:, None, None]
-    divisor = tf.cast(tf.maximum(count, 1), tf.float32)[:, None, None]
-    bins = tf.range(pooled, dtype=tf.float32)[None, :, None]
-    offsets = (tf.cast(step, tf.float32) + 0.5)[:, None, None]
+    divisor = ops.cast(ops.maximum(count, 1), "float32")[:, None, None]
+    bins = ops.arange(pooled, dtype="float32")[None, :, None]
+    offsets = (ops.cast(step, "float32") + 0.5)[:, None, None]
     points = start[:, None, None] + bins * bin_size + offsets * bin_size / divisor
-    used = tf.broadcast_to(active[:, None, None], tf.shape(points))
+    used = ops.broadcast_to(active[:, None, None], ops.shape(points))
     low, high, w_low, w_high = _axis_bilinear(points, used, size)
-    index = tf.concat([low, high], axis=-1)
-    weight = tf.concat([w_low, w_high], axis=-1) / divisor
-    return tf.minimum(index, size[:, None, None] - 1), weight
+    index = ops.concatenate([low, high], axis=-1)
+    weight = ops.concatenate([w_low, w_high], axis=-1) / divisor
+    return ops.minimum(index, size[:, None, None] - 1), weight
 
 
 STATIC_MIN_CHUNK = 64  # sample pairs per step at least (the step is max(N, this) entries)
@@ -265,53 +290,55 @@ def _roi_align_static(flat, base, height, width, boxes, scale, output_size, alig
     """
     ph, pw = output_size
     if boxes.shape[0] == 0:  # statically no boxes: no loop (a gather keeps the zero gradient)
-        return tf.gather(flat, tf.zeros([0, ph, pw], tf.int32))
+        return gather_rows(flat, ops.zeros((0, ph, pw), "int32"))
     start_y, extent_y, start_x, extent_x = _roi_extents(boxes, scale, aligned)
     count_y = _sample_counts(extent_y, ph, sampling_ratio, max_samples)[0]
     count_x = _sample_counts(extent_x, pw, sampling_ratio, max_samples)[0]
     pairs = count_y * count_x  # sample pairs per bin of each box
-    ends = tf.cumsum(pairs)  # entries of boxes 0..n
-    total = tf.reduce_sum(pairs)
-    num = boxes.shape[0] if boxes.shape[0] is not None else tf.shape(boxes)[0]
-    chunk = max(num, STATIC_MIN_CHUNK) if isinstance(num, int) else tf.maximum(
+    ends = ops.cast(ops.cumsum(pairs), "int32")  # entries of boxes 0..n
+    total = ops.cast(ops.sum(pairs), "int32")
+    num = backend.static_dim(boxes, 0)
+    chunk = max(num, STATIC_MIN_CHUNK) if isinstance(num, int) else ops.maximum(
         num, STATIC_MIN_CHUNK)
     steps = (total + chunk - 1) // chunk
-    last = tf.maximum(num - 1, 0)
-    channels = flat.shape[1] if flat.shape[1] is not None else tf.shape(flat)[1]
-    acc_dtype = tf.float64 if flat.dtype == tf.float64 else tf.float32
+    last = ops.maximum(num - 1, 0)
+    channels = backend.static_dim(flat, 1)
+    table_dtype = dtype_name(flat)
+    acc_dtype = "float64" if table_dtype == "float64" else "float32"
 
     def step_tables(step):
         """Box [E] int32, flat-table indices [E, ph, 2, pw, 2] and weights of chunk `step`."""
-        entry = step * chunk + tf.range(chunk)
+        entry = step * chunk + ops.arange(chunk, dtype="int32")
         active = entry < total
         # box of each entry: the number of boxes whose entries all come before it
-        box = tf.reduce_sum(tf.cast(ends[None, :] <= entry[:, None], tf.int32), axis=1)
-        box = tf.minimum(box, last)
-        local = entry - (tf.gather(ends, box) - tf.gather(pairs, box))
-        per_row = tf.maximum(tf.gather(count_x, box), 1)
-        size_y, size_x = tf.gather(height, box), tf.gather(width, box)
-        rows, row_w = _step_axis(tf.gather(start_y, box), tf.gather(extent_y, box), ph,
-                                 tf.gather(count_y, box), local // per_row, active, size_y)
-        cols, col_w = _step_axis(tf.gather(start_x, box), tf.gather(extent_x, box), pw,
-                                 tf.gather(count_x, box), local % per_row, active, size_x)
+        box = ops.sum(ops.cast(ends[None, :] <= entry[:, None], "int32"), axis=1)
+        box = ops.minimum(box, last)
+        local = entry - (ops.take(ends, box) - ops.take(pairs, box))
+        per_row = ops.maximum(ops.take(count_x, box), 1)
+        size_y, size_x = ops.take(height, box), ops.take(width, box)
+        rows, row_w = _step_axis(ops.take(start_y, box), ops.take(extent_y, box), ph,
+                                 ops.take(count_y, box), local // per_row, active, size_y)
+        cols, col_w = _step_axis(ops.take(start_x, box), ops.take(extent_x, box), pw,
+                                 ops.take(count_x, box), local % per_row, active, size_x)
         index = (
-            tf.gather(base, box)[:, None, None, None, None]
+            ops.take(base, box)[:, None, None, None, None]
             + (rows * size_x[:, None, None])[:, :, :, None, None]
             + cols[:, None, None, :, :]
         )
         weight = row_w[:, :, :, None, None] * col_w[:, None, None, :, :]
-        return box, index, tf.cast(weight, acc_dtype)
+        return box, index, ops.cast(weight, acc_dtype)
 
     def loop(body, initial):
-        return tf.while_loop(lambda step, _: step < steps, body, (tf.constant(0), initial))[1]
+        start = ops.convert_to_tensor(0, "int32")
+        return ops.while_loop(lambda step, _: step < steps, body, (start, initial))[1]
 
-    @tf.custom_gradient
+    @ops.custom_gradient
     def pool(table):
         def forward(step, out):
             box, index, weight = step_tables(step)
-            values = tf.cast(tf.gather(table, index), acc_dtype)  # [E, ph, 2, pw, 2, C]
-            pooled = tf.reduce_sum(values * weight[..., None], axis=[2, 4])
-            return step + 1, tf.tensor_scatter_nd_add(out, box[:, None], pooled)
+            values = ops.cast(gather_rows(table, index), acc_dtype)  # [E, ph, 2, pw, 2, C]
+            pooled = ops.sum(values * weight[..., None], axis=(2, 4))
+            return step + 1, scatter_add_rows(out, box, pooled)
 
         if sampling_ratio > 0:
             # A fixed ratio keeps the one-gather forward of the other paths (same rounding:
@@ -320,26 +347,41 @@ def _roi_align_static(flat, base, height, width, boxes, scale, output_size, alig
             cols, col_w, _ = _axis_table(start_x, extent_x, pw, sampling_ratio, width)
             out = _gather_separable(table, base, width, rows, row_w, cols, col_w)
         else:
-            out = loop(forward, tf.zeros(tf.stack([tf.shape(boxes)[0], ph, pw, channels]),
-                                         acc_dtype))
+            out = loop(forward, ops.zeros((num, ph, pw, channels), acc_dtype))
 
-        def grad(upstream):
-            upstream = tf.cast(upstream, acc_dtype)
+        def grad(*args, upstream=None):
+            if upstream is None:  # TensorFlow and JAX pass it first, PyTorch by keyword
+                upstream = args[0]
+            upstream = ops.cast(upstream, acc_dtype)
 
             def backward(step, d_table):
                 box, index, weight = step_tables(step)
-                d_out = tf.gather(upstream, box)[:, :, None, :, None, :]
+                d_out = ops.take(upstream, box, axis=0)[:, :, None, :, None, :]
                 updates = d_out * weight[..., None]
-                return step + 1, tf.tensor_scatter_nd_add(d_table, index[..., None], updates)
+                return step + 1, scatter_add_rows(d_table, index, updates)
 
-            return tf.cast(loop(backward, tf.zeros(tf.shape(table), acc_dtype)), table.dtype)
+            zeros = ops.zeros(ops.shape(table), acc_dtype)
+            return ops.cast(loop(backward, zeros), dtype_name(table))
 
-        return tf.cast(out, table.dtype), grad
+        return ops.cast(out, table_dtype), grad
 
     return pool(flat)
 
 
 # --------------------------------------------------------------------------- flat kernel
+
+
+def _takes_static_path(static: bool, sampling_ratio: int) -> bool:
+    """Whether `roi_align_flat` runs `_roi_align_static` (see the module docstring)."""
+    if backend.name() == "jax":
+        return True  # traced with static shapes: as TensorFlow under XLA
+    if backend.name() == "torch":
+        return sampling_ratio == 0  # eager autograd differentiates the fixed ratio's gather
+    # Under XLA every ratio takes `_roi_align_static`. A fixed ratio keeps its one-gather
+    # forward there, but gets the loop's gradient: the autodiff gradient of that gather (one
+    # scatter of N * ph * pw * 4 S^2 rows) took 130 s to compile on CPU inside the Mask R-CNN
+    # training step, vs 8 s with the loop (same run time, same numbers).
+    return in_xla_context() or (static and sampling_ratio == 0)
 
 
 def roi_align_flat(flat, base, height, width, boxes, scale, output_size, sampling_ratio, aligned,
@@ -351,15 +393,12 @@ def roi_align_flat(flat, base, height, width, boxes, scale, output_size, samplin
     (row-major [H, W] block of `flat`, see `roi_common.flat_geometry`); scale is a scalar or [N]
     float32 spatial scale; output_size a (ph, pw) pair. Tracing for XLA (any ratio), or
     `static` with the adaptive ratio (0), selects the static loop formulation
-    `_roi_align_static`; `max_samples` caps the adaptive per-axis count (None: no cap). A fixed
-    ratio is static on every path.
+    `_roi_align_static`, as does JAX (any ratio) and PyTorch (the adaptive ratio);
+    `max_samples` caps the adaptive per-axis count (None: no cap). A fixed ratio is static on
+    every path.
     """
     ph, pw = output_size
-    # Under XLA every ratio takes `_roi_align_static`. A fixed ratio keeps its one-gather
-    # forward there, but gets the loop's gradient: the autodiff gradient of that gather (one
-    # scatter of N * ph * pw * 4 S^2 rows) took 130 s to compile on CPU inside the Mask R-CNN
-    # training step, vs 8 s with the loop (same run time, same numbers).
-    if in_xla_context() or (static and sampling_ratio == 0):
+    if _takes_static_path(static, sampling_ratio):
         return _roi_align_static(flat, base, height, width, boxes, scale, output_size, aligned,
                                  max_samples, sampling_ratio)
     start_y, extent_y, start_x, extent_x = _roi_extents(boxes, scale, aligned)
@@ -376,12 +415,13 @@ def roi_align_flat(flat, base, height, width, boxes, scale, output_size, samplin
 def _roi_align_crop_and_resize(
     features, boxes, box_indices, output_size, scale, sampling_ratio, aligned
 ):
-    """RoIAlign through `tf.image.crop_and_resize` (fixed sampling ratio only).
+    """RoIAlign through `tf.image.crop_and_resize` (fixed sampling ratio only; TensorFlow only).
 
     crop_and_resize reads 0 outside [0, H - 1] while RoIAlign clamps points in [-1, 0) and
     (H - 1, H] to the border row: padding the map with one replicated row / column on each side
     makes the two rules coincide, then the P * S uniform sample grid is averaged by S x S.
     """
+    tf = backend.tensorflow()
     if sampling_ratio <= 0:
         raise ValueError(
             "implementation='crop_and_resize' needs a fixed `sampling_ratio` > 0: the adaptive "
@@ -416,16 +456,16 @@ def _roi_align_crop_and_resize(
 
 @no_autograph
 def roi_align(
-    features: tf.Tensor,
-    boxes: tf.Tensor,
-    box_indices: tf.Tensor,
+    features,
+    boxes,
+    box_indices,
     output_size: int | Sequence[int],
     spatial_scale: float = 1.0,
     sampling_ratio: int = 0,
     aligned: bool = True,
     implementation: str = "auto",
     max_samples: int | None = None,
-) -> tf.Tensor:
+):
     """RoIAlign with torchvision / Detectron2 semantics (see the module docstring).
 
     Args:
@@ -440,16 +480,19 @@ def roi_align(
             every shape is static (XLA-compilable) on every path.
         aligned: True (Detectron2 ROIAlignV2) shifts by -0.5 pixel; False is torchvision's
             legacy mode (no shift, RoI extent clamped to >= 1).
-        implementation: "gather" (gather + bilinear weights; the portable main path),
-            "crop_and_resize" (tf.image.crop_and_resize on an edge-padded map, sampling_ratio
-            > 0 only; same values up to float rounding, except that a sample falling exactly
-            on the -1 / H limit may land on the other side of it), "custom_op" (the compiled
-            CPU kernel in keras_maskrcnn.ops.custom_roi_align; raises RuntimeError with the
-            build command when it is missing), "static" (the adaptive ratio with static
-            shapes, see the module docstring; the same numbers as "gather"; used by "gather"
-            and "auto" by themselves under XLA jit_compile) or "auto" (the custom op when it
-            is built and usable here: float32 / bfloat16 / float16, no visible GPU, not under
-            XLA jit_compile, no `max_samples`; else "gather").
+        implementation: "gather" (gather + bilinear weights; the portable main path, every
+            backend), "crop_and_resize" (TensorFlow only: tf.image.crop_and_resize on an
+            edge-padded map, sampling_ratio > 0 only; same values up to float rounding,
+            except that a sample falling exactly on the -1 / H limit may land on the other
+            side of it), "custom_op" (TensorFlow
+            only: the compiled CPU kernel in keras_maskrcnn.ops.custom_roi_align; raises
+            RuntimeError with the build command when it is missing), "static" (the adaptive
+            ratio with static shapes, see the module docstring; the same numbers as "gather";
+            used by "gather" and "auto" by themselves under XLA jit_compile, on JAX and, for
+            the adaptive ratio, on PyTorch) or "auto" (on TensorFlow the custom op when it is
+            built and usable here: float32 / bfloat16 / float16, no visible GPU, not under XLA
+            jit_compile, no `max_samples`; else, and on JAX / PyTorch, "gather"). The
+            TensorFlow-only choices raise ValueError on another backend.
         max_samples: None (default: no cap, torchvision's numbers for every RoI) or an int
             >= 1 capping the adaptive per-axis sample count at min(ceil(roi_extent /
             pooled), max_samples) ("gather" / "static" only, sampling_ratio=0 only): RoIs
@@ -467,7 +510,7 @@ def roi_align(
     scale = check_scale(spatial_scale)
     aligned = bool(aligned)
     max_samples = check_max_samples(max_samples, sampling_ratio)
-    implementation = check_implementation(implementation)
+    implementation = check_backend(check_implementation(implementation))
     if max_samples is not None and implementation in ("custom_op", "crop_and_resize"):
         raise ValueError(
             f"`max_samples` needs implementation 'gather', 'static' or 'auto', got "
@@ -500,7 +543,7 @@ def roi_align(
         height,
         width,
         boxes,
-        tf.constant(scale, tf.float32),
+        ops.convert_to_tensor(scale, "float32"),
         output_size,
         sampling_ratio,
         aligned,

@@ -5,24 +5,50 @@ The names here have no leading underscore because they cross module boundaries; 
 only from inside `keras_maskrcnn.ops`. Every RoI op validates its arguments with these checks
 (one error message per argument), flattens its feature maps with `flat_geometry` and picks its
 RoIAlign implementation with `resolve_implementation`.
+
+Written in `keras.ops` (TensorFlow, JAX, PyTorch). TensorFlow is imported only inside the
+TensorFlow branches (`no_autograph`, `in_xla_context`, `scatter_add_rows`, the "auto" choice of
+the compiled op), through `keras_maskrcnn.backend`.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import ModuleType
 
-import tensorflow as tf
+import keras
+from keras import ops
+
+from keras_maskrcnn import backend
 
 IMPLEMENTATIONS = ("auto", "gather", "static", "crop_and_resize", "custom_op")
+TF_ONLY_IMPLEMENTATIONS = ("crop_and_resize", "custom_op")
 CUSTOM_MODULE = "keras_maskrcnn.ops.custom_roi_align"
 BUILD_HINT = "python -m keras_maskrcnn.ops.custom_roi_align --build"
 
-# No data-dependent Python control flow in the RoI ops: skipping AutoGraph's source conversion
-# saves seconds of tracing per tf.function.
-no_autograph = tf.autograph.experimental.do_not_convert
+
+def no_autograph(func: Callable) -> Callable:
+    """On TensorFlow, marks `func` for AutoGraph not to convert: the RoI ops have no
+    data-dependent Python control flow, and skipping the source conversion saves seconds of
+    tracing per tf.function. Other backends get `func` unchanged."""
+    if backend.is_tensorflow():
+        return backend.tensorflow().autograph.experimental.do_not_convert(func)
+    return func
+
+
+def dtype_name(x) -> str:
+    """The standardized dtype name of a tensor ("float32", "int32", ...)."""
+    return keras.backend.standardize_dtype(x.dtype)
+
+
+def tensor_rank(x) -> int | None:
+    """The rank of `x`, None when unknown (TensorFlow graphs)."""
+    try:
+        return len(x.shape)
+    except (TypeError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -65,37 +91,41 @@ def check_scale(spatial_scale: float) -> float:
     return scale
 
 
-def check_features(features: tf.Tensor, name: str = "features") -> tf.Tensor:
+def check_features(features, name: str = "features"):
     """A floating-point tensor of rank 4 (NHWC) when the rank is known."""
-    features = tf.convert_to_tensor(features)
-    if not features.dtype.is_floating:
-        raise TypeError(f"`{name}` must be a floating-point tensor, got {features.dtype.name}")
-    if features.shape.rank is not None and features.shape.rank != 4:
-        raise ValueError(f"`{name}` must have shape [B, H, W, C] (NHWC), got {features.shape}")
+    features = ops.convert_to_tensor(features)
+    if "float" not in dtype_name(features):
+        raise TypeError(f"`{name}` must be a floating-point tensor, got {dtype_name(features)}")
+    if tensor_rank(features) not in (None, 4):
+        raise ValueError(
+            f"`{name}` must have shape [B, H, W, C] (NHWC), got {tuple(features.shape)}"
+        )
     return features
 
 
-def check_boxes(boxes: tf.Tensor, rank: int, name: str = "boxes") -> tf.Tensor:
+def check_boxes(boxes, rank: int, name: str = "boxes"):
     """[N, 4] (rank 2) or [B, R, 4] (rank 3) boxes as float32, with the gradient stopped."""
-    boxes = tf.convert_to_tensor(boxes)
-    if not (boxes.dtype.is_floating or boxes.dtype.is_integer):
-        raise TypeError(f"`{name}` must be a real-valued tensor, got dtype {boxes.dtype.name}")
-    if boxes.shape.rank is not None and (
-        boxes.shape.rank != rank or boxes.shape[-1] not in (None, 4)
-    ):
+    boxes = ops.convert_to_tensor(boxes)
+    dtype = dtype_name(boxes)
+    if not ("float" in dtype or "int" in dtype):
+        raise TypeError(f"`{name}` must be a real-valued tensor, got dtype {dtype}")
+    found = tensor_rank(boxes)
+    if found is not None and (found != rank or boxes.shape[-1] not in (None, 4)):
         shape = "[N, 4]" if rank == 2 else "[B, R, 4]"
-        raise ValueError(f"`{name}` must have shape {shape} (y1, x1, y2, x2), got {boxes.shape}")
-    return tf.stop_gradient(tf.cast(boxes, tf.float32))
+        raise ValueError(
+            f"`{name}` must have shape {shape} (y1, x1, y2, x2), got {tuple(boxes.shape)}"
+        )
+    return ops.stop_gradient(ops.cast(boxes, "float32"))
 
 
-def check_box_indices(box_indices: tf.Tensor) -> tf.Tensor:
+def check_box_indices(box_indices):
     """[N] integer image indices as int32."""
-    box_indices = tf.convert_to_tensor(box_indices)
-    if not box_indices.dtype.is_integer:
-        raise TypeError(f"`box_indices` must be an integer tensor, got {box_indices.dtype.name}")
-    if box_indices.shape.rank is not None and box_indices.shape.rank != 1:
-        raise ValueError(f"`box_indices` must have shape [N], got {box_indices.shape}")
-    return tf.cast(box_indices, tf.int32)
+    box_indices = ops.convert_to_tensor(box_indices)
+    if "int" not in dtype_name(box_indices):
+        raise TypeError(f"`box_indices` must be an integer tensor, got {dtype_name(box_indices)}")
+    if tensor_rank(box_indices) not in (None, 1):
+        raise ValueError(f"`box_indices` must have shape [N], got {tuple(box_indices.shape)}")
+    return ops.cast(box_indices, "int32")
 
 
 def check_max_samples(max_samples: int | None, sampling_ratio: int) -> int | None:
@@ -136,14 +166,30 @@ def check_implementation(implementation: str) -> str:
 # --------------------------------------------------------------------------- geometry
 
 
-def flat_geometry(features: tf.Tensor, box_indices: tf.Tensor):
+def flat_geometry(features, box_indices):
     """Flattens `features` [B, H, W, C] to [B*H*W, C], with per-box base / H / W [N] int32."""
-    shape = tf.shape(features, out_type=tf.int32)
-    height, width = shape[1], shape[2]
-    channels = features.shape[3] if features.shape[3] is not None else shape[3]
-    flat = tf.reshape(features, [-1, channels])
-    ones = tf.ones_like(box_indices)
+    height, width = backend.static_dim(features, 1), backend.static_dim(features, 2)
+    flat = ops.reshape(features, (-1, backend.static_dim(features, 3)))
+    ones = ops.ones_like(box_indices)
     return flat, box_indices * height * width, height * ones, width * ones
+
+
+def gather_rows(table, index):
+    """`table[index]`: rows of a [T, C] table at int32 indices of any shape -> [..., C]."""
+    if backend.is_tensorflow():  # the plain gather (no negative-index fix-up: exported graphs)
+        return backend.tensorflow().gather(table, index)
+    return ops.take(table, index, axis=0)
+
+
+def scatter_add_rows(target, index, updates):
+    """`target` [T, ...] with `updates` [*index.shape, ...] added at rows `index` (int32, any
+    shape; repeated rows accumulate). TensorFlow: one `tensor_scatter_nd_add`; elsewhere
+    `target + ops.scatter(...)` (static shapes)."""
+    if backend.is_tensorflow():
+        return backend.tensorflow().tensor_scatter_nd_add(target, index[..., None], updates)
+    rows = ops.reshape(index, (-1, 1))
+    values = ops.reshape(updates, (-1, *target.shape[1:]))
+    return target + ops.scatter(rows, values, tuple(target.shape))
 
 
 # --------------------------------------------------------------------------- implementation
@@ -171,8 +217,11 @@ def custom_module(required: bool) -> ModuleType | None:
 
 
 def in_xla_context() -> bool:
-    """True while tracing for XLA (jit_compile=True), where a custom op cannot compile and the
-    adaptive RoIAlign takes its static formulation."""
+    """True while TensorFlow traces for XLA (jit_compile=True), where a custom op cannot compile
+    and the adaptive RoIAlign takes its static formulation. False on other backends (JAX and
+    PyTorch take the static formulation by themselves, see `ops.roi_align_ops`)."""
+    if not backend.is_tensorflow():
+        return False
     try:
         from tensorflow.python.framework import ops
         from tensorflow.python.ops import control_flow_util
@@ -181,18 +230,32 @@ def in_xla_context() -> bool:
     return bool(control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph()))
 
 
-def resolve_implementation(implementation: str, dtype: tf.DType) -> str:
+def check_backend(implementation: str) -> str:
+    """`implementation` unchanged when the Keras backend can run it; "crop_and_resize" and
+    "custom_op" are TensorFlow ops (ValueError on JAX / PyTorch)."""
+    if implementation in TF_ONLY_IMPLEMENTATIONS and not backend.is_tensorflow():
+        raise ValueError(
+            f"implementation={implementation!r} is TensorFlow-only and the Keras backend is "
+            f"{backend.name()!r}; use implementation='auto' or 'gather'"
+        )
+    return implementation
+
+
+def resolve_implementation(implementation: str, dtype) -> str:
     """Maps "auto" to "custom_op" when the compiled op is built and suits the call, else "gather".
 
     The op has CPU kernels only, for float32 / bfloat16 / float16, and XLA cannot compile it:
     "auto" keeps "gather" under jit_compile (where "gather" takes its static formulation for
-    the adaptive ratio), when a GPU is visible, or for other dtypes. Explicit choices,
-    "static" included, are returned unchanged.
+    the adaptive ratio), when a GPU is visible, for other dtypes, and on JAX / PyTorch. Explicit
+    choices, "static" included, are returned unchanged (the TensorFlow-only ones raise
+    ValueError on another backend, see `check_backend`).
     """
     if implementation != "auto":
-        return implementation
-    if dtype not in (tf.float32, tf.bfloat16, tf.float16) or in_xla_context():
+        return check_backend(implementation)
+    if not backend.is_tensorflow():
         return "gather"
-    if tf.config.list_logical_devices("GPU"):
+    if keras.backend.standardize_dtype(dtype) not in ("float32", "bfloat16", "float16"):
+        return "gather"
+    if in_xla_context() or backend.tensorflow().config.list_logical_devices("GPU"):
         return "gather"
     return "custom_op" if custom_module(required=False) is not None else "gather"
