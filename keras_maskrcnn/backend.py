@@ -33,9 +33,15 @@ def tensorflow() -> ModuleType:
 
 
 def static_dim(x, axis: int):
-    """`x.shape[axis]` as a Python int when known at trace time, else the run-time size."""
+    """`x.shape[axis]` as a Python int when known at trace time, else the run-time size (on
+    JAX, while Keras infers output shapes, a symbolic dimension: usable in reshapes)."""
     dim = x.shape[axis]
-    return int(dim) if dim is not None else keras.ops.shape(x)[axis]
+    if dim is None:
+        return keras.ops.shape(x)[axis]
+    try:
+        return int(dim)
+    except Exception:  # a JAX symbolic dimension (shape polymorphism) has no int value
+        return dim
 
 
 class LazyModule(ModuleType):
