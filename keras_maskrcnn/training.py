@@ -204,7 +204,7 @@ def _keras_train_step(model: MaskRCNN) -> Callable:
     """The step of JAX and PyTorch: a tf.data batch (NumPy) through `train_on_batch`, which
     resets the loss trackers first, so its logs are this step's losses and flags."""
     def step(iterator):
-        batch = {k: np.asarray(v) for k, v in next(iterator).items()}
+        batch = {k: np.asarray(v) for k, v in unpack_batch(next(iterator)).items()}
         return model.train_on_batch(batch, return_dict=True)
 
     return step

