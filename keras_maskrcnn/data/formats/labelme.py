@@ -217,7 +217,7 @@ def labelme_to_coco(source: str | Path, images_dir: str | Path | None = None,
     source = Path(source)
     files = labelme_files(source)
     if images_dir is not None and not Path(images_dir).is_dir():
-        raise FileNotFoundError(f"images folder not found: {images_dir}; check --images")
+        raise FileNotFoundError(f"images folder not found: {images_dir}; check `images_dir`")
     root = Path(images_dir) if images_dir else (source if source.is_dir() else source.parent)
     notes, images, instances, labels, sources = Notes(), [], [], {}, []
     for path in files:
