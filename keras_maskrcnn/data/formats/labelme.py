@@ -205,8 +205,8 @@ def labelme_to_coco(source: str | Path, images_dir: str | Path | None = None,
 
     Args:
         source: the folder of labelme JSON files (not recursive) or one file.
-        images_dir: the folder the COCO `file_name`s are relative to (the one to give `train
-            --images`); default: the labelme folder. Each image is `imagePath` read from its
+        images_dir: the folder the COCO `file_name`s are relative to (the one to give
+            `CocoDataset`); default: the labelme folder. Each image is `imagePath` read from its
             JSON's folder, else the file of that name in `images_dir`.
         categories: a names file fixing the category ids (default: sorted labels -> 1..K).
 
