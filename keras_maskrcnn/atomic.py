@@ -154,7 +154,7 @@ class DirectoryLock:
             os.close(fd)
             raise RuntimeError(
                 f"{self.folder} is in use by {holder} ({self.purpose}); wait for it to finish, "
-                "or choose another --output") from None
+                "or choose another `output_dir`") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()}".encode(), 0)
         self._fd = fd

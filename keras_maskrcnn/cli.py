@@ -7,10 +7,13 @@ import importlib
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import time
 from pathlib import Path
+
+from keras_maskrcnn.data.images import DEFAULT_MAX_IMAGE_PIXELS
 
 SHAPES_TRAIN_SEED = 0
 SHAPES_VAL_SEED = 1
@@ -18,7 +21,6 @@ DEMO_EPOCHS = 12
 DEMO_STEPS = 100
 DEMO_OUTPUT = "runs/shapes"
 DEFAULT_EPOCHS = 12
-DEFAULT_MAX_IMAGE_PIXELS = 36_000_000  # keras_maskrcnn.data.images (kept import-free here)
 
 # Modules that add their own subcommands: each has `add_subcommand(subparsers)` registering a
 # parser whose `func(args) -> int` runs it.
@@ -26,6 +28,76 @@ _SUBCOMMAND_MODULES = ("keras_maskrcnn.export.cli", "keras_maskrcnn.convert.cli"
                        "keras_maskrcnn.data.cli")
 
 logger = logging.getLogger("keras_maskrcnn")
+
+# Library messages name the Python argument to change, in backticks: `max_image_pixels`, or with
+# a value, `overwrite=True`, `strategy='multi_worker'`. The command line shows its flags there
+# instead (`flag_wording`), in the one-line errors of `main` and in log lines (`FlagWording`).
+ARGUMENT_FLAGS = {
+    "batch_size": "--batch-size",
+    "buckets": "--buckets",
+    "categories": "--categories",
+    "config": "--config",
+    "empty_segmentation": "--empty-segmentation",
+    "fmt": "--from",
+    "images_dir": "--images",
+    "init_from": "--init-from",
+    "input_size": "--input-size",
+    "label_key": "--label-key",
+    "max_image_pixels": "--max-image-pixels",
+    "max_steps": "--max-steps",
+    "output_dir": "--output",
+    "overwrite": "--overwrite",
+    "precision": "--precision",
+    "seed": "--seed",
+    "skip_bad_images": "--skip-bad-images",
+    "source.images_dir": "--images",
+    "steps_per_epoch": "--steps-per-epoch",
+    "strategy": "--strategy",
+    "val_source.images_dir": "--val-images",
+}
+# Library calls a message asks for, as the command that does the same.
+CALL_COMMANDS = {
+    "convert_pretrained": "keras-maskrcnn convert torchvision --weights {}",
+}
+QUOTES = "'\""
+_ARGUMENT = re.compile(r"`([a-z][a-z0-9_.]*)(?:=([^`]*))?`")
+_CALL = re.compile(r"`([a-z][a-z0-9_]*)\('([^'`]*)'\)`")
+
+
+def flag_wording(message: str) -> str:
+    """A library message in command-line words: "`batch_size=3`" -> "--batch-size 3",
+    "`overwrite=True`" -> "--overwrite", "`convert_pretrained('coco-v2')`" -> "`keras-maskrcnn
+    convert torchvision --weights coco-v2`"; names not in `ARGUMENT_FLAGS` stay as they are."""
+
+    def argument(match: re.Match) -> str:
+        flag, value = ARGUMENT_FLAGS.get(match.group(1)), match.group(2)
+        if flag is None:
+            return match.group(0)
+        return flag if value in (None, "True") else f"{flag} {value.strip(QUOTES)}"
+
+    def call(match: re.Match) -> str:
+        command = CALL_COMMANDS.get(match.group(1))
+        return match.group(0) if command is None else f"`{command.format(match.group(2))}`"
+
+    return _ARGUMENT.sub(argument, _CALL.sub(call, message))
+
+
+class FlagWording(logging.Filter):
+    """A handler filter rewriting log records with `flag_wording`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        worded = flag_wording(message)
+        if worded != message:
+            record.msg, record.args = worded, None
+        return True
+
+
+def show_flags_in_logs() -> None:
+    """Adds `FlagWording` to the root logger's handlers (once each)."""
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, FlagWording) for f in handler.filters):
+            handler.addFilter(FlagWording())
 
 
 def _dataset_source(args, split: str):
@@ -381,7 +453,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="split the CPU into N logical devices (to run --strategy mirrored "
                    "without GPUs)")
     p.add_argument("--log-every", type=positive_int, metavar="STEPS", help="progress line interval")
-    p.add_argument("--verbose", type=int, default=2, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="COCO bbox/segm AP of a model directory")
@@ -453,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
     level = args.log_level.upper()
     quiet_libraries(level)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    show_flags_in_logs()
     if level != "DEBUG":
         for name in ("tensorflow", "absl", "h5py"):
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -465,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind, code in user_errors():
             if isinstance(err, kind) and args.log_level.upper() != "DEBUG":
                 message = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+                message = flag_wording(message)
                 print(f"keras-maskrcnn {args.command}: error: {message}", file=sys.stderr)
                 return code
         raise

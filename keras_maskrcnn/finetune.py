@@ -45,7 +45,7 @@ def initialize_from(model: MaskRCNN, init_from: str | Path,
     if len(theirs) != len(ours):
         raise ValueError(
             f"{init_from} has another architecture ({len(theirs)} weights, the model to train "
-            f"{len(ours)}): build the model from its config (train --init-from without --config)")
+            f"{len(ours)}): build the model from its config (`finetune_config`)")
     reinitialized: list[str] = []
     for src, dst in zip(theirs, ours, strict=True):
         if src.name != dst.name:

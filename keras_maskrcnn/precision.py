@@ -49,7 +49,7 @@ def resolve_precision(precision: str) -> str:
         logger.warning(
             "bfloat16 inference requested on hardware without native bfloat16 (this CPU has "
             "neither AVX512_BF16 nor AMX-BF16: cpu_has_bf16() is %s): it is emulated and "
-            "slower than float32; use --precision float32 (or auto)", cpu_has_bf16())
+            "slower than float32; use `precision='float32'` (or 'auto')", cpu_has_bf16())
     return precision
 
 

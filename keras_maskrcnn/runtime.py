@@ -171,7 +171,7 @@ def make_strategy(name: str):
         return make_keras_distribution(name)
     if name == "multi_worker":  # first: collectives must be configured before TF starts
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy multi_worker reads the cluster from the TF_CONFIG "
+            raise ValueError("`strategy='multi_worker'` reads the cluster from the TF_CONFIG "
                              "environment variable, which is not set")
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")

@@ -115,7 +115,7 @@ def prepare_output(output_dir: Path, config: MaskRCNNConfig, overwrite: bool) ->
                               for k in differing[:6])
             raise TrainingError(
                 f"{output_dir} holds a different model (config fields differ: {shown}); "
-                "use another --output, or --overwrite to replace it")
+                "use another `output_dir`, or `overwrite=True` to replace it")
     if overwrite:
         for name in (CHECKPOINT_DIR, "logs", BEST_DIR):
             shutil.rmtree(output_dir / name, ignore_errors=True)
@@ -289,16 +289,16 @@ class TrainingRun:
         batch = int(o.batch_size or config.batch_size)
         replicas = self.env.strategy.num_replicas_in_sync
         if batch % replicas:
-            raise TrainingError(f"--batch-size {batch} must be a multiple of the {replicas} "
+            raise TrainingError(f"`batch_size={batch}` must be a multiple of the {replicas} "
                                 "replicas")
         per_epoch = int(o.steps_per_epoch or num_batches(self.source, batch,
                                                          config.repeat_factor_threshold))
         if per_epoch < 1:
             raise TrainingError(f"the dataset has fewer images ({len(list(self.source.image_ids))}"
-                                f") than one batch ({batch}): lower --batch-size")
+                                f") than one batch ({batch}): lower `batch_size`")
         if not o.skip_bad_images:
-            check_image_files(self.source, "--images")
-            check_image_files(o.val_source, "--val-images")
+            check_image_files(self.source, "source")
+            check_image_files(o.val_source, "val_source")
         total = int(o.max_steps) if o.max_steps else int(o.epochs or 1) * per_epoch
         return RunPlan(batch, per_epoch, total, schedule_for_run(config, total, batch))
 
@@ -562,23 +562,25 @@ class _Loop:
 
 def run_changes(before: dict, now: dict) -> str:
     """The run settings that differ between a checkpoint's run and this one ("" if none), e.g.
-    "--batch-size 2 -> 4, --seed 0 -> 5"."""
-    names = {"total_steps": "max_steps"}  # the flag that sets it
-    return ", ".join(f"--{names.get(key, key).replace('_', '-')} {before[key]} -> {now[key]}"
+    "`batch_size` 2 -> 4, `seed` 0 -> 5" (the `train` arguments that set them)."""
+    names = {"total_steps": "max_steps"}  # the argument that sets it
+    return ", ".join(f"`{names.get(key, key)}` {before[key]} -> {now[key]}"
                      for key in ("batch_size", "seed", "steps_per_epoch", "total_steps")
                      if key in before and before[key] != now.get(key))
 
 
-def check_image_files(source, flag: str) -> None:
+def check_image_files(source, name: str) -> None:
     """Raises TrainingError, before anything is built or written, if image files listed by a
-    dataset source (one with `missing_images`, i.e. `CocoDataset`) are not on disk."""
+    dataset source (one with `missing_images`, i.e. `CocoDataset`) are not on disk; `name`: the
+    `train` argument holding the source ("source", "val_source")."""
     missing = source.missing_images() if hasattr(source, "missing_images") else []
     if missing:
         first = missing[0]
         raise TrainingError(
             f"{len(missing)} image(s) listed in {source.annotations_path} are not in "
             f"{source.images_dir} (e.g. {source.file_name(first)}, image id {first}): fix "
-            f"{flag} or the json, or pass --skip-bad-images to train without them")
+            f"`{name}.images_dir` or the json, or pass `skip_bad_images=True` to train without "
+            "them")
 
 
 def data_error_message(err: Exception) -> str:

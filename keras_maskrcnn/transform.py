@@ -76,6 +76,28 @@ def check_canvas_size(canvas_size, multiple: int = 1) -> tuple[int, int]:
     return hw
 
 
+def letterbox_canvas_size(input_size) -> tuple[int, int]:
+    """A letterbox export's canvas (`export.tflite`, `export.onnx`, `export.openvino`): S (an
+    S x S canvas) or (H, W) -> (H, W) ints; TypeError / ValueError naming `input_size` unless
+    each side is a positive multiple of `SIZE_MULTIPLE`."""
+    if isinstance(input_size, (tuple, list)):
+        if len(input_size) != 2:
+            raise ValueError(f"`input_size` must be S or (height, width), got {input_size!r}")
+        return _canvas_side(input_size[0]), _canvas_side(input_size[1])
+    side = _canvas_side(input_size)
+    return side, side
+
+
+def _canvas_side(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`input_size` must be an int or a (height, width) pair of ints, got "
+                        f"{value!r}")
+    if value <= 0 or value % SIZE_MULTIPLE:
+        raise ValueError(f"`input_size` must be a positive multiple of {SIZE_MULTIPLE}, got "
+                         f"{value}")
+    return int(value)
+
+
 def check_resize_sizes(min_size, max_size) -> None:
     """TypeError / ValueError unless `min_size` and `max_size` are positive numbers."""
     for name, value in (("min_size", min_size), ("max_size", max_size)):

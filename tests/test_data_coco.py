@@ -135,14 +135,14 @@ def test_missing_image_file(tmp_path, coco10_dir, raw, ds):
     (images / ds.file_name(victim)).unlink()
     dataset = CocoDataset(ann, images)
     dataset.load_image(ds.image_ids[0])
-    with pytest.raises(BadImageError, match="file not found.*--images") as err:
+    with pytest.raises(BadImageError, match="file not found.*`images_dir`") as err:
         dataset.load_image(victim)
     assert str(images / ds.file_name(victim)) in str(err.value)
 
 
 def test_wrong_images_folder_fails_at_construction(tmp_path, coco10_dir, raw):
     ann, images = _write_copy(tmp_path, coco10_dir, raw, copy_images=False)
-    with pytest.raises(FileNotFoundError, match="--images"):
+    with pytest.raises(FileNotFoundError, match="`images_dir`"):
         CocoDataset(ann, images)
 
 

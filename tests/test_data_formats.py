@@ -253,8 +253,8 @@ def test_via_bare_export_v1_regions_and_checkbox(via_project, tmp_path):
 
 @pytest.mark.parametrize("case, pattern", [
     ("ambiguous", r"via\.json: regions have several attributes \(colour, type\): name the "
-                  r"one holding the class with --label-key"),
-    ("no_images", r"VIA files store no image sizes: give --images DIR"),
+                  r"one holding the class with `label_key`"),
+    ("no_images", r"VIA files store no image sizes: give `images_dir`"),
     ("missing_image", r"via\.json: the size of image 'q\.png' cannot be read \(file not found"),
     ("unknown_shape", r"via\.json: image 'p\.jpg' region 0: unknown shape 'blob'"),
     ("no_label", r"via\.json: image 'p\.jpg' region 0 has no class in region attribute 'type'"),
@@ -353,7 +353,7 @@ def test_coco_quirks_are_normalized(tmp_path):
 def test_coco_empty_segmentation_policies(tmp_path):
     path, _, _ = _cvat_coco(tmp_path)
     with pytest.raises(ValueError, match=r"cvat\.json: annotation id 3 has an empty "
-                       r"'segmentation' .*--empty-segmentation box"):
+                       r"'segmentation' .*`empty_segmentation='box'`"):
         convert("coco", path)
     d = convert("coco", path, empty_segmentation="drop").data
     assert [a["id"] for a in d["annotations"]] == [1, 2]
@@ -375,7 +375,7 @@ def test_coco_sizes_from_images_and_ids_renumbered(tmp_path):
         ann["id"] = 4
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=r"images\[0\] \(id 5\) has no valid 'height' / 'width'"
-                       ": give --images DIR"):
+                       ": give `images_dir`"):
         convert("coco", path, empty_segmentation="drop")
     result = convert("coco", path, images_dir=images, empty_segmentation="drop")
     assert result.data["images"][0]["height"] == 40

@@ -125,12 +125,13 @@ def test_onnxruntime_matches_keras_on_coco_photos(exported, coco10_dir):
 def test_metadata_sidecar_and_properties(exported):
     import onnx
 
-    from keras_maskrcnn.export.onnx import ONNX_INPUTS, ONNX_OUTPUTS, metadata_path
+    from keras_maskrcnn.export.onnx import ONNX_INPUTS, metadata_path
+    from keras_maskrcnn.parts.roi_heads import OUTPUT_NAMES
 
     _, path = exported
     meta = json.loads(metadata_path(path).read_text())
     assert meta["input_size"] == INPUT_SIZE and meta["class_names"] == ["background", "a", "b", "c"]
-    assert meta["inputs"] == list(ONNX_INPUTS) and meta["outputs"] == list(ONNX_OUTPUTS)
+    assert meta["inputs"] == list(ONNX_INPUTS) and meta["outputs"] == list(OUTPUT_NAMES)
     props = {p.key: json.loads(p.value) for p in onnx.load(str(path)).metadata_props}
     assert props == meta
     assert not [p for p in path.parent.iterdir() if ".tmp-" in p.name]
@@ -160,10 +161,12 @@ def test_cli_rejects_other_formats_options(tmp_path, extra):
 
 
 def test_bad_input_size():
-    from keras_maskrcnn.export.onnx import _check_input_size
+    from keras_maskrcnn.export.onnx import square_input_size
 
-    assert _check_input_size([64]) == 64 and _check_input_size((96, 96)) == 96
+    assert square_input_size(64) == 64 and square_input_size((96, 96)) == 96
     with pytest.raises(ValueError, match="square"):
-        _check_input_size([64, 96])
+        square_input_size([64, 96])
     with pytest.raises(ValueError, match="multiple of 32"):
-        _check_input_size(100)
+        square_input_size(100)
+    with pytest.raises(ValueError, match=r"S or \(height, width\)"):
+        square_input_size([64])

@@ -107,15 +107,15 @@ def test_openvino_matches_keras_on_coco_photos(exported, coco10_dir):
 def test_metadata_sidecar_and_rt_info(exported):
     from keras_maskrcnn.export.openvino import (
         OPENVINO_INPUTS,
-        OPENVINO_OUTPUTS,
         metadata_path,
         read_metadata,
     )
+    from keras_maskrcnn.parts.roi_heads import OUTPUT_NAMES
 
     _, path = exported
     meta = json.loads(metadata_path(path).read_text())
     assert meta["input_size"] == list(CANVAS) and meta["class_names"] == ["background", "a", "b", "c"]
-    assert meta["inputs"] == list(OPENVINO_INPUTS) and meta["outputs"] == list(OPENVINO_OUTPUTS)
+    assert meta["inputs"] == list(OPENVINO_INPUTS) and meta["outputs"] == list(OUTPUT_NAMES)
     assert read_metadata(path) == meta
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.bin", "model.xml",
                                                               "model.xml.json"]

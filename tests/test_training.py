@@ -272,7 +272,7 @@ def test_wrong_size_image_stops_python_train_with_one_line(tmp_path, coco10_dir)
     with Image.open(images / name) as img:
         size = f"{img.height}x{img.width} (h x w) on disk"
     assert f"{size} but " in message and f"image id {image_id} of {annotations}" in message
-    assert message.endswith("(fix or remove it, or pass --skip-bad-images)")
+    assert message.endswith("(fix or remove it, or pass `skip_bad_images=True`)")
     assert not (tmp_path / "run" / "model.weights.h5").exists()
 
 
@@ -286,7 +286,7 @@ def test_missing_validation_image_refused_before_anything_is_built(tmp_path, coc
     incomplete = CocoDataset(annotations, images)
     assert [incomplete.file_name(i) for i in incomplete.missing_images()] == [name]
     assert complete.missing_images() == []
-    with pytest.raises(TrainingError, match=f"1 image.*{name}.*--val-images"):
+    with pytest.raises(TrainingError, match=f"1 image.*{name}.*`val_source.images_dir`"):
         train(config, complete, tmp_path / "run", max_steps=1, val_source=incomplete)
     assert not (tmp_path / "run").exists()
 
@@ -362,4 +362,4 @@ def test_resume_with_other_run_settings_is_named():
     before = {"seed": 0, "batch_size": 2, "steps_per_epoch": 3, "total_steps": 9}
     assert run_changes(before, dict(before)) == ""
     now = {**before, "batch_size": 4, "total_steps": 12}
-    assert run_changes(before, now) == "--batch-size 2 -> 4, --max-steps 9 -> 12"
+    assert run_changes(before, now) == "`batch_size` 2 -> 4, `max_steps` 9 -> 12"

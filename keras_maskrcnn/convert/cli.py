@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import argparse
 
+from keras_maskrcnn.convert.published import NAMES as PRETRAINED_NAMES
+
 SOURCES = ("torchvision",)
-PRETRAINED_NAMES = ("coco-v1", "coco-v2")  # = keras_maskrcnn.convert.published.NAMES (import-free here)
 
 
 def add_subcommand(subparsers) -> None:

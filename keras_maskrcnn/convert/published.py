@@ -126,8 +126,8 @@ def _check_digest(entry: PretrainedWeights, digest: str, what: str, hint: str) -
 
 def _check_cached(entry: PretrainedWeights, path: Path) -> None:
     _check_digest(entry, sha256_file(path), f"cached {path}",
-                  f"the file is corrupt or not torchvision's; delete it and run `keras-maskrcnn "
-                  f"convert torchvision --weights {entry.name}` to download it again")
+                  f"the file is corrupt or not torchvision's; delete it and run "
+                  f"`convert_pretrained('{entry.name}')` to download it again")
 
 
 class _Progress:
@@ -231,12 +231,12 @@ def convert_pretrained(name: str, output: str | Path | None = None, download: bo
 def _not_cached_message(name: str) -> str:
     entry = _entry(name)
     return (f"pretrained model {name!r} is not in the cache ({cache_dir()}): run "
-            f"`keras-maskrcnn convert torchvision --weights {name}` once (downloads "
+            f"`convert_pretrained('{name}')` once (downloads "
             f"{entry.size_mib:.0f} MiB: {entry.description})")
 
 
 def resolve_model(name_or_dir: str | Path) -> Path:
-    """The model directory meant by `--model`: an existing directory as given; a pretrained
+    """The model directory meant by a `model` argument: an existing directory as given; a pretrained
     name ("coco-v1", "coco-v2") as its cached model directory, converted first when only the
     torchvision file is cached (NotCachedError, naming the convert command, when neither is);
     anything else as given (loading it then reports what is missing)."""

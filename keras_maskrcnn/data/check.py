@@ -96,7 +96,7 @@ class CheckReport:
             lines.append(f"  {c.name:<{width}}  {c.category_id:>6}  {c.annotations:>11}  "
                          f"{c.images:>7}  {c.crowd:>6}")
         if self.images_dir is None:
-            lines.append("image files not checked (give --images DIR to check them)")
+            lines.append("image files not checked (no images folder given)")
         for title, issues in (("errors", self.errors), ("warnings", self.warnings)):
             if issues.kinds:
                 lines.append(f"{title}:")
@@ -261,8 +261,8 @@ def _check_files(images: dict[int, dict], images_dir: Path, report: CheckReport,
                               f"{img['file_name']}: {width}x{height} on disk, "
                               f"{img['width']}x{img['height']} in the json (w x h)")
         if max_pixels is not None and height * width > max_pixels:
-            report.warnings.add(f"image(s) above train's pixel limit of {max_pixels} "
-                                "(--max-image-pixels)", f"{img['file_name']}: {width}x{height}")
+            report.warnings.add(f"image(s) above train's pixel limit of {max_pixels}",
+                                f"{img['file_name']}: {width}x{height}")
 
 
 def check_coco_file(path: str | Path, images_dir: str | Path | None = None,
@@ -276,7 +276,7 @@ def check_coco_file(path: str | Path, images_dir: str | Path | None = None,
     """
     report = CheckReport(Path(path), Path(images_dir) if images_dir else None)
     if report.images_dir is not None and not report.images_dir.is_dir():
-        raise FileNotFoundError(f"images folder not found: {report.images_dir}; check --images")
+        raise FileNotFoundError(f"images folder not found: {report.images_dir}; check `images_dir`")
     data = read_coco_json(report.path)
     images, image_ids = _check_images(data, report)
     classes = _check_categories(data, report)

@@ -7,9 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-FORMATS = ("labelme", "via", "coco")  # = data.formats.FORMATS (kept import-free here)
-EMPTY_SEGMENTATION = ("error", "box", "drop")  # = data.formats.EMPTY_SEGMENTATION
-DEFAULT_MAX_IMAGE_PIXELS = 36_000_000  # keras_maskrcnn.data.images
+from keras_maskrcnn.data.formats import EMPTY_SEGMENTATION, FORMATS
+from keras_maskrcnn.data.images import DEFAULT_MAX_IMAGE_PIXELS
 
 
 def add_subcommand(subparsers) -> None:

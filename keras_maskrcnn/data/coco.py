@@ -237,7 +237,7 @@ class CocoDataset:
         self.images_dir = Path(images_dir)
         data = read_coco_json(self.annotations_path)
         if not self.images_dir.is_dir():
-            raise FileNotFoundError(f"images folder not found: {self.images_dir}; check --images")
+            raise FileNotFoundError(f"images folder not found: {self.images_dir}; check `images_dir`")
         # Every record is checked before pycocotools indexes it (it would raise a bare
         # KeyError, or decode a malformed mask later, in the middle of a run).
         self._images = self._index_images(data["images"])
@@ -251,7 +251,7 @@ class CocoDataset:
         if first and not any((self.images_dir / self.file_name(i)).is_file() for i in first):
             raise FileNotFoundError(  # fail fast on a wrong images folder
                 f"none of the first {len(first)} images of {self.annotations_path} is in "
-                f"{self.images_dir} (e.g. {self.file_name(first[0])}); check --images")
+                f"{self.images_dir} (e.g. {self.file_name(first[0])}); check `images_dir`")
 
     # ----------------------------------------------------------------------------- set-up
     def _index_images(self, images: list) -> dict[int, dict]:
@@ -334,7 +334,7 @@ class CocoDataset:
         path = self.images_dir / self.file_name(image_id)
         if not path.is_file():
             raise BadImageError(path, f"file not found (image id {image_id} of "
-                                f"{self.annotations_path}; check --images, the folder holding "
+                                f"{self.annotations_path}; check `images_dir`, the folder holding "
                                 "its images)")
         return path
 

@@ -34,8 +34,8 @@ def check_image_size(height: int, width: int, path: str | Path = "image",
     """Raises BadImageError if `height * width` exceeds `max_pixels` (None: no limit)."""
     if max_pixels is not None and height * width > max_pixels:
         raise BadImageError(path, f"{width} x {height} = {height * width} pixels is above the "
-                            f"limit of {max_pixels} (max_image_pixels); downscale it or raise "
-                            "the limit (--max-image-pixels N, 0: none)")
+                            f"limit of {max_pixels}; downscale it or raise the limit "
+                            "`max_image_pixels`")
 
 
 def to_rgb8(img: Image.Image) -> np.ndarray:
@@ -51,7 +51,7 @@ def to_rgb8(img: Image.Image) -> np.ndarray:
 def open_without_pil_limit(path: Path) -> Image.Image:
     """`PIL.Image.open` (header only, nothing decoded) without PIL's own decompression-bomb
     limit, a process-wide 89M pixels that would override `max_pixels` both ways (name its own
-    limit instead of ours, and refuse images a raised `--max-image-pixels` allows); the caller
+    limit instead of ours, and refuse images a raised `max_pixels` allows); the caller
     checks the size before decoding. The global is restored at once, under a lock."""
     with _PIL_LIMIT_LOCK:
         saved = Image.MAX_IMAGE_PIXELS

@@ -547,7 +547,7 @@ def input_error_message(err: BaseException) -> str:
         return match.group(1).rstrip(". ")
     match = _BAD_IMAGE.search(text)
     if match:
-        return match.group(1).rstrip(". ") + " (fix or remove it, or pass --skip-bad-images)"
+        return match.group(1).rstrip(". ") + " (fix or remove it, or pass `skip_bad_images=True`)"
     if isinstance(err, StopIteration) or "End of sequence" in text:
         return "the training data ran out (every image was skipped as unreadable?)"
     # A TF error: "Graph execution error:", "Detected at node N defined at:", an indented

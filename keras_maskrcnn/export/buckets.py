@@ -155,7 +155,7 @@ def bucket_index_tf(resized_hw: tf.Tensor, buckets: Sequence[Canvas],
     names = ", ".join(format_canvas(c) for c in buckets)
     message = tf.strings.join([what, tf.strings.format(
         ": the resized image {} x {} (height x width) fits none of the canvases of this "
-        "export (" + names + "; export --buckets)", (resized_hw[0], resized_hw[1]))])
+        "export (" + names + "; export's `buckets`)", (resized_hw[0], resized_hw[1]))])
     check = tf.debugging.Assert(tf.reduce_any(fits), [message])
     with tf.control_dependencies([check]):
         return tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)

@@ -6,15 +6,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from keras_maskrcnn.data.images import DEFAULT_MAX_IMAGE_PIXELS
+
 FORMATS = ("saved_model", "tflite")
 QUANTIZE_CHOICES = ("none", "float16", "dynamic-int8")  # = export.tflite.QUANTIZE_OPTIONS
 PRECISION_CHOICES = ("float32", "bfloat16", "auto")  # = keras_maskrcnn.precision.PRECISIONS
 DEFAULT_INPUT_SIZE = 512
-DEFAULT_MAX_IMAGE_PIXELS = 36_000_000  # keras_maskrcnn.data.images (kept import-free here)
 
 
 ONNX_FORMAT = "onnx"
 OPENVINO_FORMAT = "openvino"  # = export.openvino.OPENVINO_FORMAT
+# The saved_model / tflite options, refused with --format onnx / openvino.
+_OTHER_FORMATS_OPTIONS = ("quantize", "buckets", "full_image_masks", "max_image_pixels",
+                          "precision")
 
 
 def add_subcommand(subparsers) -> None:
@@ -96,12 +100,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     args.model = str(resolve_model(args.model))
     if args.format == ONNX_FORMAT:
-        from keras_maskrcnn.export.onnx import run_onnx_export
-
         return run_onnx_export(args)
     if args.format == OPENVINO_FORMAT:
-        from keras_maskrcnn.export.openvino import run_openvino_export
-
         return run_openvino_export(args)
     _check_args(args)
     if args.format == "saved_model":
@@ -139,4 +139,65 @@ def run_export(args: argparse.Namespace) -> int:
         layout = f"input {size[0]}x{size[1]}"
     print(f"TFLite model written to {path} ({_size(path) / 2**20:.1f} MiB, {layout}, "
           f"quantize={quantize}); metadata in {path}.json")
+    return 0
+
+
+def _refuse_other_format_options(args: argparse.Namespace, options: str) -> None:
+    given = [f"--{name.replace('_', '-')}" for name in _OTHER_FORMATS_OPTIONS
+             if getattr(args, name, None) not in (None, False)]
+    if given:
+        raise SystemExit(f"{', '.join(given)} do not apply to --format {args.format} "
+                         f"(options: {options})")
+
+
+def run_onnx_export(args: argparse.Namespace) -> int:
+    """`keras-maskrcnn export --format onnx --model DIR --output F.onnx [--input-size S]`."""
+    from keras_maskrcnn.export.onnx import (
+        DEFAULT_OPSET,
+        ONNX_MODULES,
+        export_onnx,
+        metadata_path,
+        square_input_size,
+    )
+    from keras_maskrcnn.extras import check_installed
+
+    _refuse_other_format_options(args, "--input-size S")
+    if not Path(args.model).is_dir():
+        raise SystemExit(f"--model {args.model} is not a model directory")
+    check_installed(ONNX_MODULES, "onnx", "--format onnx")  # before building anything
+    size = tuple(args.input_size) if args.input_size else (DEFAULT_INPUT_SIZE,)
+    size = square_input_size(size * 2 if len(size) == 1 else size)
+    path = export_onnx(args.model, args.output, input_size=size)
+    print(f"ONNX model written to {path} ({path.stat().st_size / 2**20:.1f} MiB, input "
+          f"{size}x{size}, opset {DEFAULT_OPSET}); metadata in {metadata_path(path)}")
+    return 0
+
+
+def run_openvino_export(args: argparse.Namespace) -> int:
+    """`keras-maskrcnn export --format openvino --model DIR --output F.xml|DIR
+    [--input-size S | H W]`."""
+    from keras_maskrcnn.export.openvino import (
+        OPENVINO_HINT,
+        export_openvino,
+        metadata_path,
+        require_openvino,
+    )
+
+    _refuse_other_format_options(args, "--input-size S | H W")
+    size = tuple(args.input_size) if args.input_size else (DEFAULT_INPUT_SIZE,)
+    if len(size) not in (1, 2):
+        raise SystemExit("--input-size takes S (a square canvas) or H W")
+    try:
+        require_openvino()
+    except ImportError:
+        raise SystemExit(f"--format openvino needs the openvino package: {OPENVINO_HINT}") \
+            from None
+    if not Path(args.model).is_dir():
+        raise SystemExit(f"--model {args.model} is not a model directory")
+    size = size * 2 if len(size) == 1 else size
+    xml = export_openvino(args.model, args.output, input_size=size)
+    megabytes = (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20
+    print(f"OpenVINO model written to {xml} + {xml.with_suffix('.bin').name} ({megabytes:.1f} "
+          f"MiB, input {size[0]}x{size[1]}, float32 weights); "
+          f"metadata in {metadata_path(xml)}")
     return 0

@@ -130,8 +130,8 @@ def check_encoded_images(image_bytes: tf.Tensor, max_pixels: int | None,
     k = first(over)
     message = tf.strings.format(
         signature + ": image_bytes[{}] is {} x {} = {} pixels (height x width), above the "
-        f"limit of {max_pixels} pixels of this export (max_image_pixels); downscale it, or "
-        "export with a larger --max-image-pixels", (k, sizes[k, 0], sizes[k, 1], pixels[k]))
+        f"limit of {max_pixels} pixels of this export; downscale it, or export with a larger "
+        "`max_image_pixels`", (k, sizes[k, 0], sizes[k, 1], pixels[k]))
     checks.append(tf.debugging.Assert(tf.logical_not(tf.reduce_any(over)), [message]))
     jxl = tf.equal(formats, FORMAT_JXL)
     message = tf.strings.format(

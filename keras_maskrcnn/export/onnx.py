@@ -23,7 +23,6 @@ mask threshold are stored in the file's metadata (`metadata_props`) and in the s
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import weakref
@@ -33,9 +32,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from keras_maskrcnn.atomic import atomic_path, atomic_write_json, require_file_target
-from keras_maskrcnn.extras import check_installed, require
+from keras_maskrcnn.extras import require
 from keras_maskrcnn.parts.roi_heads import OUTPUT_NAMES
-from keras_maskrcnn.transform import SIZE_MULTIPLE
+from keras_maskrcnn.transform import letterbox_canvas_size
 
 if TYPE_CHECKING:
     from keras_maskrcnn.model import MaskRCNN
@@ -46,26 +45,19 @@ ONNX_FORMAT = "onnx"
 DEFAULT_OPSET = 17  # tf2onnx 1.17 writes opsets up to 18; onnxruntime >= 1.14 runs 17
 DEFAULT_INPUT_SIZE = 512
 ONNX_INPUTS = ("images", "image_shape")
-ONNX_OUTPUTS = OUTPUT_NAMES
 ONNX_MODULES = ("tf2onnx", "onnx")
 # model -> its traced serving function, owned here (never stored on the model; dropped with it)
 _TRACES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _check_input_size(input_size) -> int:
-    if isinstance(input_size, list | tuple):  # the CLI's `--input-size S` (or `S S`)
-        if len(input_size) == 2 and input_size[0] == input_size[1]:
-            input_size = input_size[0]
-        elif len(input_size) == 1:
-            input_size = input_size[0]
-        else:
-            raise ValueError(f"the ONNX export takes a square canvas S, got {input_size!r}")
-    if isinstance(input_size, bool) or not isinstance(input_size, int | np.integer):
-        raise TypeError(f"input_size must be an int, got {input_size!r}")
-    if input_size <= 0 or input_size % SIZE_MULTIPLE:
-        raise ValueError(
-            f"input_size must be a positive multiple of {SIZE_MULTIPLE}, got {input_size}")
-    return int(input_size)
+def square_input_size(input_size) -> int:
+    """The ONNX export's canvas side: S, or (S, S) (`transform.letterbox_canvas_size`); a
+    non-square canvas is refused."""
+    height, width = letterbox_canvas_size(input_size)
+    if height != width:
+        raise ValueError(f"the ONNX export takes a square canvas S, got `input_size` "
+                         f"{input_size!r}")
+    return height
 
 
 def _require(module: str):
@@ -78,7 +70,7 @@ def onnx_ready_model(model_or_dir: MaskRCNN | str | Path, input_size: int = DEFA
     RoIAlign (same weights)."""
     from keras_maskrcnn.export.saved_model import export_ready_model
 
-    size = _check_input_size(input_size)
+    size = square_input_size(input_size)
     return export_ready_model(model_or_dir, image_size=(size, size), min_size=size,
                               max_size=size)
 
@@ -100,7 +92,7 @@ def serving_function(model: MaskRCNN):
         tf.TensorSpec([1, 2], tf.float32, name="image_shape")], autograph=False)
     def serve(images, image_shape):
         outputs = graph({"images": images, "image_shape": image_shape}, training=False)
-        return {name: outputs[name] for name in ONNX_OUTPUTS}
+        return {name: outputs[name] for name in OUTPUT_NAMES}
 
     _TRACES[model] = serve
     return serve
@@ -130,7 +122,7 @@ def _metadata(model: MaskRCNN, input_size: int, opset: int) -> dict[str, Any]:
     return {"format": "onnx", "input_size": int(input_size), "opset": int(opset),
             "class_names": names, "num_classes": config.num_classes,
             "mask_threshold": config.mask_threshold, "inputs": list(ONNX_INPUTS),
-            "outputs": list(ONNX_OUTPUTS)}
+            "outputs": list(OUTPUT_NAMES)}
 
 
 def export_onnx(
@@ -150,7 +142,7 @@ def export_onnx(
         The path of the .onnx file.
     """
     require_file_target(output, "the ONNX model")
-    size = _check_input_size(input_size)
+    size = square_input_size(input_size)
     onnx = _require("onnx")
     model = onnx_ready_model(model_or_dir, size)
     proto = convert_onnx(model, opset)
@@ -251,7 +243,7 @@ def letterbox_inputs(image: np.ndarray, input_size: int) -> dict[str, np.ndarray
     """
     from keras_maskrcnn.transform import letterbox
 
-    size = _check_input_size(input_size)
+    size = square_input_size(input_size)
     return {key: value[None] for key, value in letterbox(image, (size, size), size, size).items()}
 
 
@@ -280,25 +272,3 @@ def predict_onnx(session, image: np.ndarray, input_size: int, mask_threshold: fl
 
     inputs = letterbox_inputs(image, input_size)
     return postprocess(run_session(session, inputs), inputs, 0, mask_threshold, paste_method)
-
-
-# ------------------------------------------------------------------------------ CLI
-_TFLITE_OR_SAVED_MODEL_OPTIONS = ("quantize", "buckets", "full_image_masks", "max_image_pixels",
-                                  "precision")
-
-
-def run_onnx_export(args: argparse.Namespace) -> int:
-    """`keras-maskrcnn export --format onnx --model DIR --output F.onnx [--input-size S]`."""
-    given = [f"--{name.replace('_', '-')}" for name in _TFLITE_OR_SAVED_MODEL_OPTIONS
-             if getattr(args, name, None) not in (None, False)]
-    if given:
-        raise SystemExit(f"{', '.join(given)} do not apply to --format onnx "
-                         "(options: --input-size S)")
-    if not Path(args.model).is_dir():
-        raise SystemExit(f"--model {args.model} is not a model directory")
-    check_installed(ONNX_MODULES, "onnx", "--format onnx")  # before building anything
-    size = _check_input_size(args.input_size or DEFAULT_INPUT_SIZE)
-    path = export_onnx(args.model, args.output, input_size=size)
-    print(f"ONNX model written to {path} ({path.stat().st_size / 2**20:.1f} MiB, input "
-          f"{size}x{size}, opset {DEFAULT_OPSET}); metadata in {metadata_path(path)}")
-    return 0

@@ -36,7 +36,6 @@ exporting opens no network connection.
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import shutil
@@ -58,7 +57,6 @@ OPENVINO_HINT = 'pip install -e ".[openvino]"'
 DEFAULT_INPUT_SIZE = 512
 DEFAULT_XML_NAME = "model.xml"
 OPENVINO_INPUTS = ("images", "image_shape")
-OPENVINO_OUTPUTS = OUTPUT_NAMES
 PRECISIONS = {"float32": "f32", "bfloat16": "bf16", "auto": None}
 RT_INFO_SECTION = "keras_maskrcnn"
 
@@ -247,7 +245,7 @@ def _metadata(model: MaskRCNN) -> dict[str, Any]:
     return {"format": OPENVINO_FORMAT, "input_size": [height, width], "resize": "fit",
             "class_names": names, "num_classes": config.num_classes,
             "mask_threshold": config.mask_threshold, "inputs": list(OPENVINO_INPUTS),
-            "outputs": list(OPENVINO_OUTPUTS)}
+            "outputs": list(OUTPUT_NAMES)}
 
 
 def export_openvino(
@@ -343,35 +341,3 @@ def predict_openvino(compiled, image: np.ndarray, input_size, mask_threshold: fl
 
     inputs = letterbox_inputs(image, input_size)
     return postprocess(run_compiled(compiled, inputs), inputs, 0, mask_threshold, paste_method)
-
-
-# ------------------------------------------------------------------------------ CLI
-_OTHER_FORMATS_OPTIONS = ("quantize", "buckets", "full_image_masks", "max_image_pixels",
-                          "precision")
-
-
-def run_openvino_export(args: argparse.Namespace) -> int:
-    """`keras-maskrcnn export --format openvino --model DIR --output F.xml|DIR
-    [--input-size S | H W]`."""
-    given = [f"--{name.replace('_', '-')}" for name in _OTHER_FORMATS_OPTIONS
-             if getattr(args, name, None) not in (None, False)]
-    if given:
-        raise SystemExit(f"{', '.join(given)} do not apply to --format openvino "
-                         "(options: --input-size S | H W)")
-    size = tuple(args.input_size) if args.input_size else (DEFAULT_INPUT_SIZE,)
-    if len(size) not in (1, 2):
-        raise SystemExit("--input-size takes S (a square canvas) or H W")
-    try:
-        require_openvino()
-    except ImportError:
-        raise SystemExit(f"--format openvino needs the openvino package: {OPENVINO_HINT}") \
-            from None
-    if not Path(args.model).is_dir():
-        raise SystemExit(f"--model {args.model} is not a model directory")
-    size = size * 2 if len(size) == 1 else size
-    xml = export_openvino(args.model, args.output, input_size=size)
-    megabytes = (xml.stat().st_size + xml.with_suffix(".bin").stat().st_size) / 2**20
-    print(f"OpenVINO model written to {xml} + {xml.with_suffix('.bin').name} ({megabytes:.1f} "
-          f"MiB, input {size[0]}x{size[1]}, float32 weights); "
-          f"metadata in {metadata_path(xml)}")
-    return 0

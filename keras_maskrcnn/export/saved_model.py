@@ -84,7 +84,6 @@ SERVING_DEFAULT = "serving_default"
 SERVING_BYTES = "serving_bytes"
 EXPORT_ROI_ALIGN = "gather"  # pure TF: no compiled custom op may end up in an export
 EXPORT_METADATA_FILE = "export.json"
-MODEL_OUTPUTS = OUTPUT_NAMES
 
 
 # --------------------------------------------------------------------------------- the model
@@ -164,8 +163,8 @@ def _check_pixels(hw: tf.Tensor, max_pixels: int | None, what) -> list[tf.Operat
     pixels = tf.cast(hw[0], tf.int64) * tf.cast(hw[1], tf.int64)
     message = tf.strings.join([what, tf.strings.format(
         " is {} x {} = {} pixels (height x width), above the limit of "
-        f"{max_pixels} pixels of this export (max_image_pixels); downscale it, or export with "
-        "a larger --max-image-pixels", (hw[0], hw[1], pixels))])
+        f"{max_pixels} pixels of this export; downscale it, or export with a larger "
+        "`max_image_pixels`", (hw[0], hw[1], pixels))])
     return [tf.debugging.Assert(pixels <= max_pixels, [message])]
 
 
@@ -173,7 +172,7 @@ class BucketDetector:
     """The model on each bucket canvas (shared variables) and the in-graph choice among them.
 
     Call: `images [B, h, w, 3]` (one size, any real dtype, 0..255) -> dict of the model outputs
-    (`MODEL_OUTPUTS`, boxes in input pixels) plus `image_shape [B, 2]` float32 (h', w').
+    (`OUTPUT_NAMES`, boxes in input pixels) plus `image_shape [B, 2]` float32 (h', w').
     """
 
     def __init__(self, model: MaskRCNN, buckets):
@@ -189,7 +188,7 @@ class BucketDetector:
 
         def inference(images, image_shape):
             outputs = graph({"images": images, "image_shape": image_shape}, training=False)
-            return {name: outputs[name] for name in MODEL_OUTPUTS}
+            return {name: outputs[name] for name in OUTPUT_NAMES}
 
         inference.__name__ = f"inference_{format_canvas(canvas)}"
         return tf.function(inference, autograph=False, input_signature=[
@@ -258,7 +257,7 @@ class PerImageDetector(BucketDetector):
                            fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32))
         image_shape = tf.tile(image_shape[None], [tf.shape(images)[0], 1])
         outputs = self.function({"images": padded, "image_shape": image_shape})
-        result = {name: outputs[name] for name in MODEL_OUTPUTS}
+        result = {name: outputs[name] for name in OUTPUT_NAMES}
         result["image_shape"] = image_shape
         return result
 

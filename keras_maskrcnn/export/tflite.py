@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -60,36 +59,15 @@ from keras_maskrcnn.export.saved_model import (
 )
 from keras_maskrcnn.model import MaskRCNN
 from keras_maskrcnn.parts.roi_heads import OUTPUT_NAMES
-from keras_maskrcnn.transform import SIZE_MULTIPLE, letterbox
+from keras_maskrcnn.transform import letterbox, letterbox_canvas_size
 
 QUANTIZE_OPTIONS = ("none", "float16", "dynamic-int8")
 TFLITE_SIGNATURE = "serving_default"
 TFLITE_INPUTS = ("images", "image_shape")
-TFLITE_OUTPUTS = OUTPUT_NAMES
 logger = logging.getLogger("keras_maskrcnn")
 
 RESIZE_FIT = "fit"  # one canvas: scale = min(H / h, W / w)
 RESIZE_RULE = "min_max"  # buckets: the config's min_size / max_size rule
-
-
-def _check_side(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"input_size must be an int or a (height, width) pair of ints, got "
-                        f"{value!r}")
-    if value <= 0 or value % SIZE_MULTIPLE:
-        raise ValueError(
-            f"input_size must be a positive multiple of {SIZE_MULTIPLE}, got {value}")
-    return int(value)
-
-
-def _check_input_size(input_size) -> tuple[int, int]:
-    """S or (H, W) -> (H, W) ints, multiples of 32."""
-    if isinstance(input_size, Sequence) and not isinstance(input_size, str):
-        if len(input_size) != 2:
-            raise ValueError(f"input_size must be S or (height, width), got {input_size!r}")
-        return _check_side(input_size[0]), _check_side(input_size[1])
-    side = _check_side(input_size)
-    return side, side
 
 
 def _check_quantize(quantize) -> str:
@@ -105,7 +83,7 @@ def fit_resize_sizes(height: int, width: int, canvas) -> tuple[int, int]:
     When the image has the canvas' orientation (or either is square) that is (min(H, W),
     max(H, W)); otherwise the long side goes to the canvas' short side: (min(H, W), min(H, W)).
     """
-    h_canvas, w_canvas = _check_input_size(canvas)
+    h_canvas, w_canvas = letterbox_canvas_size(canvas)
     short, long = min(h_canvas, w_canvas), max(h_canvas, w_canvas)
     if h_canvas == w_canvas or height == width or (height < width) == (h_canvas < w_canvas):
         return short, long
@@ -114,7 +92,7 @@ def fit_resize_sizes(height: int, width: int, canvas) -> tuple[int, int]:
 
 def tflite_ready_model(model_or_dir: MaskRCNN | str | Path, input_size=512) -> MaskRCNN:
     """The model rebuilt on an `input_size` canvas (S x S, or (H, W)), same weights."""
-    h, w = _check_input_size(input_size)
+    h, w = letterbox_canvas_size(input_size)
     return export_ready_model(model_or_dir, image_size=(h, w), min_size=min(h, w),
                               max_size=max(h, w))
 
@@ -128,7 +106,7 @@ def _signature_function(graph, canvas, name: str):
 
     def serve(images, image_shape):
         outputs = graph({"images": images, "image_shape": image_shape}, training=False)
-        return {key: outputs[key] for key in TFLITE_OUTPUTS}
+        return {key: outputs[key] for key in OUTPUT_NAMES}
 
     serve.__name__ = name  # the converter names each signature after its function
     return tf.function(serve, autograph=False, input_signature=[
@@ -216,7 +194,7 @@ def export_tflite(
     require_file_target(output, "the TFLite model")
     quantize = _check_quantize(quantize)
     if buckets is None:
-        canvas = _check_input_size(input_size)
+        canvas = letterbox_canvas_size(input_size)
         model = tflite_ready_model(model_or_dir, canvas)
         data = convert_tflite(model, quantize)
         signatures = {TFLITE_SIGNATURE: list(canvas)}
@@ -244,7 +222,7 @@ def export_tflite(
     metadata = {"input_size": size_entry, "quantize": quantize, "class_names": names,
                 "num_classes": config.num_classes, "mask_threshold": config.mask_threshold,
                 "signature": next(iter(signatures)), "signatures": signatures, **resize,
-                "inputs": list(TFLITE_INPUTS), "outputs": list(TFLITE_OUTPUTS)}
+                "inputs": list(TFLITE_INPUTS), "outputs": list(OUTPUT_NAMES)}
     atomic_write_json(metadata_path(output), metadata)
     return output
 
@@ -263,7 +241,7 @@ def letterbox_image(image: np.ndarray, input_size) -> dict[str, np.ndarray]:
     Returns dict: `images [1, H, W, 3]` float32, `image_shape [1, 2]` float32 (h', w'),
     `scale [1]` float32 (canvas pixels / original pixels), `original_shape [1, 2]` int32.
     """
-    canvas = _check_input_size(input_size)
+    canvas = letterbox_canvas_size(input_size)
     image = np.asarray(image)
     min_size, max_size = fit_resize_sizes(image.shape[0], image.shape[1], canvas)
     return {key: value[None] for key, value in letterbox(image, canvas, min_size,

@@ -66,7 +66,7 @@ def checkpoint_info(path: Path) -> dict:
                 "run": json.loads(attributes["run"]), "config": stored_config(path)}
     except (ValueError, KeyError) as err:
         raise ValueError(f"checkpoint {path} cannot be read ({err}): delete it to resume from "
-                         "the one before, or pass --overwrite to start again") from None
+                         "the one before, or pass `overwrite=True` to start again") from None
 
 
 def restore_checkpoint(model: MaskRCNN, path: Path) -> None:

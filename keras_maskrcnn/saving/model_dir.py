@@ -53,7 +53,7 @@ def read_model_config(directory: str | Path) -> MaskRCNNConfig:
         if not path.exists():
             raise FileNotFoundError(
                 f"{path} not found: a model directory holds {CONFIG_FILE} and {WEIGHTS_FILE} "
-                "(written by `keras-maskrcnn train --output DIR` or `convert`)")
+                "(written by `save_model_dir`: `train`, `convert_torchvision`)")
     config = MaskRCNNConfig.from_json(config_path)
     stored = stored_config(weights_path)
     if stored is None or stored == config:

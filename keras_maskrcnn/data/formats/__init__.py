@@ -47,9 +47,9 @@ def convert(fmt: str, source: str | Path, *, images_dir: str | Path | None = Non
     """Converts `source` in format `fmt` ("labelme", "via", "coco") to a clean COCO dict (see
     the module docstring), checked as `CocoDataset` checks it."""
     if label_key is not None and fmt != "via":
-        raise ValueError("--label-key applies to --from via only")
+        raise ValueError("`label_key` applies to `fmt='via'` only")
     if empty_segmentation != "error" and fmt != "coco":
-        raise ValueError("--empty-segmentation applies to --from coco only")
+        raise ValueError("`empty_segmentation` applies to `fmt='coco'` only")
     if fmt == "labelme":
         result = labelme_to_coco(source, images_dir, categories)
     elif fmt == "via":

@@ -62,7 +62,7 @@ def _coco_image(img: Any, k: int, path: Path, images_dir: Path | None) -> dict:
     if not (positive_int(img.get("height")) and positive_int(img.get("width"))):
         if images_dir is None:
             raise ValueError(f"{where} (id {img['id']}) has no valid 'height' / 'width': give "
-                             "--images DIR to read them from the image files")
+                             "`images_dir` to read them from the image files")
         try:
             out["height"], out["width"] = image_file_size(images_dir / out["file_name"])
         except BadImageError as err:
@@ -93,8 +93,8 @@ def _empty_segmentation(ann: dict, where: str, policy: str, notes: Notes) -> lis
         x, y, w, h = bbox
         return [rectangle_polygon(x, y, x + w, y + h)]
     raise ValueError(f"{where} has an empty 'segmentation' (a box without a mask): Mask R-CNN "
-                     "learns masks; pass --empty-segmentation box (the box as its mask) or "
-                     "drop")
+                     "learns masks; pass `empty_segmentation='box'` (the box as its mask) or "
+                     "'drop'")
 
 
 def _coco_segmentation(ann: dict, where: str, image: dict, policy: str, notes: Notes):

@@ -205,8 +205,8 @@ def labelme_to_coco(source: str | Path, images_dir: str | Path | None = None,
 
     Args:
         source: the folder of labelme JSON files (not recursive) or one file.
-        images_dir: the folder the COCO `file_name`s are relative to (the one to give `train
-            --images`); default: the labelme folder. Each image is `imagePath` read from its
+        images_dir: the folder the COCO `file_name`s are relative to (the one to give
+            `CocoDataset`); default: the labelme folder. Each image is `imagePath` read from its
             JSON's folder, else the file of that name in `images_dir`.
         categories: a names file fixing the category ids (default: sorted labels -> 1..K).
 
@@ -217,7 +217,7 @@ def labelme_to_coco(source: str | Path, images_dir: str | Path | None = None,
     source = Path(source)
     files = labelme_files(source)
     if images_dir is not None and not Path(images_dir).is_dir():
-        raise FileNotFoundError(f"images folder not found: {images_dir}; check --images")
+        raise FileNotFoundError(f"images folder not found: {images_dir}; check `images_dir`")
     root = Path(images_dir) if images_dir else (source if source.is_dir() else source.parent)
     notes, images, instances, labels, sources = Notes(), [], [], {}, []
     for path in files:

@@ -68,9 +68,9 @@ def via_label_key(entries: list[dict], path: Path, label_key: str | None) -> str
         return keys.pop()
     if not keys:
         raise ValueError(f"{path}: no region has a region attribute (the class): add one in "
-                         "VIA, or name it with --label-key")
+                         "VIA, or name it with `label_key`")
     raise ValueError(f"{path}: regions have several attributes ({', '.join(sorted(keys))}): "
-                     "name the one holding the class with --label-key")
+                     "name the one holding the class with `label_key`")
 
 
 def _via_label(region: dict, key: str, where: str) -> str:
@@ -84,7 +84,7 @@ def _via_label(region: dict, key: str, where: str) -> str:
         value = chosen[0]
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{where} has no class in region attribute {key!r} (got {value!r}): "
-                         "label it, or choose the attribute with --label-key")
+                         "label it, or choose the attribute with `label_key`")
     return value.strip()
 
 
@@ -144,11 +144,11 @@ def via_to_coco(source: str | Path, images_dir: str | Path | None,
     """
     path = Path(source)
     if images_dir is None:
-        raise ValueError("VIA files store no image sizes: give --images DIR, the folder "
+        raise ValueError("VIA files store no image sizes: give `images_dir`, the folder "
                          "holding the images, to read them from the files")
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
-        raise FileNotFoundError(f"images folder not found: {images_dir}; check --images")
+        raise FileNotFoundError(f"images folder not found: {images_dir}; check `images_dir`")
     entries = via_entries(read_json_file(path, "VIA"), path)
     key = via_label_key(entries, path, label_key)
     notes, images, instances, labels, sources = Notes(), [], [], {}, []
@@ -160,7 +160,7 @@ def via_to_coco(source: str | Path, images_dir: str | Path | None,
             height, width = image_file_size(images_dir / name)
         except BadImageError as err:
             raise ValueError(f"{path}: the size of image {name!r} cannot be read ({err.reason}"
-                             f", {err.path}): VIA stores none; check --images") from None
+                             f", {err.path}): VIA stores none; check `images_dir`") from None
         anns = []
         for k, region in enumerate(via_regions(entry, path)):
             where = f"{path}: image {name!r} region {k}"
