@@ -22,9 +22,8 @@ Bucket specs (`export --buckets`):
   to its own multiple of 32.
 
 `canvas_inference_model(model, canvas)` is the model's inference graph on another canvas that
-shares every layer, and so every variable, with `model` (Keras `clone_model` with the layers
-reused; only the weightless `ProposalLayer`, whose per-level anchor counts depend on the canvas,
-is copied): all buckets of one export hold the weights once.
+shares every layer, and so every variable, with `model` (`builder.model_for_canvas`): all
+buckets of one export hold the weights once.
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from keras_maskrcnn.layers.proposals import ProposalLayer
+from keras_maskrcnn.builder import model_for_canvas
 from keras_maskrcnn.transform import (
     SIZE_MULTIPLE,
     check_canvas_size,
@@ -163,25 +162,7 @@ def bucket_index_tf(resized_hw: tf.Tensor, buckets: Sequence[Canvas],
 
 # --------------------------------------------------------------------------------- graphs
 def canvas_inference_model(model, canvas: Canvas) -> keras.Model:
-    """`model.inference_graph()` on the canvas (H, W), sharing all layers and variables with it.
-
-    Anchors follow the canvas (`AnchorGenerator` reads the static input shape); the
-    `ProposalLayer`s, which hold the per-level anchor counts of one canvas and no weights, are
-    copied with the counts of this canvas. Outputs are those of `model.inference_graph()`.
-    """
+    """`model.inference_graph()` on the canvas (H, W), sharing all layers and variables with it
+    (`builder.model_for_canvas`: all buckets of one export hold the weights once)."""
     canvas = check_canvas_size(tuple(canvas), SIZE_MULTIPLE)
-    if canvas == tuple(model.config.image_size):
-        return model.inference_graph()
-    level_sizes = model.rpn.anchor_generator.level_sizes(canvas)
-
-    def reuse(layer):
-        if isinstance(layer, ProposalLayer):
-            config = layer.get_config()
-            config.update(level_sizes=level_sizes, name=f"{layer.name}_{format_canvas(canvas)}")
-            return type(layer).from_config(config)
-        return layer
-
-    inputs = {"images": keras.Input((*canvas, 3), dtype="float32", name="images"),
-              "image_shape": keras.Input((2,), dtype="float32", name="image_shape")}
-    return keras.models.clone_model(model.inference_graph(), input_tensors=inputs,
-                                    clone_function=reuse)
+    return model_for_canvas(model, canvas).inference_graph()
