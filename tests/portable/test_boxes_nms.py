@@ -8,13 +8,12 @@ must agree with it) against a numpy greedy NMS, on random boxes with tied scores
 from __future__ import annotations
 
 import math
+from importlib import import_module
 
 import keras
 import numpy as np
 import pytest
 from keras import ops
-
-from tests.portable.submodules import import_module
 
 box_ops = import_module("keras_maskrcnn.ops.boxes")
 nms_ops = import_module("keras_maskrcnn.ops.nms")

@@ -7,12 +7,11 @@ outputs across backends."""
 from __future__ import annotations
 
 import math
+from importlib import import_module
 
 import keras
 import numpy as np
 import pytest
-
-from tests.portable.submodules import import_module
 
 anchor_ops = import_module("keras_maskrcnn.ops.anchors")
 anchor_layers = import_module("keras_maskrcnn.layers.anchors")

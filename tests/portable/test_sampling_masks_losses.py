@@ -7,49 +7,16 @@ training step, are then the same on every backend.
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
 from keras import ops
 from reference_roi_align import roi_align_np
 
-ROOT = Path(__file__).resolve().parents[2] / "keras_maskrcnn"
+from keras_maskrcnn.layers import losses, targets
+from keras_maskrcnn.ops import masks, sampling
+
 F32 = np.float32
-
-
-def _load(name: str):
-    """Imports `keras_maskrcnn.<...>`. While the package `__init__`s still import TensorFlow at
-    top level (blocked here on JAX / PyTorch), the module is loaded under bare parent packages,
-    which are removed again afterwards (the loaded module stays)."""
-    try:
-        return importlib.import_module(name)
-    except ImportError as err:
-        if "tensorflow" not in str(err).lower():
-            raise
-    parents = {"keras_maskrcnn": ROOT, "keras_maskrcnn.ops": ROOT / "ops",
-               "keras_maskrcnn.layers": ROOT / "layers"}
-    added = []
-    for package, path in parents.items():
-        if package not in sys.modules:
-            stub = types.ModuleType(package)
-            stub.__path__ = [str(path)]
-            sys.modules[package] = stub
-            added.append(package)
-    try:
-        return importlib.import_module(name)
-    finally:
-        for package in added:
-            sys.modules.pop(package, None)
-
-
-sampling = _load("keras_maskrcnn.ops.sampling")
-masks = _load("keras_maskrcnn.ops.masks")
-losses = _load("keras_maskrcnn.layers.losses")
 
 
 def _np(x) -> np.ndarray:
@@ -411,17 +378,6 @@ def test_mask_loss_from_definition(backend):
 # --------------------------------------------------------------------------- target layers
 
 
-def _targets_module():
-    """`layers.targets` needs `ops.boxes` (pairwise IoU, box encoding), ported separately: the
-    layer tests skip where it still imports TensorFlow."""
-    try:
-        return _load("keras_maskrcnn.layers.targets")
-    except ImportError as err:
-        if "tensorflow" in str(err).lower():
-            pytest.skip(f"keras_maskrcnn.ops.boxes still imports TensorFlow ({err})")
-        raise
-
-
 def np_iou(a, b):
     tl = np.maximum(a[:, None, :2], b[None, :, :2])
     br = np.minimum(a[:, None, 2:], b[None, :, 2:])
@@ -432,7 +388,6 @@ def np_iou(a, b):
 
 
 def test_anchor_targets_sample_the_numpy_labels(backend):
-    targets = _targets_module()
     rng = np.random.default_rng(6)
     lo = rng.uniform(0, 50, size=(200, 2))
     anchors = np.concatenate([lo, lo + rng.uniform(4, 20, size=(200, 2))], -1).astype(F32)
@@ -458,7 +413,6 @@ def test_anchor_targets_sample_the_numpy_labels(backend):
 
 
 def test_detection_targets_masks_and_slots(backend):
-    targets = _targets_module()
     gt_masks, gt_boxes = _gt(seed=7, size=8)
     gt_classes = np.array([[1, 2, 0], [3, 1, 2]], np.int32)
     gt_boxes[0, 2] = 0.0
@@ -484,7 +438,6 @@ def test_detection_targets_masks_and_slots(backend):
 def test_target_layers_symbolic_shapes(backend):
     """Called on `keras.Input`s (functional models; meta tensors on PyTorch): the shapes and
     dtypes of the eager call."""
-    targets = _targets_module()
     anchors = keras.Input((4,), batch_size=30)
     gt_boxes, gt_classes = keras.Input((3, 4)), keras.Input((3,), dtype="int32")
     labels, box_targets = targets.AnchorTargetLayer(batch_per_image=8)(anchors, gt_boxes,
