@@ -104,7 +104,7 @@ def main() -> None:
                              "(loss: sum of their outputs), the step's convolutional floor")
     args = parser.parse_args()
 
-    from train_step import synthetic_batch  # this folder is on sys.path
+    from backend_bench import synthetic_batch  # this folder is on sys.path
 
     from keras_maskrcnn.builder import build_model
     from keras_maskrcnn.config import get_config

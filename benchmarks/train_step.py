@@ -13,30 +13,11 @@ import time
 
 import numpy as np
 import tensorflow as tf
+from backend_bench import synthetic_batch
 
 from keras_maskrcnn.builder import build_model
 from keras_maskrcnn.config import get_config
 from keras_maskrcnn.training import make_optimizer
-
-
-def synthetic_batch(config, batch_size: int, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    h, w = config.image_size
-    g, m = config.max_instances, config.gt_mask_size
-    boxes = np.zeros((batch_size, g, 4), np.float32)
-    classes = np.zeros((batch_size, g), np.int32)
-    for b in range(batch_size):
-        for i in range(5):
-            y1, x1 = rng.uniform(0, 0.6) * h, rng.uniform(0, 0.6) * w
-            boxes[b, i] = [y1, x1, y1 + rng.uniform(0.1, 0.4) * h, x1 + rng.uniform(0.1, 0.4) * w]
-            classes[b, i] = rng.integers(1, config.num_classes + 1)
-    return {
-        "images": rng.uniform(0, 255, (batch_size, h, w, 3)).astype(np.float32),
-        "image_shape": np.tile(np.array([[h, w]], np.float32), (batch_size, 1)),
-        "gt_boxes": boxes,
-        "gt_classes": classes,
-        "gt_masks": (rng.uniform(size=(batch_size, g, m, m)) > 0.5).astype(np.float32),
-    }
 
 
 def parameter_count(model) -> int:
