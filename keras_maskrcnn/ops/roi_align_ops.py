@@ -49,10 +49,12 @@ pixels along an axis; the default ``None`` never clips.
 Backends. TensorFlow: everything above, with the same numbers and graphs as the original
 TensorFlow code (plain ``tf.gather`` / ``tf.tensor_scatter_nd_add`` through
 ``roi_common.gather_rows`` / ``scatter_add_rows``); "crop_and_resize" and "custom_op" are
-TensorFlow-only. JAX: every ratio takes the static formulation, as TensorFlow does under XLA
-(shapes are static under ``jax.jit``; the loop is ``ops.while_loop``, its gradient
-``ops.custom_gradient``). PyTorch: the adaptive ratio takes the static formulation, a fixed
-ratio the one-gather forward with autograd's gradient.
+TensorFlow-only. JAX: every ratio takes the static formulation, forward loop included (shapes
+are static under ``jax.jit``; the loop is ``ops.while_loop``, its gradient
+``ops.custom_gradient``; a fixed ratio's numbers then differ from the one-gather forward by
+float rounding only). PyTorch: the adaptive ratio takes the static formulation, a fixed ratio
+the one-gather forward with autograd's gradient. JAX's eager mode re-traces the loop at every
+call: call it under ``jax.jit`` (as Keras' fit / predict do).
 """
 
 from __future__ import annotations
@@ -278,7 +280,8 @@ def _roi_align_static(flat, base, height, width, boxes, scale, output_size, alig
                       max_samples: int | None = None, sampling_ratio: int = 0):
     """RoIAlign with static shapes and bounded memory (see the module docstring): the adaptive
     ratio (`sampling_ratio` 0, optionally capped by `max_samples`) or a fixed one (whose
-    forward is `_gather_separable`, as on the "gather" path; only the gradient loops).
+    forward on TensorFlow is `_gather_separable`, as on the "gather" path; only the gradient
+    loops).
 
     Box n has ``pairs[n] = S_y[n] * S_x[n]`` sample pairs per bin; all (box, pair) entries form
     one box-major list of ``sum(pairs)`` entries, which a loop walks in chunks of E = max(N,
@@ -340,9 +343,11 @@ def _roi_align_static(flat, base, height, width, boxes, scale, output_size, alig
             pooled = ops.sum(values * weight[..., None], axis=(2, 4))
             return step + 1, scatter_add_rows(out, box, pooled)
 
-        if sampling_ratio > 0:
-            # A fixed ratio keeps the one-gather forward of the other paths (same rounding:
-            # mask targets threshold it at 0.5); only its gradient is the loop's.
+        if sampling_ratio > 0 and backend.is_tensorflow():
+            # On TensorFlow a fixed ratio keeps the one-gather forward of the other paths (same
+            # rounding under XLA and outside: mask targets threshold it at 0.5); only its
+            # gradient is the loop's. JAX loops forward too: XLA's one big gather (N ph pw 4 S^2
+            # rows) ran 4x slower on CPU than the loop (2 x 512 RoIs, 7 x 7, S = 2, C = 256).
             rows, row_w, _ = _axis_table(start_y, extent_y, ph, sampling_ratio, height)
             cols, col_w, _ = _axis_table(start_x, extent_x, pw, sampling_ratio, width)
             out = _gather_separable(table, base, width, rows, row_w, cols, col_w)

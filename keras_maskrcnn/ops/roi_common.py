@@ -178,6 +178,8 @@ def gather_rows(table, index):
     """`table[index]`: rows of a [T, C] table at int32 indices of any shape -> [..., C]."""
     if backend.is_tensorflow():  # the plain gather (no negative-index fix-up: exported graphs)
         return backend.tensorflow().gather(table, index)
+    if backend.name() == "jax":  # indexing gathers with clamped indices: no NaN-fill masking
+        return table[index]
     return ops.take(table, index, axis=0)
 
 
