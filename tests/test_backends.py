@@ -103,10 +103,11 @@ def test_cli_predict_without_tensorflow(shapes_run, backend, tmp_path):
     directory, batch, _ = shapes_run
     image = tmp_path / "shapes.png"
     Image.fromarray(batch["images"][0].astype(np.uint8)).save(image)
-    assert main(["predict", str(directory / "model"), str(image), "--output",
-                 str(tmp_path / "tf")]) == 0
-    run_backend_worker(backend, "cli", "predict", directory / "model", image, "--output",
-               tmp_path / backend)
+    common = ["--score-threshold", "0.05", "--no-draw"]  # random weights: low scores
+    assert main(["predict", "--model", str(directory / "model"), str(image), "--output",
+                 str(tmp_path / "tf"), *common]) == 0
+    run_backend_worker(backend, "cli", "predict", "--model", directory / "model", image,
+                       "--output", tmp_path / backend, *common)
     ours = json.loads((tmp_path / backend / "predictions.json").read_text())
     theirs = json.loads((tmp_path / "tf" / "predictions.json").read_text())
     assert len(ours) == len(theirs) > 0
