@@ -64,6 +64,7 @@ from collections.abc import Sequence
 from keras import ops
 
 from keras_maskrcnn import backend
+from keras_maskrcnn.ops import torch_fast
 from keras_maskrcnn.ops.roi_common import (
     check_backend,
     check_box_indices,
@@ -541,6 +542,11 @@ def roi_align(
         return _roi_align_crop_and_resize(
             features, boxes, box_indices, output_size, scale, sampling_ratio, aligned
         )
+    if implementation == "gather" and max_samples is None:
+        pooled = torch_fast.roi_align(features, boxes, box_indices, output_size, scale,
+                                      sampling_ratio, aligned)
+        if pooled is not None:  # PyTorch with torchvision
+            return pooled
     flat, base, height, width = flat_geometry(features, box_indices)
     return roi_align_flat(
         flat,
