@@ -117,10 +117,10 @@ def multilevel_roi_align(levels: list, boxes, image, level_index, scales: list[f
             pick = order[sum(counts[:level]):sum(counts[:level + 1])]
             pieces.append(_pool_float(tv_ops, feature.float(), boxes[pick], image[pick],
                                       output_size, scales[level], sampling_ratio, aligned))
-    if not pieces:  # no boxes: an empty result that still depends on the features
-        channels = levels[0].shape[3]
-        return (levels[0].reshape(-1, channels)[:0, None, None, :]
-                .expand(0, *output_size, channels))
+        else:  # an empty piece keeps the level in the graph: a zero gradient, as portably
+            channels = feature.shape[3]
+            pieces.append(feature.float().reshape(-1, channels)[:0, None, None, :]
+                          .expand(0, *output_size, channels))
     pooled = torch.cat(pieces, dim=0)[torch.argsort(order)]  # back to the boxes' order
     return pooled.to(levels[0].dtype)
 

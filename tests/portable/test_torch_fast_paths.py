@@ -141,10 +141,18 @@ def test_multilevel_equals_portable_with_gradients(monkeypatch, sampling_ratio):
 
 
 def test_multilevel_no_boxes_and_max_samples_fallback(monkeypatch):
+    import torch
+
     rng = np.random.default_rng(3)
     levels = _levels(rng)
     empty = pl.multilevel_roi_align(levels, np.zeros((2, 0, 4), F32), 3)
     assert tuple(empty.shape) == (2, 0, 3, 3, 3)
+    # levels without boxes get a zero gradient (not None), as on the portable path
+    xs = [torch.tensor(f, requires_grad=True) for f in levels]
+    small = np.tile(np.array([[1.0, 1.0, 9.0, 9.0]], F32), (2, 3, 1))  # all on the first level
+    pl.multilevel_roi_align(xs, small, 3).sum().backward()
+    assert np.abs(xs[0].grad.numpy()).sum() > 0
+    assert all(x.grad is not None and not x.grad.numpy().any() for x in xs[1:])
 
     def no_fast_path(*args, **kwargs):
         raise AssertionError("max_samples must take the portable path")
