@@ -169,7 +169,9 @@ def multilevel_roi_align(
     of any level is clipped). "crop_and_resize" runs per level
     (`multilevel_roi_align_per_level`), "custom_op" as one compiled multi-level op (both
     TensorFlow only; ValueError on JAX / PyTorch, where "auto" is "gather"). JAX takes the
-    static formulation for every ratio, PyTorch for the adaptive one (`roi_align_ops`).
+    static formulation for every ratio, PyTorch for the adaptive one (`roi_align_ops`); with
+    torchvision installed, PyTorch's "gather" (method "align", no `max_samples`) calls
+    ``torchvision.ops.roi_align`` once per level on that level's boxes (`ops.torch_fast`).
 
     Args:
         features: list of L maps [B, H_l, W_l, C] for levels min_level .. min_level + L - 1.
