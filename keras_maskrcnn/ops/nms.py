@@ -7,7 +7,11 @@ Two implementations with the same results (`implementation=`):
   keep their NMS op; TensorFlow is imported inside the function. (``tf.image.
   non_max_suppression_padded`` is not used: in TF 2.21 it runs a tiled pure-TF algorithm that
   suppresses at IoU >= threshold and drops boxes whose coordinates are all <= 0.)
-- "portable" (the default on JAX and PyTorch): `keras.ops` only, static shapes. One
+- "auto" on PyTorch with torchvision installed: ``torchvision.ops.nms`` image by image
+  (`ops.torch_fast.batched_nms`; candidates pre-sorted by descending score, lower index first,
+  and the corners ordered, so that it selects exactly what "portable" selects, in the same
+  order; tests/portable/test_torch_fast_paths.py). Without torchvision, "portable".
+- "portable" (the default on JAX, and on PyTorch without torchvision): `keras.ops` only, static shapes. One
   `ops.while_loop` step per kept box and all images of the batch at once: the best remaining
   candidate (lowest index among equal scores) is kept and every candidate whose IoU with it is
   above the threshold is removed; the loop ends when `max_output_size` boxes are kept or no
@@ -42,6 +46,7 @@ import numpy as np
 from keras import ops
 
 from keras_maskrcnn import backend
+from keras_maskrcnn.ops import torch_fast
 from keras_maskrcnn.ops.boxes import Tensor, as_float32
 
 _NEG_INF = float("-inf")
@@ -231,6 +236,11 @@ def _tf_map_nms(boxes, scores, max_output_size: int, iou_threshold: float,
 def _batched(boxes, scores, max_output_size, iou_threshold, score_threshold, implementation):
     if resolve_implementation(implementation) == "tensorflow":
         return _tf_map_nms(boxes, scores, max_output_size, iou_threshold, score_threshold)
+    if implementation == "auto":  # PyTorch with torchvision: its kernel, image by image
+        result = torch_fast.batched_nms(boxes, scores, max_output_size, iou_threshold,
+                                        score_threshold)
+        if result is not None:
+            return result
     return _run_portable(boxes, scores, max_output_size, iou_threshold, score_threshold)
 
 
@@ -251,8 +261,9 @@ def nms_padded(
         max_output_size: Python int >= 1, the (static) output length.
         iou_threshold: in [0, 1]; a box is suppressed by a kept box when IoU > threshold.
         score_threshold: boxes need a score strictly greater than this.
-        implementation: "auto" (the TF kernel on TensorFlow, else "portable"), "tensorflow"
-            or "portable" (see the module docstring).
+        implementation: "auto" (the TF kernel on TensorFlow, torchvision's on PyTorch when
+            it is installed, else "portable"), "tensorflow" or "portable" (see the module
+            docstring).
 
     Returns:
         indices: `[max_output_size]` int32 into `boxes`, by descending score; entries at and
@@ -266,8 +277,8 @@ def nms_padded(
     scores = _as_float(scores, "scores", "[N]")
     if resolve_implementation(implementation) == "tensorflow":
         return _tf_nms_single(boxes, scores, max_output_size, iou_threshold, score_threshold)
-    indices, num_valid = _run_portable(boxes[None], scores[None], max_output_size,
-                                       iou_threshold, score_threshold)
+    indices, num_valid = _batched(boxes[None], scores[None], max_output_size, iou_threshold,
+                                  score_threshold, implementation)
     return indices[0], num_valid[0]
 
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from keras import ops
 
 from keras_maskrcnn import backend
+from keras_maskrcnn.ops import torch_fast
 from keras_maskrcnn.ops.roi_align_ops import roi_align, roi_align_flat
 from keras_maskrcnn.ops.roi_common import (
     check_boxes,
@@ -168,7 +169,9 @@ def multilevel_roi_align(
     of any level is clipped). "crop_and_resize" runs per level
     (`multilevel_roi_align_per_level`), "custom_op" as one compiled multi-level op (both
     TensorFlow only; ValueError on JAX / PyTorch, where "auto" is "gather"). JAX takes the
-    static formulation for every ratio, PyTorch for the adaptive one (`roi_align_ops`).
+    static formulation for every ratio, PyTorch for the adaptive one (`roi_align_ops`); with
+    torchvision installed, PyTorch's "gather" (method "align", no `max_samples`) calls
+    ``torchvision.ops.roi_align`` once per level on that level's boxes (`ops.torch_fast`).
 
     Args:
         features: list of L maps [B, H_l, W_l, C] for levels min_level .. min_level + L - 1.
@@ -219,10 +222,17 @@ def multilevel_roi_align(
     flat_boxes, image, batch, num = _flatten_rois(boxes)
     max_level = min_level + len(levels) - 1
     level = assign_fpn_levels(flat_boxes, min_level, max_level, canonical_size, canonical_level)
-    flat, base, height, width, channels = _multilevel_flat(levels, level - min_level, image)
     # 2 ** -level per box, read from a table of exact powers of two
     scales = [2.0 ** -(min_level + i) for i in range(len(levels))]
     scale = ops.take(ops.convert_to_tensor(scales, "float32"), level - min_level)
+    if method == "align" and implementation == "gather" and max_samples is None:
+        pooled = torch_fast.multilevel_roi_align(levels, flat_boxes, image, level - min_level,
+                                                 scales, output_size, sampling_ratio,
+                                                 bool(aligned))
+        if pooled is not None:  # PyTorch with torchvision
+            return ops.reshape(pooled, (batch, num, output_size[0], output_size[1],
+                                        backend.static_dim(levels[0], 3)))
+    flat, base, height, width, channels = _multilevel_flat(levels, level - min_level, image)
     if method == "pool":
         pooled = roi_pool_flat(
             flat, base, height, width, flat_boxes, scale, output_size, max_bin_size

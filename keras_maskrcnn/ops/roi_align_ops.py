@@ -52,8 +52,12 @@ TensorFlow code (plain ``tf.gather`` / ``tf.tensor_scatter_nd_add`` through
 TensorFlow-only. JAX: every ratio takes the static formulation, forward loop included (shapes
 are static under ``jax.jit``; the loop is ``ops.while_loop``, its gradient
 ``ops.custom_gradient``; a fixed ratio's numbers then differ from the one-gather forward by
-float rounding only). PyTorch: the adaptive ratio takes the static formulation, a fixed ratio
-the one-gather forward with autograd's gradient. JAX's eager mode re-traces the loop at every
+float rounding only). PyTorch: with torchvision installed, "auto" / "gather" (without
+``max_samples``) call ``torchvision.ops.roi_align`` (`ops.torch_fast`: the same semantics, NCHW
+maps and ``(image, x1, y1, x2, y2)`` RoIs bridged there, non-finite boxes pooling 0 as here;
+tested equal, gradients included, in tests/portable/test_torch_fast_paths.py); otherwise the
+adaptive ratio takes the static formulation, a fixed ratio the one-gather forward with
+autograd's gradient. JAX's eager mode re-traces the loop at every
 call: call it under ``jax.jit`` (as Keras' fit / predict do).
 """
 
@@ -64,6 +68,7 @@ from collections.abc import Sequence
 from keras import ops
 
 from keras_maskrcnn import backend
+from keras_maskrcnn.ops import torch_fast
 from keras_maskrcnn.ops.roi_common import (
     check_backend,
     check_box_indices,
@@ -496,7 +501,8 @@ def roi_align(
             used by "gather" and "auto" by themselves under XLA jit_compile, on JAX and, for
             the adaptive ratio, on PyTorch) or "auto" (on TensorFlow the custom op when it is
             built and usable here: float32 / bfloat16 / float16, no visible GPU, not under XLA
-            jit_compile, no `max_samples`; else, and on JAX / PyTorch, "gather"). The
+            jit_compile, no `max_samples`; else, and on JAX / PyTorch, "gather"; on PyTorch
+            "gather" runs torchvision's kernel when torchvision is installed). The
             TensorFlow-only choices raise ValueError on another backend.
         max_samples: None (default: no cap, torchvision's numbers for every RoI) or an int
             >= 1 capping the adaptive per-axis sample count at min(ceil(roi_extent /
@@ -541,6 +547,11 @@ def roi_align(
         return _roi_align_crop_and_resize(
             features, boxes, box_indices, output_size, scale, sampling_ratio, aligned
         )
+    if implementation == "gather" and max_samples is None:
+        pooled = torch_fast.roi_align(features, boxes, box_indices, output_size, scale,
+                                      sampling_ratio, aligned)
+        if pooled is not None:  # PyTorch with torchvision
+            return pooled
     flat, base, height, width = flat_geometry(features, box_indices)
     return roi_align_flat(
         flat,
