@@ -85,7 +85,8 @@ def run_backend_worker(backend: str, *arguments, timeout: int = 600):
     proc = subprocess.run([sys.executable, str(root / "tests" / "backend_worker.py"),
                            *map(str, arguments)], cwd=root, env=env, capture_output=True,
                           text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert proc.returncode == 0, \
+        f"{backend} worker exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc
 
 

@@ -25,7 +25,7 @@ PACKAGE = ROOT / "keras_maskrcnn"
 CORE_IMPORTS = {"tensorflow": "tensorflow", "keras": "keras", "numpy": "numpy",
                 "pycocotools": "pycocotools", "PIL": "pillow", "h5py": "h5py",
                 "tensorboard": "tensorboard"}
-OPTIONAL_IMPORTS = {"torch": "parity", "torchvision": "parity", "tf2onnx": "onnx", "onnx": "onnx",
+OPTIONAL_IMPORTS = {"torch": "torch", "torchvision": "torch", "jax": "jax", "tf2onnx": "onnx", "onnx": "onnx",
                     "onnxruntime": "onnx", "ai_edge_litert": "litert", "matplotlib": "plots",
                     "openvino": "openvino"}
 BLOCKER = """
