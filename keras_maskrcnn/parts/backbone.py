@@ -29,6 +29,14 @@ class Backbone(Part):
         features = list(features) if isinstance(features, list | tuple) else [features]
         return self.fpn(features) if self.fpn is not None else features[-1:]
 
+    def compute_output_spec(self, images):
+        """The feature maps' shapes from the body's and FPN's graphs, without running them
+        (PyTorch would otherwise trace the backbone on real tensors of a stand-in batch)."""
+        features = self.body.compute_output_spec(images)
+        features = list(features) if isinstance(features, list | tuple) else [features]
+        return self.fpn.compute_output_spec(features) if self.fpn is not None \
+            else features[-1:]
+
     def get_config(self):
         config = super().get_config()
         if self.fpn is None:
