@@ -16,7 +16,13 @@ from keras import ops
 from keras_maskrcnn import backend
 from keras_maskrcnn.config import MaskRCNNConfig
 from keras_maskrcnn.parts.roi_heads import OUTPUT_NAMES
-from keras_maskrcnn.steps import guarded_train_step, unpack_batch
+from keras_maskrcnn.steps import (
+    finite_weights,
+    guard,
+    guarded_train_step,
+    loss_scale,
+    unpack_batch,
+)
 
 LOSS_NAMES = ("rpn_objectness_loss", "rpn_box_loss", "class_loss", "box_loss", "mask_loss")
 INFERENCE_INPUTS = ("images", "image_shape")
@@ -262,18 +268,20 @@ class MaskRCNN(keras.Model):
         return losses, tape.gradient(scaled, variables)
 
     def train_step(self, *args):
-        """One optimizer step (`fit`). On JAX (`train_step(state, data)`, functional) and
-        PyTorch the step is guarded like `training.train`'s: a non-finite loss or gradient
-        leaves the weights as they were, and the logs carry `grad_norm`, `finite_grads` and
-        `finite_weights` beside the losses (`keras_maskrcnn.steps`)."""
+        """One optimizer step (`fit`), guarded like `training.train`'s on every backend: a
+        non-finite loss or gradient leaves the weights as they were, and the logs carry
+        `grad_norm`, `finite_loss`, `finite_grads` and `finite_weights` beside the losses
+        (`keras_maskrcnn.steps`; JAX calls `train_step(state, data)`, functional)."""
         if not backend.is_tensorflow():
             return guarded_train_step(self, *args)
         (data,) = args
         losses, grads = self.loss_and_gradients(unpack_batch(data))
         pairs = [(g, v) for g, v in zip(grads, self.trainable_variables, strict=True)
                  if g is not None]
-        self.optimizer.apply_gradients(pairs)
-        return self.update_loss_trackers(losses)
+        guarded, flags = guard(losses, [g for g, _ in pairs], loss_scale(self.optimizer))
+        self.optimizer.apply_gradients(zip(guarded, [v for _, v in pairs], strict=True))
+        flags["finite_weights"] = finite_weights([v.value for v in self.trainable_variables])
+        return {**self.update_loss_trackers(losses), **flags}
 
     def test_step(self, data):
         return self.update_loss_trackers(self.compute_losses(unpack_batch(data), training=False))

@@ -1,4 +1,5 @@
-"""The guarded optimizer step of `MaskRCNN.train_step` on JAX and PyTorch.
+"""The guarded optimizer step of `MaskRCNN.train_step` on JAX and PyTorch, and its guard
+(`guard`, `finite_weights`), which TensorFlow's `train_step` uses too.
 
 Both differentiate the same `MaskRCNN.compute_losses` as TensorFlow's step (`GradientTape` in
 `model.py`; `training.make_train_step` for the resumable loop) and guard it alike: when a loss or
@@ -50,7 +51,8 @@ def finite_weights(values: list):
     return ops.cast(ops.all(ops.isfinite(sums)), "float32")
 
 
-def _loss_scale(optimizer):
+def loss_scale(optimizer):
+    """The optimizer's loss scale (mixed_float16), else None."""
     return optimizer.scale_loss(1.0) if isinstance(
         optimizer, keras.optimizers.LossScaleOptimizer) else None
 
@@ -85,7 +87,7 @@ def _jax_step(model, state, data):
     (_, (losses, non_trainable)), grads = jax.value_and_grad(scaled_loss, has_aux=True)(
         trainable)
     with keras.StatelessScope(state_mapping=optimizer_mapping):
-        scale = _loss_scale(optimizer)
+        scale = loss_scale(optimizer)
     grads, flags = guard(losses, grads, scale)
     trainable, optimizer_values = optimizer.stateless_apply(optimizer_values, grads, trainable)
     flags["finite_weights"] = finite_weights(trainable)
@@ -110,7 +112,7 @@ def _torch_step(model, data):
              for v in variables]
     with torch.no_grad():
         grads, flags = guard({k: v.detach() for k, v in losses.items()}, grads,
-                             _loss_scale(model.optimizer))
+                             loss_scale(model.optimizer))
         model.optimizer.apply(grads, variables)
         flags["finite_weights"] = finite_weights([v.value for v in variables])
     logs = model.update_loss_trackers({k: v.detach() for k, v in losses.items()})

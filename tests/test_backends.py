@@ -117,3 +117,32 @@ def test_cli_predict_without_tensorflow(shapes_run, backend, tmp_path):
                  and abs(r["score"] - record["score"]) < 1e-3
                  and np.allclose(r["bbox"], record["bbox"], atol=0.05)]
         assert close, f"{backend} lacks TensorFlow's detection {record}"
+
+
+@pytest.mark.parametrize("backend,extra", [
+    ("jax", ["--cpu-devices", "2", "--strategy", "mirrored", "--precision", "mixed_bfloat16"]),
+    ("torch", [])])
+def test_cli_train_resume_evaluate(backend, extra, tmp_path):
+    """`keras-maskrcnn train` on the backend (JAX: data parallel over two host devices, bf16),
+    resumed from its checkpoint by a second run, then `evaluate` of the model directory."""
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    output = tmp_path / "run"
+    base = [sys.executable, "-m", "keras_maskrcnn.cli", "train", "--dataset", "shapes",
+            "--shapes-train-images", "8", "--output", str(output), "--batch-size", "2",
+            "--checkpoint-every", "1", *extra]
+
+    def run(*arguments):
+        proc = subprocess.run([*arguments], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    first = run(*base, "--max-steps", "2")
+    assert f"{backend} backend" in first and "trained to step 2 of 2" in first
+    if backend == "jax":
+        assert "DataParallel over 2 devices" in first and "mixed_bfloat16" in first
+    second = run(*base, "--max-steps", "3")
+    assert "resuming from step 2 of 3" in second and "trained to step 3 of 3" in second
+    metrics = run(sys.executable, "-m", "keras_maskrcnn.cli", "evaluate", "--model",
+                  str(output), "--dataset", "shapes", "--shapes-val-images", "3")
+    assert "segm" in metrics.lower()

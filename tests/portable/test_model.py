@@ -62,3 +62,29 @@ def test_fit_steps_lower_the_loss(backend):
     losses = history.history["loss"]
     assert all(np.isfinite(losses)), losses
     assert losses[-1] < losses[0], losses
+
+
+def test_guarded_step_skips_a_non_finite_step(backend):
+    """A NaN weight in the class predictor makes the class loss NaN: the step reports it
+    (`finite_loss` 0, `finite_weights` 0) and leaves every weight as it was (no weight decay
+    here, so a zero gradient moves nothing)."""
+    from keras import ops
+
+    from keras_maskrcnn import build_model, get_config
+    from keras_maskrcnn.solver import make_optimizer
+
+    config = get_config("shapes", weight_decay=0.0)
+    model = build_model(config)
+    model.compile(optimizer=make_optimizer(config, 2))
+    (kernel,) = [v for v in model.trainable_variables if "class_logits" in v.path
+                 and "kernel" in v.path]
+    poisoned = ops.convert_to_numpy(kernel).copy()
+    poisoned[0, 0] = np.nan
+    kernel.assign(poisoned)
+    before = [ops.convert_to_numpy(v) for v in model.trainable_variables]
+    logs = model.train_on_batch(_batch(config), return_dict=True)
+    assert float(logs["finite_loss"]) == 0.0 and not np.isfinite(float(logs["class_loss"]))
+    assert float(logs["finite_weights"]) == 0.0
+    after = [ops.convert_to_numpy(v) for v in model.trainable_variables]
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
