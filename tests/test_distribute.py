@@ -57,7 +57,7 @@ print("RESULT " + json.dumps(out))
 """
 
 
-@pytest.mark.parametrize("targets", ["detectron2", "torchvision"])
+@pytest.mark.parametrize("targets", [pytest.param("detectron2", marks=pytest.mark.slow), "torchvision"])
 def test_mirrored_two_devices_equals_one_device(tmp_path, targets):
     overrides = TORCHVISION_TARGETS if targets == "torchvision" else {}
     config = tiny_config(tmp_path / "tiny.json", **overrides)

@@ -243,7 +243,9 @@ def coco_train_cmd(tmp_path, annotations, images, *extra):
             "--output", str(tmp_path / "run"), *extra]
 
 
-@pytest.mark.parametrize("kind", ["missing", "not_an_image", "truncated", "wrong_size"])
+# One case per CI run (budget); all four with -m slow. The Python API test covers wrong sizes.
+@pytest.mark.parametrize("kind", ["missing", "not_an_image", pytest.param("truncated", marks=pytest.mark.slow),
+                                  pytest.param("wrong_size", marks=pytest.mark.slow)])
 def test_bad_training_image_stops_with_its_name(tmp_path, coco10_dir, kind):
     annotations, images, name = coco_copy(tmp_path, coco10_dir, kind)
     result = run(coco_train_cmd(tmp_path, annotations, images), timeout=300)
@@ -291,7 +293,7 @@ def test_missing_validation_image_refused_before_anything_is_built(tmp_path, coc
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("kind", ["truncated", "wrong_size"])
+@pytest.mark.parametrize("kind", ["truncated", pytest.param("wrong_size", marks=pytest.mark.slow)])
 def test_skip_bad_images_trains_and_counts(tmp_path, coco10_dir, kind):
     annotations, images, name = coco_copy(tmp_path, coco10_dir, kind)
     result = run(coco_train_cmd(tmp_path, annotations, images, "--skip-bad-images"), timeout=300)
