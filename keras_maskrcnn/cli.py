@@ -521,6 +521,7 @@ def quiet_libraries(level: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # export re-runs it
     level = args.log_level.upper()
     quiet_libraries(level)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")

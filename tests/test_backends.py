@@ -146,3 +146,15 @@ def test_cli_train_resume_evaluate(backend, extra, tmp_path):
     metrics = run(sys.executable, "-m", "keras_maskrcnn.cli", "evaluate", "--model",
                   str(output), "--dataset", "shapes", "--shapes-val-images", "3")
     assert "segm" in metrics.lower()
+
+
+def test_export_from_jax_runs_in_tensorflow(shapes_run, tmp_path):
+    """`KERAS_BACKEND=jax keras-maskrcnn export` re-runs itself on TensorFlow: one command."""
+    directory, _, _ = shapes_run
+    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "keras_maskrcnn.cli", "export", "--model",
+                           str(directory / "model"), "--format", "tflite", "--output",
+                           str(tmp_path / "m.tflite")], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert (tmp_path / "m.tflite").stat().st_size > 1000

@@ -4,6 +4,8 @@ an OpenVINO IR."""
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 from pathlib import Path
 
 from keras_maskrcnn.data.images import DEFAULT_MAX_IMAGE_PIXELS
@@ -93,11 +95,27 @@ def _size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
+def export_in_tensorflow(argv: list[str]) -> int:
+    """The same `export` command again in a TensorFlow process: exports are TensorFlow graphs,
+    and a model directory written on JAX or PyTorch holds the same weights file."""
+    import os
+    import subprocess
+
+    logging.getLogger("keras_maskrcnn").info(
+        "export runs on the TensorFlow backend: restarting it with KERAS_BACKEND=tensorflow")
+    env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+    command = [sys.executable, "-m", "keras_maskrcnn.cli", *argv]
+    return subprocess.run(command, env=env, check=False).returncode
+
+
 def run_export(args: argparse.Namespace) -> int:
     """Runs the export named by the parsed arguments; returns the exit code. `--model` may name
     pretrained weights (`pretrained.resolve_model`)."""
+    from keras_maskrcnn import backend
     from keras_maskrcnn.convert.published import resolve_model
 
+    if not backend.is_tensorflow():
+        return export_in_tensorflow(getattr(args, "argv", None) or sys.argv[1:])
     args.model = str(resolve_model(args.model))
     if args.format == ONNX_FORMAT:
         return run_onnx_export(args)
