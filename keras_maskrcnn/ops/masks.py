@@ -33,6 +33,7 @@ import numpy as np
 from keras import ops
 
 from keras_maskrcnn import backend
+from keras_maskrcnn.ops.roi_common import axis_bilinear
 
 # --------------------------------------------------------------------------- keras.ops
 
@@ -90,23 +91,6 @@ def _roi_extents(boxes, aligned: bool):
     return start_y, extent_y, start_x, extent_x
 
 
-def _axis_bilinear(points, used, size):
-    """RoIAlign's border rules on one axis: (low, high) int32 rows and their weights, shaped
-    like `points`. `size` is the axis length (int or scalar tensor)."""
-    inside = ops.logical_and(used, ops.logical_and(points >= -1.0,
-                                                   points <= ops.cast(size, "float32")))
-    coord = ops.maximum(ops.where(inside, points, 0.0), 0.0)
-    low = ops.cast(ops.floor(coord), "int32")
-    last = size - 1
-    at_end = low >= last
-    low = ops.where(at_end, last, low)
-    high = ops.where(at_end, last, low + 1)
-    frac = ops.where(at_end, 0.0, coord - ops.cast(low, "float32"))
-    w_high = ops.where(inside, frac, 0.0)
-    w_low = ops.where(inside, 1.0 - frac, 0.0)
-    return low, high, w_low, w_high
-
-
 def _fixed_axis_table(start, extent, pooled: int, ratio: int, size):
     """Rows [N, pooled, 2 ratio] int32 and weights (1 / ratio included) of one axis."""
     bin_size = (extent / float(pooled))[:, None, None]
@@ -114,7 +98,7 @@ def _fixed_axis_table(start, extent, pooled: int, ratio: int, size):
     offsets = (ops.arange(ratio, dtype="float32") + 0.5)[None, None, :]
     # the reference kernel's operation order: start + p * bin + (i + .5) * bin / count
     points = start[:, None, None] + bins * bin_size + offsets * bin_size / float(ratio)
-    low, high, w_low, w_high = _axis_bilinear(points, ops.ones_like(points, dtype="bool"), size)
+    low, high, w_low, w_high = axis_bilinear(points, ops.ones_like(points, dtype="bool"), size)
     index = ops.concatenate([low, high], axis=-1)
     weight = ops.concatenate([w_low, w_high], axis=-1) / float(ratio)
     return ops.minimum(index, size - 1), weight
@@ -353,7 +337,7 @@ def _step_axis(start, extent, pooled: int, count, step, size):
     offset = ops.cast(step, "float32") + 0.5
     points = start[:, None] + bins * bin_size + offset * bin_size / divisor
     used = ops.broadcast_to((step < count)[:, None], ops.shape(points))
-    low, high, w_low, w_high = _axis_bilinear(points, used, size)
+    low, high, w_low, w_high = axis_bilinear(points, used, size)
     return ops.minimum(low, size - 1), ops.minimum(high, size - 1), w_low / divisor, \
         w_high / divisor
 

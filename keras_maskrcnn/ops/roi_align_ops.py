@@ -70,6 +70,7 @@ from keras import ops
 from keras_maskrcnn import backend
 from keras_maskrcnn.ops import torch_fast
 from keras_maskrcnn.ops.roi_common import (
+    axis_bilinear,
     check_backend,
     check_box_indices,
     check_boxes,
@@ -139,23 +140,6 @@ def _axis_points(start, extent, pooled: int, count, grid):
     return points, used, divisor
 
 
-def _axis_bilinear(points, used, size):
-    """RoIAlign border rules on one axis: (low, high) int32 and their weights, all [N, P, S]."""
-    size = size[:, None, None]
-    size_f = ops.cast(size, "float32")
-    inside = used & (points >= -1.0) & (points <= size_f)
-    coord = ops.maximum(ops.where(inside, points, 0.0), 0.0)
-    low = ops.cast(ops.floor(coord), "int32")
-    last = size - 1
-    at_end = low >= last
-    low = ops.where(at_end, last, low)
-    high = ops.where(at_end, last, low + 1)
-    frac = ops.where(at_end, 0.0, coord - ops.cast(low, "float32"))
-    w_high = ops.where(inside, frac, 0.0)
-    w_low = ops.where(inside, 1.0 - frac, 0.0)
-    return low, high, w_low, w_high
-
-
 def _compact_axis(index, weight):
     """Merges (index, weight) pairs [N, P, E] into windows of consecutive rows per bin.
 
@@ -184,7 +168,7 @@ def _axis_table(start, extent, pooled: int, sampling_ratio: int, size,
     """
     count, grid = _sample_counts(extent, pooled, sampling_ratio, max_samples)
     points, used, divisor = _axis_points(start, extent, pooled, count, grid)
-    low, high, w_low, w_high = _axis_bilinear(points, used, size)
+    low, high, w_low, w_high = axis_bilinear(points, used, size[:, None, None])
     index = ops.concatenate([low, high], axis=-1)
     weight = ops.concatenate([w_low, w_high], axis=-1) / divisor
     per_box = None
@@ -272,7 +256,7 @@ def _step_axis(start, extent, pooled: int, count, step, active, size):
     offsets = (ops.cast(step, "float32") + 0.5)[:, None, None]
     points = start[:, None, None] + bins * bin_size + offsets * bin_size / divisor
     used = ops.broadcast_to(active[:, None, None], ops.shape(points))
-    low, high, w_low, w_high = _axis_bilinear(points, used, size)
+    low, high, w_low, w_high = axis_bilinear(points, used, size[:, None, None])
     index = ops.concatenate([low, high], axis=-1)
     weight = ops.concatenate([w_low, w_high], axis=-1) / divisor
     return ops.minimum(index, size[:, None, None] - 1), weight

@@ -166,6 +166,24 @@ def check_implementation(implementation: str) -> str:
 # --------------------------------------------------------------------------- geometry
 
 
+def axis_bilinear(points, used, size):
+    """RoIAlign's border rules on one axis (torchvision's `bilinear_interpolate`): the (low,
+    high) int32 rows of each sample point and their weights, shaped like `points`. `size` is
+    the axis length, broadcastable to `points` (an int, a scalar or a per-RoI tensor). A point
+    outside [-1, size] or not `used` gets weight 0."""
+    inside = used & (points >= -1.0) & (points <= ops.cast(size, "float32"))
+    coord = ops.maximum(ops.where(inside, points, 0.0), 0.0)
+    low = ops.cast(ops.floor(coord), "int32")
+    last = size - 1
+    at_end = low >= last
+    low = ops.where(at_end, last, low)
+    high = ops.where(at_end, last, low + 1)
+    frac = ops.where(at_end, 0.0, coord - ops.cast(low, "float32"))
+    w_high = ops.where(inside, frac, 0.0)
+    w_low = ops.where(inside, 1.0 - frac, 0.0)
+    return low, high, w_low, w_high
+
+
 def flat_geometry(features, box_indices):
     """Flattens `features` [B, H, W, C] to [B*H*W, C], with per-box base / H / W [N] int32."""
     height, width = backend.static_dim(features, 1), backend.static_dim(features, 2)
