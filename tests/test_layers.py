@@ -24,6 +24,7 @@ from keras_maskrcnn.layers.pooler import MultiLevelRoIAlign
 from keras_maskrcnn.layers.preprocessing import ImageNormalization
 from keras_maskrcnn.layers.proposals import ProposalLayer
 from keras_maskrcnn.layers.targets import AnchorTargetLayer, DetectionTargetLayer
+from keras_maskrcnn.layers.upsample import PatchConvTranspose
 from keras_maskrcnn.ops import sampling
 
 CANVAS = 64
@@ -133,6 +134,9 @@ CASES = {
     "MaskHead-v2": (
         lambda: MaskHead(num_classes=2, conv_dim=8, num_convs=3, norm="bn"),
         lambda rng: (_normal(rng, 2, 3, 6, 6, 6),)),
+    "PatchConvTranspose": (
+        lambda: PatchConvTranspose(4, (2, 3), activation="relu", use_bias=False),
+        lambda rng: (_normal(rng, 2, 3, 4, 5),)),
     "SingleLevelAnchorGenerator": (
         lambda: SingleLevelAnchorGenerator(stride=8, sizes=(16, 32), aspect_ratios=(0.5, 2.0),
                                            offset=0.5, round_base=True, stride_from_grid=True),

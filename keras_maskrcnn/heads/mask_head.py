@@ -12,6 +12,7 @@ from keras_maskrcnn.layers.conv_norm import (
     conv_norm_stack,
     msra_init,
 )
+from keras_maskrcnn.layers.upsample import PatchConvTranspose
 from keras_maskrcnn.ops.shapes import run_time_dims
 
 
@@ -20,7 +21,8 @@ class MaskHead(layers.Layer):
     """Call: pooled `[B, R, P, P, C]` -> mask logits `[B, R, 2P, 2P, K]` in the input's dtype.
 
     `num_convs` x (3x3 conv `conv_dim` [+ BatchNorm] + ReLU), a 2x2 stride-2 transposed conv +
-    ReLU, and a 1x1 conv to one logit map per object class 1..K (channel k-1 is class k).
+    ReLU (`layers.upsample.PatchConvTranspose`: one matrix product off TensorFlow), and a 1x1
+    conv to one logit map per object class 1..K (channel k-1 is class k).
     torchvision's v2 adds BatchNorm (norm "bn"); `training` switches it to batch statistics.
 
     Weights: `convs`, `norms` (None entries for norm "none"), `upsample`, `predictor`.
@@ -34,8 +36,8 @@ class MaskHead(layers.Layer):
         self.num_convs = int(num_convs)
         self.norm = check_norm(norm)
         self.convs, self.norms = conv_norm_stack(self.num_convs, self.conv_dim, self.norm)
-        self.upsample = layers.Conv2DTranspose(self.conv_dim, 2, strides=2, activation="relu",
-                                               kernel_initializer=msra_init(), name="upsample")
+        self.upsample = PatchConvTranspose(self.conv_dim, 2, activation="relu",
+                                           kernel_initializer=msra_init(), name="upsample")
         self.predictor = layers.Conv2D(
             self.num_classes, 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001),
             name="predictor")

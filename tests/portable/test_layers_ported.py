@@ -318,3 +318,24 @@ def test_mask_head_matches_numpy(backend):
     up = _relu(up + bias)
     expected = _np_conv(up, *head.predictor.get_weights()).reshape(1, 2, 6, 6, 2)
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_patch_conv_transpose_equals_keras_conv_transpose(backend):
+    """The matrix-product upsampling gives Keras' own transposed convolution (same weights),
+    for a non-square kernel with a bias and an activation, and refuses overlapping kernels."""
+    upsample = import_module("keras_maskrcnn.layers.upsample")
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(2, 3, 4, 5)).astype(np.float32)
+    layer = upsample.PatchConvTranspose(6, (2, 3), activation="relu")
+    layer(x)
+    _randomize(layer, rng)
+    out = _np(layer(x))  # the native op on TensorFlow, the matrix product elsewhere
+    np.testing.assert_allclose(out, _np(layer.activation(layer.patch_matmul(x))), rtol=1e-5,
+                               atol=1e-5)
+    assert out.shape == (2, 6, 12, 6)
+    native = keras.layers.Conv2DTranspose(6, (2, 3), strides=(2, 3), activation="relu")
+    native.build(x.shape)
+    native.set_weights(layer.get_weights())
+    np.testing.assert_allclose(out, _np(native(x)), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="kernel_size"):
+        upsample.PatchConvTranspose(6, 3, strides=2)
