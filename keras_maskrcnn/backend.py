@@ -10,6 +10,7 @@ backend never imports TensorFlow.
 from __future__ import annotations
 
 import importlib
+import os
 from types import ModuleType
 
 import keras
@@ -60,3 +61,31 @@ class LazyModule(ModuleType):
 def lazy_tensorflow() -> ModuleType:
     """`tensorflow`, imported when first used (see `LazyModule`)."""
     return LazyModule("tensorflow")
+
+
+# XLA:CPU flags the package sets for JAX, unless XLA_FLAGS already names them. jaxlib 0.10's
+# YNNPACK fusions run this model's convolution gradients about 2x slower than XLA's Eigen
+# convolutions (R50-FPN training step at 256 x 256 on 2 cores: 6.8 s with them, 4.0 s without;
+# benchmarks/vs_backends.py). Only for the jaxlib versions measured: XLA aborts on a flag it
+# does not know.
+JAX_CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+JAX_CPU_FLAGS_JAXLIB = ("0.10.",)
+
+
+def tune_jax_cpu() -> list[str]:
+    """Adds `JAX_CPU_FLAGS` to XLA_FLAGS (JAX backend, measured jaxlib, flag not set by the
+    user); call before JAX creates its devices. Returns the flags added."""
+    if name() != "jax":
+        return []
+    try:
+        from importlib.metadata import version
+
+        if not version("jaxlib").startswith(JAX_CPU_FLAGS_JAXLIB):
+            return []
+    except Exception:  # no jaxlib metadata: leave XLA as it is
+        return []
+    current = os.environ.get("XLA_FLAGS", "")
+    added = [f"--{flag}={value}" for flag, value in JAX_CPU_FLAGS.items() if flag not in current]
+    if added:
+        os.environ["XLA_FLAGS"] = " ".join([current, *added]).strip()
+    return added

@@ -24,10 +24,18 @@ def coco10_dir() -> Path:
     return COCO10_DIR
 
 
+@pytest.fixture(scope="session", autouse=True)
+def jax_compilation_cache(tmp_path_factory):
+    """One persistent JAX compilation cache for the JAX subprocesses of the session (inherited
+    through the environment): a program one process compiled (the first run of a resumed
+    training, a model's inference) is loaded by the next instead of compiled again."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax_cache"))
+
 
 # The longest files first, so that the two workers finish together (xdist hands out whole
 # files in collection order).
-LONGEST_FIRST = ("test_training", "test_xla", "test_precision", "test_c4", "test_model",
+LONGEST_FIRST = ("test_backends", "test_training", "test_xla", "test_precision", "test_c4", "test_model",
                  "test_bf16", "test_distribute", "test_torchvision_parity",
                  "test_export_saved_model", "test_atomic")
 

@@ -71,19 +71,41 @@ def compare_with_keras(model, image_files, make_inputs, run_other, match_iou: fl
     return stats
 
 
+# XLA:CPU compiles the tests' tiny JAX programs about 40% faster at LLVM optimization level 0
+# (the same HLO; tests/portable/test_model.py on JAX: 68 s -> 42 s), for the tests that compare
+# with tolerances (`fast_compile`). Not for the comparisons with TensorFlow's own numbers: the
+# rounding differs enough there to flip a near-tie of the RoI sampler (class loss 2.5e-3 off).
+# Users run JAX's defaults.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+
+
+def backend_env(backend: str, block_tensorflow: bool = True, fast_compile: bool = False) -> dict:
+    """The environment of a test subprocess on the Keras `backend`: this checkout importable,
+    TensorFlow blocked unless `block_tensorflow` is False, and with `fast_compile` on JAX
+    `TEST_XLA_FLAGS` (the session's persistent compilation cache, JAX_COMPILATION_CACHE_DIR,
+    comes from conftest)."""
+    import os
+    from pathlib import Path
+
+    env = {**os.environ, "KERAS_BACKEND": backend,
+           "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    if block_tensorflow:
+        env["KERAS_MASKRCNN_BLOCK_TENSORFLOW"] = "1"
+    if backend == "jax" and fast_compile:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+    return env
+
+
 def run_backend_worker(backend: str, *arguments, timeout: int = 600):
     """`tests/backend_worker.py ARGUMENTS` in a process on the Keras `backend`, TensorFlow
     blocked there (as on a machine without it); the completed process (asserted rc 0)."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "KERAS_BACKEND": backend, "KERAS_MASKRCNN_BLOCK_TENSORFLOW": "1",
-           "PYTHONPATH": str(root)}
     proc = subprocess.run([sys.executable, str(root / "tests" / "backend_worker.py"),
-                           *map(str, arguments)], cwd=root, env=env, capture_output=True,
+                           *map(str, arguments)], cwd=root, env=backend_env(backend), capture_output=True,
                           text=True, timeout=timeout)
     assert proc.returncode == 0, \
         f"{backend} worker exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import run_backend_worker
+from helpers import backend_env, run_backend_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,12 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_portable_suite(backend):
     if importlib.util.find_spec(backend) is None:
         pytest.fail(f"{backend} is not installed: pip install -e \".[test]\" installs it")
-    env = {**os.environ, "KERAS_BACKEND": backend, "KERAS_MASKRCNN_BLOCK_TENSORFLOW": "1",
-           "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0",
          "-m", "not slow", "tests/portable"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+        cwd=ROOT, env=backend_env(backend, fast_compile=True), capture_output=True, text=True,
+        timeout=900)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
 
 
@@ -125,7 +124,7 @@ def test_cli_predict_without_tensorflow(shapes_run, backend, tmp_path):
 def test_cli_train_resume_evaluate(backend, extra, tmp_path):
     """`keras-maskrcnn train` on the backend (JAX: data parallel over two host devices, bf16),
     resumed from its checkpoint by a second run, then `evaluate` of the model directory."""
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(ROOT)}
+    env = backend_env(backend, block_tensorflow=False, fast_compile=True)
     output = tmp_path / "run"
     base = [sys.executable, "-m", "keras_maskrcnn.cli", "train", "--dataset", "shapes",
             "--shapes-train-images", "8", "--output", str(output), "--batch-size", "2",
@@ -151,10 +150,32 @@ def test_cli_train_resume_evaluate(backend, extra, tmp_path):
 def test_export_from_jax_runs_in_tensorflow(shapes_run, tmp_path):
     """`KERAS_BACKEND=jax keras-maskrcnn export` re-runs itself on TensorFlow: one command."""
     directory, _, _ = shapes_run
-    env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-m", "keras_maskrcnn.cli", "export", "--model",
                            str(directory / "model"), "--format", "tflite", "--output",
-                           str(tmp_path / "m.tflite")], cwd=ROOT, env=env, capture_output=True,
+                           str(tmp_path / "m.tflite")], cwd=ROOT,
+                          env=backend_env("jax", block_tensorflow=False, fast_compile=True), capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert (tmp_path / "m.tflite").stat().st_size > 1000
+
+
+def test_jax_cpu_flags_added_once_never_over_the_users(monkeypatch):
+    """`backend.tune_jax_cpu` (run at import) adds its XLA:CPU flag for JAX on a measured jaxlib
+    only, once, and leaves a value the user set; JAX accepting it is proven by every JAX
+    subprocess above (XLA aborts on an unknown flag)."""
+    from keras_maskrcnn import backend
+
+    flag = "--xla_cpu_experimental_ynn_fusion_type="
+    monkeypatch.setattr(backend, "name", lambda: "jax")
+    monkeypatch.setattr("importlib.metadata.version", lambda package: "0.10.2")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    assert backend.tune_jax_cpu() == [flag]
+    assert os.environ["XLA_FLAGS"] == f"--xla_force_host_platform_device_count=2 {flag}"
+    assert backend.tune_jax_cpu() == []
+    monkeypatch.setenv("XLA_FLAGS", f"{flag}default")
+    assert backend.tune_jax_cpu() == [] and os.environ["XLA_FLAGS"] == f"{flag}default"
+    monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setattr("importlib.metadata.version", lambda package: "0.11.0")
+    assert backend.tune_jax_cpu() == [] and "XLA_FLAGS" not in os.environ
+    monkeypatch.setattr(backend, "name", lambda: "tensorflow")
+    assert backend.tune_jax_cpu() == []
