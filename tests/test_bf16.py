@@ -227,6 +227,8 @@ def test_bf16_saved_model_matches_keras_bf16(trained, tmp_path):
     assert total > 0 and matched >= MIN_MATCHED * total, (matched, total)
 
 
+# A timing (`-m slow`, like benchmarks/): kept out of CI's budget, run where a claim is made.
+@pytest.mark.slow
 @needs_bf16
 def test_bf16_is_faster_on_resnet50():
     import tensorflow as tf

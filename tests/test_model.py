@@ -116,6 +116,10 @@ def test_missing_training_key_is_a_clear_error():
                               "gt_classes": None})
 
 
+# CI budget (`-m slow`): RoIPool training runs by default in test_c4 (a step with RoIPool),
+# crowd regions in test_layers' target tests, COCO id gaps in test_data_coco, training on the
+# photos in test_bf16 and test_training.
+@pytest.mark.slow
 def test_trains_on_real_coco_images_with_crowd_and_roi_pool(coco10_dir):
     """Real photos of different sizes, 80 categories with id gaps, a crowd region; RoIPool."""
     from keras_maskrcnn.data import CocoDataset

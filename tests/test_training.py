@@ -192,6 +192,9 @@ def test_two_trainers_cannot_share_an_output(tmp_path):
     assert "in use" in result.stderr and "Traceback" not in result.stderr
 
 
+# CI budget (`-m slow`): the default suite's kill -9 test proves the same seed gives the same
+# weights across processes (a resumed run equals an uninterrupted one).
+@pytest.mark.slow
 def test_same_seed_same_losses(tmp_path):
     from keras_maskrcnn.data import ShapesDataset
     from keras_maskrcnn.training import train

@@ -449,7 +449,8 @@ def _check_xla_step(preset, overrides, batch_size=1, real_backbone=False):
 # Opt-in too (`-m slow`): v2 adds BatchNorm in the FPN and heads (40 s on one core of the
 # two-worker suite), the same XLA ops as the shapes backbone's BatchNorm, itself compiled in the
 # default suite by test_train_loop_runs_with_jit_compile_on (the full shapes case: 20 s).
-OPT_IN = {"torchvision_r50_fpn_v2", "shapes", "coco_r50_c4", "coco_r50_fpn"}  # CI budget: one R50
+OPT_IN = {"torchvision_r50_fpn_v2", "shapes", "coco_r50_c4", "coco_r50_fpn",
+          "torchvision_r50_fpn"}  # CI budget: every preset opt-in (the tiny XLA loop is default)
 
 
 @pytest.mark.parametrize("preset", [
