@@ -43,15 +43,34 @@ def losses(model_dir: str, batch_path: str, out_path: str, save_dir: str | None 
     model = load_model_dir(model_dir)
     batch = dict(np.load(batch_path))
     model.compile(optimizer=make_optimizer(model.config, len(batch["images"]), 100))
-    out = {k: np.asarray(v) for k, v in
-           _numpy(model.compute_losses(batch, training=True)).items()}
+    compute = _losses_function(model)
+    out = {k: np.asarray(v) for k, v in _numpy(compute(batch)).items()}
     if save_dir:
         logs = model.train_on_batch(batch, return_dict=True)
         out.update({f"step_{k}": np.asarray(v, np.float32) for k, v in logs.items()})
         save_model_dir(model, save_dir)
-        after = _numpy(model.compute_losses(batch, training=True))
+        after = _numpy(compute(batch))
         out.update({f"after_{k}": v for k, v in after.items()})
     np.savez(out_path, **out)
+
+
+def _losses_function(model):
+    """`model.compute_losses(batch, training=True)`; on JAX compiled once (stateless, the
+    variables passed in) instead of run op by op, for the losses before and after the step."""
+    import keras
+
+    if keras.backend.backend() != "jax":
+        return lambda batch: model.compute_losses(batch, training=True)
+    import jax
+
+    variables = [*model.trainable_variables, *model.non_trainable_variables]
+
+    def pure(values, batch):
+        with keras.StatelessScope(state_mapping=list(zip(variables, values, strict=True))):
+            return model.compute_losses(batch, training=True)
+
+    compiled = jax.jit(pure)
+    return lambda batch: compiled([v.value for v in variables], batch)
 
 
 def _numpy(tensors: dict) -> dict:

@@ -118,6 +118,10 @@ def test_cli_predict_without_tensorflow(shapes_run, backend, tmp_path):
         assert close, f"{backend} lacks TensorFlow's detection {record}"
 
 
+# CI budget (`-m slow`, about 100 s): the matrix's core (parity, the training step, a save on one
+# backend loaded on another, `predict`) runs by default; `fit`, the guarded step and `predict`
+# from Python run by default in tests/portable/test_model.py on every backend.
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,extra", [
     ("jax", ["--cpu-devices", "2", "--strategy", "mirrored", "--precision", "mixed_bfloat16"]),
     ("torch", [])])
