@@ -74,8 +74,9 @@ JAX_CPU_FLAGS_JAXLIB = ("0.10.",)
 
 def tune_jax_cpu() -> list[str]:
     """Adds `JAX_CPU_FLAGS` to XLA_FLAGS (JAX backend, measured jaxlib, flag not set by the
-    user); call before JAX creates its devices. Returns the flags added."""
-    if name() != "jax":
+    user, KERAS_MASKRCNN_JAX_CPU_FLAGS not "0"); call before JAX creates its devices. Returns
+    the flags added."""
+    if name() != "jax" or os.environ.get("KERAS_MASKRCNN_JAX_CPU_FLAGS") == "0":
         return []
     try:
         from importlib.metadata import version

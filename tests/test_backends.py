@@ -179,6 +179,9 @@ def test_jax_cpu_flags_added_once_never_over_the_users(monkeypatch):
     monkeypatch.setenv("XLA_FLAGS", f"{flag}default")
     assert backend.tune_jax_cpu() == [] and os.environ["XLA_FLAGS"] == f"{flag}default"
     monkeypatch.delenv("XLA_FLAGS")
+    monkeypatch.setenv("KERAS_MASKRCNN_JAX_CPU_FLAGS", "0")  # the opt-out
+    assert backend.tune_jax_cpu() == [] and "XLA_FLAGS" not in os.environ
+    monkeypatch.delenv("KERAS_MASKRCNN_JAX_CPU_FLAGS")
     monkeypatch.setattr("importlib.metadata.version", lambda package: "0.11.0")
     assert backend.tune_jax_cpu() == [] and "XLA_FLAGS" not in os.environ
     monkeypatch.setattr(backend, "name", lambda: "tensorflow")

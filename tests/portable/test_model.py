@@ -7,6 +7,14 @@ import sys
 
 import numpy as np
 
+# The shapes preset made small (64 x 64 canvas, narrow backbone, heads and samplers), as in
+# tests/test_model.py: these tests check the paths on each backend, not the preset's sizes.
+TINY = dict(image_size=(64, 64), min_size=64, max_size=64, anchor_sizes=(8, 16, 32, 64, 128),
+            tiny_widths=(8, 16, 32, 64), fpn_channels=32, box_head_dim=128,
+            rpn_pre_nms_topk_train=300, rpn_post_nms_topk_train=64, rpn_pre_nms_topk_test=200,
+            rpn_post_nms_topk_test=50, roi_batch_per_image=32, mask_head_dim=16,
+            max_instances=6)
+
 
 def _batch(config, size: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     """A synthetic training batch: one box per image with its mini mask, sampler seeds."""
@@ -38,13 +46,13 @@ def test_build_and_predict(backend):
     from keras_maskrcnn import build_model, get_config
     from keras_maskrcnn.inference import predict_images
 
-    model = build_model(get_config("shapes", detections_per_image=10))
-    image = np.random.default_rng(1).integers(0, 256, (90, 140, 3), dtype=np.uint8)
+    model = build_model(get_config("shapes", **{**TINY, "detections_per_image": 10}))
+    image = np.random.default_rng(1).integers(0, 256, (45, 70, 3), dtype=np.uint8)
     (det,) = predict_images(model, [image])
     n = len(det["boxes"])
-    assert det["boxes"].shape == (n, 4) and det["masks"].shape == (n, 90, 140)
+    assert det["boxes"].shape == (n, 4) and det["masks"].shape == (n, 45, 70)
     assert n <= 10 and np.all(det["scores"] >= model.config.score_threshold)
-    assert np.all((det["boxes"] >= 0) & (det["boxes"] <= [90, 140, 90, 140]))
+    assert np.all((det["boxes"] >= 0) & (det["boxes"] <= [45, 70, 45, 70]))
 
 
 def test_fit_steps_lower_the_loss(backend):
@@ -54,7 +62,7 @@ def test_fit_steps_lower_the_loss(backend):
     from keras_maskrcnn.solver import make_optimizer
 
     keras.utils.set_random_seed(0)
-    config = get_config("shapes")
+    config = get_config("shapes", **TINY)
     model = build_model(config)
     model.compile(optimizer=make_optimizer(config.replace(learning_rate=0.01), 2))
     batch = _batch(config)
@@ -73,7 +81,7 @@ def test_guarded_step_skips_a_non_finite_step(backend):
     from keras_maskrcnn import build_model, get_config
     from keras_maskrcnn.solver import make_optimizer
 
-    config = get_config("shapes", weight_decay=0.0)
+    config = get_config("shapes", **TINY, weight_decay=0.0)
     model = build_model(config)
     model.compile(optimizer=make_optimizer(config, 2))
     (kernel,) = [v for v in model.trainable_variables if "class_logits" in v.path
