@@ -65,9 +65,9 @@ def lazy_tensorflow() -> ModuleType:
 
 # XLA:CPU flags the package sets for JAX, unless XLA_FLAGS already names them. jaxlib 0.10's
 # YNNPACK fusions run this model's convolution gradients about 2x slower than XLA's Eigen
-# convolutions (R50-FPN training step at 256 x 256 on 2 cores: 6.8 s with them, 4.0 s without;
-# benchmarks/vs_backends.py). Only for the jaxlib versions measured: XLA aborts on a flag it
-# does not know.
+# convolutions (`jax.jit(jax.grad)` of the R50-FPN losses at 256 x 256 on 2 cores: 6.8 s with
+# them, 4.0 s without). Only for the jaxlib versions measured: XLA aborts on a flag it does
+# not know.
 JAX_CPU_FLAGS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 JAX_CPU_FLAGS_JAXLIB = ("0.10.",)
 

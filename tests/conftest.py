@@ -35,8 +35,8 @@ def jax_compilation_cache(tmp_path_factory):
 
 # The longest files first, so that the two workers finish together (xdist hands out whole
 # files in collection order).
-LONGEST_FIRST = ("test_backends", "test_training", "test_xla", "test_precision", "test_c4", "test_model",
-                 "test_bf16", "test_distribute", "test_torchvision_parity",
+LONGEST_FIRST = ("test_backends", "test_training", "test_xla", "test_precision", "test_c4",
+                 "test_model", "test_bf16", "test_distribute", "test_torchvision_parity",
                  "test_export_saved_model", "test_atomic")
 
 

@@ -105,8 +105,8 @@ def run_backend_worker(backend: str, *arguments, timeout: int = 600):
 
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run([sys.executable, str(root / "tests" / "backend_worker.py"),
-                           *map(str, arguments)], cwd=root, env=backend_env(backend), capture_output=True,
-                          text=True, timeout=timeout)
+                           *map(str, arguments)], cwd=root, env=backend_env(backend),
+                          capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, \
         f"{backend} worker exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return proc

@@ -48,8 +48,8 @@ class PatchConvTranspose(layers.Conv2DTranspose):
         kh, kw = self.kernel_size
         batch, height, width = run_time_dims(inputs, 3)
         channels = inputs.shape[-1]
-        kernel = ops.cast(self.kernel, inputs.dtype)  # (kh, kw, O, C)
-        weights = ops.reshape(ops.transpose(kernel, (3, 0, 1, 2)), (channels, kh * kw * self.filters))
+        kernel = ops.transpose(ops.cast(self.kernel, inputs.dtype), (3, 0, 1, 2))  # (C, kh, kw, O)
+        weights = ops.reshape(kernel, (channels, kh * kw * self.filters))
         y = ops.matmul(ops.reshape(inputs, (-1, channels)), weights)
         y = ops.reshape(y, (batch, height, width, kh, kw, self.filters))
         y = ops.reshape(ops.transpose(y, (0, 1, 3, 2, 4, 5)),
