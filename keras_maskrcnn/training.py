@@ -317,7 +317,6 @@ class TrainingRun:
                                                    self.env.precision),
                           jit_compile=self.env.jit_compile if not backend.is_tensorflow()
                           else "auto")
-            model.optimizer.build(model.trainable_variables)
         return model
 
     def resume(self, model: MaskRCNN, plan: RunPlan) -> int:
