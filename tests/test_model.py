@@ -116,6 +116,17 @@ def test_missing_training_key_is_a_clear_error():
                               "gt_classes": None})
 
 
+def test_compile_builds_the_optimizer_before_any_trace():
+    """Slots created inside the first trace of `fit` would make TensorFlow trace the whole
+    training step a second time."""
+    config = tiny_config()
+    model = build_model(config)
+    model.compile(optimizer=make_optimizer(config, batch_size=2))
+    assert model.optimizer.built
+    slots = {v.path.rsplit("/", 1)[-1] for v in model.optimizer.variables}
+    assert any(name.endswith("_momentum") for name in slots), sorted(slots)[:5]
+
+
 # CI budget (`-m slow`): RoIPool training runs by default in test_c4 (a step with RoIPool),
 # crowd regions in test_layers' target tests, COCO id gaps in test_data_coco, training on the
 # photos in test_bf16 and test_training.
