@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import pytest
 
 # The shapes preset made small (64 x 64 canvas, narrow backbone, heads and samplers), as in
 # tests/test_model.py: these tests check the paths on each backend, not the preset's sizes.
@@ -55,44 +56,50 @@ def test_build_and_predict(backend):
     assert np.all((det["boxes"] >= 0) & (det["boxes"] <= [45, 70, 45, 70]))
 
 
-def test_fit_steps_lower_the_loss(backend):
+@pytest.fixture(scope="module")
+def compiled():
+    """A tiny model compiled once for the two `fit` tests below (one traced or jitted training
+    step between them: the step is each backend's most expensive compile)."""
     import keras
 
     from keras_maskrcnn import build_model, get_config
     from keras_maskrcnn.solver import make_optimizer
 
     keras.utils.set_random_seed(0)
-    config = get_config("shapes", **TINY)
+    config = get_config("shapes", **TINY, weight_decay=0.0)
     model = build_model(config)
     model.compile(optimizer=make_optimizer(config.replace(learning_rate=0.01), 2))
-    batch = _batch(config)
+    return model
+
+
+def test_guarded_step_skips_a_non_finite_step(compiled):
+    """A NaN weight in the class predictor makes the class loss NaN: the step reports it
+    (`finite_loss` 0, `finite_weights` 0) and leaves every weight as it was (no weight decay
+    here, so a zero gradient moves nothing). The weight is restored afterwards."""
+    from keras import ops
+
+    model = compiled
+    (kernel,) = [v for v in model.trainable_variables if "class_logits" in v.path
+                 and "kernel" in v.path]
+    clean = ops.convert_to_numpy(kernel).copy()
+    poisoned = clean.copy()
+    poisoned[0, 0] = np.nan
+    kernel.assign(poisoned)
+    before = [ops.convert_to_numpy(v) for v in model.trainable_variables]
+    history = model.fit(_batch(model.config), batch_size=2, epochs=1, verbose=0, shuffle=False)
+    logs = {k: v[-1] for k, v in history.history.items()}
+    after = [ops.convert_to_numpy(v) for v in model.trainable_variables]
+    kernel.assign(clean)
+    assert float(logs["finite_loss"]) == 0.0 and not np.isfinite(float(logs["class_loss"]))
+    assert float(logs["finite_weights"]) == 0.0
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_steps_lower_the_loss(compiled):
+    model = compiled
+    batch = _batch(model.config)
     history = model.fit(batch, batch_size=2, epochs=4, verbose=0, shuffle=False)
     losses = history.history["loss"]
     assert all(np.isfinite(losses)), losses
     assert losses[-1] < losses[0], losses
-
-
-def test_guarded_step_skips_a_non_finite_step(backend):
-    """A NaN weight in the class predictor makes the class loss NaN: the step reports it
-    (`finite_loss` 0, `finite_weights` 0) and leaves every weight as it was (no weight decay
-    here, so a zero gradient moves nothing)."""
-    from keras import ops
-
-    from keras_maskrcnn import build_model, get_config
-    from keras_maskrcnn.solver import make_optimizer
-
-    config = get_config("shapes", **TINY, weight_decay=0.0)
-    model = build_model(config)
-    model.compile(optimizer=make_optimizer(config, 2))
-    (kernel,) = [v for v in model.trainable_variables if "class_logits" in v.path
-                 and "kernel" in v.path]
-    poisoned = ops.convert_to_numpy(kernel).copy()
-    poisoned[0, 0] = np.nan
-    kernel.assign(poisoned)
-    before = [ops.convert_to_numpy(v) for v in model.trainable_variables]
-    logs = model.train_on_batch(_batch(config), return_dict=True)
-    assert float(logs["finite_loss"]) == 0.0 and not np.isfinite(float(logs["class_loss"]))
-    assert float(logs["finite_weights"]) == 0.0
-    after = [ops.convert_to_numpy(v) for v in model.trainable_variables]
-    for a, b in zip(before, after, strict=True):
-        np.testing.assert_array_equal(a, b)
