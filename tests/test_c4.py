@@ -285,13 +285,13 @@ def test_c4_with_roi_pool_runs_and_trains_a_step():
 # ----------------------------------------------------------------------------- training, export
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """The tiny C4 model trained 500 steps of 2 images (10 epochs of 50) on shapes.
+    """The tiny C4 model trained 400 steps of 2 images (8 epochs of 50) on shapes.
 
     GroupNorm: with the shapes preset's BatchNorm, res5 normalizes with batch statistics over
     the sampled RoIs and (measured) learns markedly slower. C4 also learns box regression more
     slowly than FPN on this 128-pixel toy (stride-16 features only): at 100-150 steps the
     box-head losses are still rising with the foreground share (see test_every_loss_falls in
-    test_model), hence the longer run, about a minute on two cores.
+    test_model), hence the longer run, about 40 s on one core.
     """
     keras.utils.set_random_seed(0)
     config = tiny_c4(backbone_norm="gn", learning_rate=4e-3, batch_size=2)
@@ -299,7 +299,10 @@ def trained(tmp_path_factory):
     model.compile(optimizer=make_optimizer(config, batch_size=2))
     source = ShapesDataset(num_images=160, image_size=128, seed=0)
     dataset = make_dataset(source, config, training=True, batch_size=2, seed=0)
-    history = model.fit(dataset, epochs=10, steps_per_epoch=50, verbose=0)
+    # Measured over 10 epochs (constant LR after warm-up, so the first 8 are these): every
+    # criterion of test_c4_every_loss_falls holds from epoch 7 on; the tightest, the box loss,
+    # ends epoch 8 at 0.83 x its peak (bound 0.9).
+    history = model.fit(dataset, epochs=8, steps_per_epoch=50, verbose=0)
     return model, history.history, tmp_path_factory.mktemp("c4")
 
 
