@@ -24,7 +24,7 @@ from keras_maskrcnn.data.images import BadImageError
 from keras_maskrcnn.data.pipeline import make_inference_inputs
 from keras_maskrcnn.evaluation import detections_to_coco_results, evaluate_coco
 from keras_maskrcnn.model import INFERENCE_INPUTS, MaskRCNN
-from keras_maskrcnn.ops.masks import paste_masks
+from keras_maskrcnn.ops.paste import paste_masks
 from keras_maskrcnn.tiling import (
     DEFAULT_OVERLAP,
     Detections,

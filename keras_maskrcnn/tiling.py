@@ -66,7 +66,7 @@ from dataclasses import dataclass
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from keras_maskrcnn.ops.masks import paste_masks
+from keras_maskrcnn.ops.paste import paste_masks
 
 DEFAULT_OVERLAP = 0.2
 MIN_TILE = 32  # the coarsest FPN level (stride 32) needs one pixel
@@ -223,9 +223,9 @@ def tile_detections(
         scores, labels: `[D]`; padding rows already removed.
         masks: `[D, P, P]` float mask probabilities of each box (`detection_masks`).
         view: `(y0, x0, y1, x1)` the tile in the image (a whole-image pass: `(0, 0, h, w)`).
-        mask_threshold, paste_method: as `ops.masks.paste_masks`.
+        mask_threshold, paste_method: as `ops.paste.paste_masks`.
 
-    Each mask is pasted (`ops.masks.paste_masks`) only into a window around its box (the box
+    Each mask is pasted (`ops.paste.paste_masks`) only into a window around its box (the box
     grown by `max(box side) / P + 2` pixels, where the pasted mask can reach, clipped to the
     tile) and kept as its tight crop.
     """

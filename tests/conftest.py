@@ -35,7 +35,7 @@ def jax_compilation_cache(tmp_path_factory):
 
 # The files that take the most CPU first (measured with the suite's own run), so that the two
 # workers finish together: xdist hands out whole files in this order (pyproject's
-# `--no-loadscope-reorder`; its default order is by test count, which put a 100 s file last).
+# `--no-loadscope-reorder`; its default order, by test count, ignored this list).
 LONGEST_FIRST = ("test_backends", "test_training", "test_xla", "test_bf16", "test_c4",
                  "test_tiling", "test_model", "test_torchvision_parity", "test_export_saved_model",
                  "test_export_tflite", "test_training_parity", "test_precision", "test_distribute",

@@ -7,12 +7,8 @@ import pytest
 import tensorflow as tf
 from reference_roi_align import bilinear, roi_align_np
 
-from keras_maskrcnn.ops.masks import (
-    crop_mask_targets,
-    masks_to_mini_masks,
-    paste_masks,
-    paste_masks_tf,
-)
+from keras_maskrcnn.ops.masks import crop_mask_targets, masks_to_mini_masks
+from keras_maskrcnn.ops.paste import paste_masks, paste_masks_tf
 
 F32 = np.float32
 

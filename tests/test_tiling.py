@@ -25,7 +25,7 @@ from keras_maskrcnn.data import ScatteredShapesDataset, ShapesDataset
 from keras_maskrcnn.evaluation import evaluate_coco
 from keras_maskrcnn.evaluation.coco_eval import encode_mask_rle
 from keras_maskrcnn.inference import evaluate, predict_images, predict_tiled, run_views
-from keras_maskrcnn.ops.masks import paste_masks
+from keras_maskrcnn.ops.paste import paste_masks
 from keras_maskrcnn.tiling import (
     Detections,
     check_tiling,

@@ -25,7 +25,7 @@ as `inference.postprocess` does),
 `num_detections [B]` int32, `detection_masks [B, D, 28, 28]` float32 probabilities of the
 detected class inside its box, `original_shape [B, 2]` int32 (h, w) of each input image, and
 with `full_image_masks=True` `detection_full_masks [B, D, Hmax, Wmax]` uint8 {0, 1}: each mask
-pasted into its image (`ops.masks.paste_masks_tf`, Detectron2 "exact", `>= mask_threshold`);
+pasted into its image (`ops.paste.paste_masks_tf`, Detectron2 "exact", `>= mask_threshold`);
 Hmax, Wmax are the largest height and width in the batch, image b fills the top-left
 `original_shape[b]` block and is zero elsewhere.
 
@@ -66,7 +66,7 @@ from keras_maskrcnn.export.buckets import (
 )
 from keras_maskrcnn.export.image_header import check_encoded_images
 from keras_maskrcnn.model import MaskRCNN
-from keras_maskrcnn.ops.masks import paste_masks_tf
+from keras_maskrcnn.ops.paste import paste_masks_tf
 from keras_maskrcnn.parts.roi_heads import OUTPUT_NAMES
 from keras_maskrcnn.precision import model_precision, with_precision
 from keras_maskrcnn.saving import CONFIG_FILE, load_model_dir, read_model_config

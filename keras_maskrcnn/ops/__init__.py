@@ -15,8 +15,9 @@ from keras_maskrcnn.ops.boxes import (
     pairwise_ioa,
     pairwise_iou,
 )
-from keras_maskrcnn.ops.masks import crop_mask_targets, paste_masks
+from keras_maskrcnn.ops.masks import crop_mask_targets
 from keras_maskrcnn.ops.nms import batched_nms_padded, grouped_nms_padded, nms_padded
+from keras_maskrcnn.ops.paste import paste_masks
 from keras_maskrcnn.ops.poolers import assign_fpn_levels, multilevel_roi_align
 from keras_maskrcnn.ops.roi_align_ops import roi_align
 from keras_maskrcnn.ops.roi_pool_ops import roi_pool

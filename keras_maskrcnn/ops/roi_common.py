@@ -1,5 +1,5 @@
 """Internal: the pieces shared by the RoI ops (`ops.roi_align_ops`, `ops.roi_pool_ops`,
-`ops.poolers`, `ops.custom_roi_align`, `ops.masks`). Not part of the public API.
+`ops.poolers`, `ops.custom_roi_align`, `ops.masks`, `ops.paste`). Not part of the public API.
 
 The names here have no leading underscore because they cross module boundaries; import them
 only from inside `keras_maskrcnn.ops`. Every RoI op validates its arguments with these checks
