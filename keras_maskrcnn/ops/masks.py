@@ -23,28 +23,12 @@ backend).
 
 from __future__ import annotations
 
-import functools
-
 from keras import ops
 
 from keras_maskrcnn import backend
-from keras_maskrcnn.ops.roi_common import axis_bilinear
+from keras_maskrcnn.ops.roi_common import axis_bilinear, no_autograph
 
 # --------------------------------------------------------------------------- keras.ops
-
-
-def _no_autograph(fn):
-    """On TensorFlow, calls `fn` without AutoGraph's source conversion (no data-dependent Python
-    control flow here; saves tracing time); a plain call elsewhere."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        if backend.is_tensorflow():
-            tf = backend.tensorflow()
-            return tf.autograph.experimental.do_not_convert(fn)(*args, **kwargs)
-        return fn(*args, **kwargs)
-
-    return wrapper
 
 
 def _check_rank(tensor, rank: int, name: str, shape: str):
@@ -131,7 +115,7 @@ def roi_align_fixed(images, boxes, image_index, output_size: int, sampling_ratio
     return ops.sum(values * col_w[:, None, :, :, None], axis=3)[..., 0]
 
 
-@_no_autograph
+@no_autograph
 def masks_to_mini_masks(masks, boxes, size: int):
     """Crops full-image instance masks to their boxes and resizes them to ``size x size``.
 
@@ -157,7 +141,7 @@ def masks_to_mini_masks(masks, boxes, size: int):
                            size, sampling_ratio=1, aligned=True)
 
 
-@_no_autograph
+@no_autograph
 def crop_mask_targets(gt_masks, gt_boxes, rois, matched_gt, output_size: int = 28):
     """Binary mask-head targets: each RoI's matched mini mask resampled at the RoI.
 
@@ -268,7 +252,7 @@ def _check_project_args(gt_masks, rois, matched_gt, output_size, image_shape):
     return masks, ops.cast(rois, "float32"), ops.reshape(image, (-1,)), output_size
 
 
-@_no_autograph
+@no_autograph
 def project_masks(gt_masks, rois, matched_gt, output_size: int = 28, image_shape=None):
     """Soft mask-head targets as torchvision makes them (`project_masks_on_boxes`).
 
@@ -337,7 +321,7 @@ def _step_axis(start, extent, pooled: int, count, step, size):
         w_high / divisor
 
 
-@_no_autograph
+@no_autograph
 def project_masks_portable(gt_masks, rois, matched_gt, output_size: int = 28, image_shape=None):
     """`project_masks` in `keras.ops` with static shapes (every backend; JAX and PyTorch use it).
 
